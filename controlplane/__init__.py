@@ -1,0 +1,1 @@
+"""The control plane: registry, identity (CSR signing), policy store, discovery server."""

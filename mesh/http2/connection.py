@@ -1,0 +1,479 @@
+"""One HTTP/2 connection, client or server side: the only module that drives ``h2`` and a socket.
+
+This is an ``asyncio.Protocol`` (callbacks, not streams: it is the hot path). Bytes from the
+socket go into the sans-IO ``h2`` state machine; the events it returns are dispatched to
+:class:`~mesh.http2.stream.Stream` objects; frames ``h2`` wants to send are written in one
+batch per event-loop turn (one ``transport.write`` however many streams answered).
+
+A server connection starts a handler task per request stream. A client connection opens
+streams with :meth:`Http2Connection.open_stream`.
+
+Lifecycle: open → draining (GOAWAY(NO_ERROR) sent or received: streams in flight finish, new
+ones are refused) → closed. A protocol violation by the peer, or an abusive peer (see
+:mod:`mesh.http2.limits`), skips draining: GOAWAY with the error code, then close. Either way
+only this connection is affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from h2.config import H2Configuration
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    InformationalResponseReceived,
+    PingAckReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import NoAvailableStreamIDError, ProtocolError, TooManyStreamsError
+from h2.settings import SettingCodes, Settings
+
+from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.http2.errors import ConnectionClosed, ErrorCode, Http2Error, NoStreamAvailable, code_name
+from mesh.http2.h2_state import MeshH2Connection
+from mesh.http2.limits import Limits
+from mesh.http2.stream import Headers, Stream
+from mesh.token_bucket import TokenBucket
+
+log = logging.getLogger("mesh.http2")
+
+Handler = Callable[[Stream], Awaitable[None]]
+"""A server's application: called once per request stream, in its own task."""
+
+_DEFAULT_WINDOW = 65_535  # every connection-level window starts here (RFC 9113 §6.9.2)
+
+
+class Http2Connection(asyncio.Protocol):
+    """An HTTP/2 connection on an asyncio transport (TCP or TLS with ALPN ``h2``)."""
+
+    def __init__(self, *, client_side: bool, handler: Handler | None = None,
+                 limits: Limits = Limits(), clock: Clock = SYSTEM_CLOCK,
+                 on_close: Callable[[Http2Connection], None] | None = None) -> None:
+        if not client_side and handler is None:
+            raise ValueError("a server connection needs a handler")
+        self.client_side = client_side
+        self.limits = limits
+        self.streams: dict[int, Stream] = {}
+        self.peer: Any = None
+        self.ssl_object: ssl.SSLObject | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.close_reason: ConnectionClosed | None = None
+        self.streams_opened = 0
+        self._handler = handler
+        self._on_close = on_close
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pings: dict[bytes, asyncio.Future[float]] = {}
+        self._ping_ids = itertools.count(1)
+        self._slot_waiters: list[asyncio.Future[None]] = []
+        self._resets = TokenBucket(burst=limits.reset_burst, rate=limits.reset_rate, clock=clock)
+        self._idle_since: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+        config = H2Configuration(client_side=client_side, header_encoding="utf-8",
+                                 validate_inbound_headers=True)
+        self._h2 = MeshH2Connection(config, max_header_block_size=limits.max_header_block_size)
+        self._h2.local_settings = Settings(client=client_side, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+            SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
+            SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
+        self._h2.max_inbound_frame_size = limits.max_frame_size
+        self._h2.decoder.max_header_list_size = limits.max_header_list_size
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self.peer = transport.get_extra_info("peername")
+        self.ssl_object = transport.get_extra_info("ssl_object")
+        if self.ssl_object is not None and self.ssl_object.selected_alpn_protocol() != "h2":
+            log.warning("closing connection from %s: TLS without ALPN h2 (got %r)", self.peer,
+                        self.ssl_object.selected_alpn_protocol())
+            transport.close()
+            return
+        self._h2.initiate_connection()
+        if self.limits.connection_window > _DEFAULT_WINDOW:
+            self._h2.increment_flow_control_window(self.limits.connection_window - _DEFAULT_WINDOW)
+        self._transport.write(self._h2.data_to_send())
+        self._became_idle()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self._h2.receive_data(data)
+        except ProtocolError as error:
+            # h2 has already queued a GOAWAY carrying the error's code.
+            code = int(getattr(error, "error_code", ErrorCode.PROTOCOL_ERROR))
+            log.warning("closing connection from %s: GOAWAY(%s): %s", self.peer,
+                        code_name(code), error)
+            self._close(ConnectionClosed(f"protocol error by peer: {error}", code))
+            return
+        for event in events:
+            self._dispatch(event)
+        self._schedule_flush()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = self.close_reason or ConnectionClosed(
+            f"connection lost: {exc}" if exc else "peer closed the connection",
+            ErrorCode.INTERNAL_ERROR if exc else ErrorCode.NO_ERROR)
+        self._fail_everything(reason)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self._on_close is not None:
+            self._on_close(self)
+
+    # -- events from h2 ----------------------------------------------------------------------
+
+    def _dispatch(self, event: object) -> None:
+        match event:
+            case DataReceived(stream_id=sid, data=data, flow_controlled_length=size):
+                stream = self.streams.get(sid)
+                if stream is not None:
+                    stream.on_data(data, size)
+                else:  # we reset it already; the bytes still count against the connection
+                    self._h2.acknowledge_received_data(size, sid)
+            case RequestReceived(stream_id=sid, headers=headers):
+                self._on_request(sid, _text(headers))
+            case ResponseReceived(stream_id=sid, headers=headers):
+                if (stream := self.streams.get(sid)) is not None:
+                    stream.on_headers(_text(headers))
+            case TrailersReceived(stream_id=sid, headers=headers):
+                if (stream := self.streams.get(sid)) is not None:
+                    stream.on_trailers(_text(headers))
+            case StreamEnded(stream_id=sid):
+                if (stream := self.streams.get(sid)) is not None:
+                    stream.on_end()
+            case StreamReset(stream_id=sid, error_code=code, remote_reset=by_peer):
+                self._on_reset(sid, int(code or 0), by_peer)
+            case WindowUpdated(stream_id=sid):
+                if sid == 0:
+                    for stream in list(self.streams.values()):
+                        stream.on_window()
+                elif (stream := self.streams.get(sid)) is not None:
+                    stream.on_window()
+            case RemoteSettingsChanged(changed_settings=changed):
+                if SettingCodes.INITIAL_WINDOW_SIZE in changed:
+                    for stream in list(self.streams.values()):
+                        stream.on_window()
+                if SettingCodes.MAX_CONCURRENT_STREAMS in changed:
+                    self._wake_slot_waiters()
+            case PingAckReceived(ping_data=opaque):
+                waiter = self._pings.pop(bytes(opaque or b""), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(self._clock.now())
+            case ConnectionTerminated(error_code=code, last_stream_id=last, additional_data=debug):
+                self._on_goaway(int(code or 0), last or 0, debug)
+            case InformationalResponseReceived():
+                pass  # 1xx: the final response follows
+            case _:
+                pass  # SETTINGS and PING acks, PRIORITY, unknown frames: h2 handled them
+
+    def _on_request(self, stream_id: int, headers: Headers) -> None:
+        if self._draining:
+            self._h2.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
+            return
+        stream = Stream(self, stream_id, headers)
+        self.streams[stream_id] = stream
+        self.streams_opened += 1
+        self._idle_since = None
+        assert self._handler is not None
+        task = self._loop.create_task(self._serve(stream, self._handler))
+        stream._task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, stream: Stream, handler: Handler) -> None:
+        try:
+            await handler(stream)
+        except (Http2Error, asyncio.CancelledError):
+            return  # the peer reset the stream or went away: there is nobody to answer
+        except Exception:
+            log.exception("handler failed on stream %d from %s", stream.id, self.peer)
+            stream.reset(ErrorCode.INTERNAL_ERROR)
+            return
+        if not stream.send_closed:
+            log.error("handler returned without ending stream %d from %s", stream.id, self.peer)
+            stream.reset(ErrorCode.INTERNAL_ERROR)
+
+    def _on_reset(self, stream_id: int, code: int, by_peer: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_reset(code)
+        if by_peer and not self.client_side and not self._resets.take():
+            # Rapid Reset (CVE-2023-44487): streams opened and cancelled faster than allowed.
+            self.abort(ErrorCode.ENHANCE_YOUR_CALM,
+                       f"more than {self.limits.reset_burst} stream resets "
+                       f"(refill {self.limits.reset_rate}/s): rapid reset")
+
+    def _on_goaway(self, code: int, last_stream_id: int, debug: bytes | None) -> None:
+        detail = f": {debug.decode(errors='replace')}" if debug else ""
+        if code != ErrorCode.NO_ERROR:
+            log.warning("peer %s sent GOAWAY(%s)%s", self.peer, code_name(code), detail)
+            self._close(ConnectionClosed(f"peer sent GOAWAY{detail}", code))
+            return
+        self._draining = True
+        for stream in list(self.streams.values()):
+            if stream.id > last_stream_id and (stream.id % 2 == 1) == self.client_side:
+                stream.on_refused()
+        self._wake_slot_waiters()
+        self._close_if_drained()
+
+    # -- what streams ask of the connection (StreamOwner) ------------------------------------
+
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        self._h2.send_headers(stream_id, headers, end_stream=end_stream)
+        self._schedule_flush()
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> int:
+        """Send as much of ``data`` as the windows allow now; return how many bytes went."""
+        h2 = self._h2
+        window = h2.local_flow_control_window(stream_id)
+        frame_size = h2.max_outbound_frame_size
+        size = len(data)
+        if size <= window and size <= frame_size:  # the common case: one frame
+            h2.send_data(stream_id, data, end_stream=end_stream)
+            self._schedule_flush()
+            return size
+        sent = 0
+        while sent < size and window > 0:
+            chunk = min(size - sent, window, frame_size)
+            last = sent + chunk == size
+            h2.send_data(stream_id, data[sent:sent + chunk], end_stream=end_stream and last)
+            sent += chunk
+            window -= chunk
+        self._schedule_flush()
+        return sent
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._h2.reset_stream(stream_id, code)
+        self._schedule_flush()
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._h2.acknowledge_received_data(size, stream_id)
+        self._schedule_flush()
+
+    def stream_closed(self, stream: Stream) -> None:
+        if self.streams.pop(stream.id, None) is None:
+            return
+        if self.client_side:
+            self._wake_slot_waiters()
+        if not self.streams:
+            self._became_idle()
+            self._close_if_drained()
+
+    async def writable(self) -> None:
+        """Return once the socket accepts more data (the transport's buffer drained)."""
+        while self._write_paused:
+            if self.close_reason is not None:
+                raise self.close_reason
+            self._drain_waiter = self._loop.create_future()
+            await self._drain_waiter
+
+    # -- client side -------------------------------------------------------------------------
+
+    @property
+    def available_streams(self) -> int:
+        """How many more streams the peer lets us open now (0 while draining or closed)."""
+        if self._draining or self.close_reason is not None:
+            return 0
+        return max(0, self._h2.remote_settings.max_concurrent_streams - len(self.streams))
+
+    def open_stream(self, headers: Headers, *, end_stream: bool = False) -> Stream:
+        """Start a request stream by sending its headers.
+
+        Raises:
+            NoStreamAvailable: the peer's stream limit is reached; ConnectionClosed: the
+            connection is draining or closed.
+        """
+        if self.close_reason is not None:
+            raise self.close_reason
+        if self._draining:
+            raise ConnectionClosed("connection is draining after GOAWAY")
+        if self.available_streams == 0:
+            raise NoStreamAvailable(
+                f"peer allows {self._h2.remote_settings.max_concurrent_streams} streams")
+        try:
+            stream_id = self._h2.get_next_available_stream_id()
+        except NoAvailableStreamIDError:
+            self._draining = True
+            raise ConnectionClosed("stream ids exhausted") from None
+        stream = Stream(self, stream_id)
+        self.streams[stream_id] = stream
+        self.streams_opened += 1
+        self._idle_since = None
+        try:
+            stream.send_headers(headers, end_stream=end_stream)
+        except TooManyStreamsError as error:
+            del self.streams[stream_id]
+            raise NoStreamAvailable(str(error)) from None
+        return stream
+
+    async def wait_for_stream_slot(self) -> None:
+        """Wait until :attr:`available_streams` is positive (raises if the connection ends)."""
+        while self.available_streams == 0:
+            if self.close_reason is not None:
+                raise self.close_reason
+            if self._draining:
+                raise ConnectionClosed("connection is draining after GOAWAY")
+            waiter = self._loop.create_future()
+            self._slot_waiters.append(waiter)
+            await waiter
+
+    async def ping(self) -> float:
+        """Send a PING and return the round-trip time in seconds."""
+        opaque = next(self._ping_ids).to_bytes(8, "big")
+        waiter: asyncio.Future[float] = self._loop.create_future()
+        self._pings[opaque] = waiter
+        started = self._clock.now()
+        self._h2.ping(opaque)
+        self._schedule_flush()
+        return await waiter - started
+
+    # -- closing -----------------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Graceful close: GOAWAY(NO_ERROR), let streams in flight finish, then close.
+
+        After ``grace`` seconds, whatever is still open is cut off with GOAWAY(NO_ERROR) and
+        a closed socket.
+        """
+        if self._transport is not None and not self._transport.is_closing() \
+                and not self._draining:
+            self._draining = True
+            last = self._h2.highest_inbound_stream_id
+            self._h2.send_goaway(last, ErrorCode.NO_ERROR, b"shutting down")
+            self._schedule_flush()
+            self._wake_slot_waiters()
+            self._close_if_drained()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), grace)
+        except TimeoutError:
+            self.abort(ErrorCode.NO_ERROR, f"streams still open after {grace}s of draining")
+            await self.closed
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close at once: GOAWAY(``code``) with ``reason`` as debug data, then the socket."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        log.warning("closing connection to %s: GOAWAY(%s): %s", self.peer, code_name(code),
+                    reason)
+        self._h2.close_connection(code, additional_data=reason.encode()[:256])
+        self._close(ConnectionClosed(reason, code))
+
+    def _close(self, reason: ConnectionClosed) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._fail_everything(reason)
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+
+    def _close_if_drained(self) -> None:
+        if self._draining and not self.streams and self._transport is not None:
+            self._flush()
+            self._transport.close()
+
+    def _fail_everything(self, reason: ConnectionClosed) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        for stream in list(self.streams.values()):
+            stream.on_connection_lost(reason)
+        self.streams.clear()
+        waiters: list[asyncio.Future[Any]] = [*self._pings.values(), *self._slot_waiters]
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(reason)
+                waiter.exception()  # mark retrieved: nobody may be waiting any more
+        self._pings.clear()
+        self._slot_waiters.clear()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def _wake_slot_waiters(self) -> None:
+        waiters, self._slot_waiters = self._slot_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- idle timeout ------------------------------------------------------------------------
+
+    def _became_idle(self) -> None:
+        if self.limits.idle_timeout is None:
+            return
+        self._idle_since = self._clock.now()
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_later(self.limits.idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        # One timer per connection, re-armed lazily: streams coming and going cost nothing.
+        self._idle_timer = None
+        timeout = self.limits.idle_timeout
+        if self._idle_since is None or timeout is None or self.close_reason is not None:
+            return
+        remaining = self._idle_since + timeout - self._clock.now()
+        if remaining > 0.001:
+            self._idle_timer = self._loop.call_later(remaining, self._check_idle)
+            return
+        log.info("closing idle connection to %s after %.1fs", self.peer, timeout)
+        self._draining = True
+        self._h2.send_goaway(self._h2.highest_inbound_stream_id, ErrorCode.NO_ERROR, b"idle")
+        self.close_reason = ConnectionClosed(f"idle for {timeout}s", ErrorCode.NO_ERROR)
+        self._close_if_drained()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        # Every stream that answers in this loop turn shares one transport.write: measured
+        # by bench/http2_server.py, batching is what keeps the abstraction near the bare loop.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self._h2.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+
+def _text(headers: object) -> Headers:
+    """h2's header list, typed as what ``header_encoding="utf-8"`` makes it: str pairs."""
+    return cast(Headers, headers)

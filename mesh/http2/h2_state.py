@@ -1,0 +1,73 @@
+"""Two adjustments to the ``h2`` state machine that a long-lived mesh connection needs.
+
+``h2`` is the sans-IO HTTP/2 state machine everything here stands on. Two of its choices do not
+fit a proxy, and both are corrected here, in one place, by subclassing:
+
+1. **Graceful GOAWAY.** ``h2`` treats any GOAWAY, sent or received, as the end of the
+   connection: its state becomes CLOSED and every later frame is a protocol error. RFC 9113
+   §6.8 says otherwise: streams up to the GOAWAY's last stream id carry on to completion. So a
+   GOAWAY(NO_ERROR) leaves the state machine open here, and :meth:`MeshH2Connection.send_goaway`
+   announces a drain without closing. A GOAWAY with an error code still closes at once.
+2. **Bounded header blocks.** ``h2`` buffers up to 64 CONTINUATION frames of a header block
+   before it looks at the size, i.e. up to 64 × the frame size. :class:`BoundedFrameBuffer` cuts
+   a header block off as soon as its encoded size passes ``max_header_block_size`` — the defence
+   against the 2024 CONTINUATION flood — with GOAWAY(ENHANCE_YOUR_CALM).
+"""
+
+from __future__ import annotations
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import ConnectionTerminated, Event
+from h2.exceptions import DenialOfServiceError
+from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, PushPromiseFrame
+
+_HEADER_FRAMES = (HeadersFrame, ContinuationFrame, PushPromiseFrame)
+
+
+class BoundedFrameBuffer(FrameBuffer):
+    """h2's frame buffer, refusing header blocks whose encoded size passes a limit."""
+
+    def __init__(self, *, server: bool, max_header_block_size: int) -> None:
+        super().__init__(server=server)
+        self.max_header_block_size = max_header_block_size
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        if isinstance(f, _HEADER_FRAMES):
+            size = len(f.data) + sum(len(pending.data) for pending in self._headers_buffer)
+            if size > self.max_header_block_size:
+                frames = len(self._headers_buffer) + 1
+                self._headers_buffer = []
+                raise DenialOfServiceError(
+                    f"header block of stream {f.stream_id} passed {self.max_header_block_size} "
+                    f"bytes after {frames} frames (CONTINUATION flood?)"
+                )
+        return super()._update_header_buffer(f)
+
+
+class MeshH2Connection(H2Connection):
+    """h2's connection with graceful GOAWAY and bounded header blocks (see module docstring)."""
+
+    def __init__(self, config: H2Configuration, *, max_header_block_size: int) -> None:
+        super().__init__(config)
+        self.incoming_buffer = BoundedFrameBuffer(
+            server=not config.client_side, max_header_block_size=max_header_block_size
+        )
+
+    def send_goaway(self, last_stream_id: int, error_code: int = ErrorCodes.NO_ERROR,
+                    debug: bytes = b"") -> None:
+        """Queue a GOAWAY without closing: streams up to ``last_stream_id`` go on."""
+        frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code,
+                            additional_data=debug)
+        self._data_to_send += frame.serialize()
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
+        if frame.error_code != ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        event = ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]

@@ -1,0 +1,58 @@
+"""The limits that keep one HTTP/2 connection bounded, whatever the peer does.
+
+Each limit turns a known attack or mistake into a clean error on the offending connection:
+
+- ``max_concurrent_streams`` is advertised in SETTINGS; a peer that opens more gets
+  GOAWAY(PROTOCOL_ERROR) (RFC 9113 §5.1.2).
+- ``max_header_list_size`` is advertised and enforced while decoding HPACK, so a header
+  "bomb" stops as soon as it grows past the limit: GOAWAY(ENHANCE_YOUR_CALM).
+- ``max_header_block_size`` caps the *encoded* header block buffered across HEADERS +
+  CONTINUATION frames; an endless CONTINUATION sequence (the 2024 "CONTINUATION flood",
+  VU#421644) is cut off at that many bytes: GOAWAY(ENHANCE_YOUR_CALM).
+- ``reset_burst`` / ``reset_rate`` is a token bucket of stream resets the peer may cause (by
+  RST_STREAM); "Rapid Reset" (CVE-2023-44487) opens and cancels streams faster than the refill
+  and gets GOAWAY(ENHANCE_YOUR_CALM). The defaults are nghttp2's (burst 1000, 33/s).
+- ``stream_window`` / ``connection_window`` bound what a slow reader buffers: the peer may
+  send only that much before we have read it.
+- ``idle_timeout`` closes a connection with no open stream for that long (GOAWAY NO_ERROR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Per-connection limits; the defaults suit a sidecar. Sizes are in bytes."""
+
+    max_concurrent_streams: int = 256
+    max_header_list_size: int = 64 * KIB
+    max_header_block_size: int = 64 * KIB
+    max_frame_size: int = 16 * KIB
+    stream_window: int = 1 * MIB
+    connection_window: int = 4 * MIB
+    reset_burst: int = 1000
+    reset_rate: float = 33.0
+    idle_timeout: float | None = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent_streams", "max_header_list_size", "max_header_block_size",
+                     "reset_burst"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Limits.{name} must be at least 1, got {getattr(self, name)}")
+        if not 16 * KIB <= self.max_frame_size <= 16 * MIB - 1:
+            raise ValueError(f"Limits.max_frame_size must be in [16384, 16777215], "
+                             f"got {self.max_frame_size}")
+        for name in ("stream_window", "connection_window"):
+            if not 65_535 <= getattr(self, name) <= 2**31 - 1:
+                raise ValueError(f"Limits.{name} must be in [65535, 2**31-1], "
+                                 f"got {getattr(self, name)}")
+        if self.reset_rate <= 0:
+            raise ValueError(f"Limits.reset_rate must be positive, got {self.reset_rate}")
+        if self.idle_timeout is not None and self.idle_timeout <= 0:
+            raise ValueError(f"Limits.idle_timeout must be positive or None, "
+                             f"got {self.idle_timeout}")

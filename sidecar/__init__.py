@@ -1,0 +1,1 @@
+"""The sidecar: the mesh's data plane (listeners, router, clusters, pool, policies)."""
