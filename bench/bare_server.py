@@ -3,7 +3,7 @@
 Nothing else happens here — no streams, no handler, no flow-control bookkeeping beyond what
 ``h2`` does itself — so the benchmark can say what the ``mesh/http2`` abstraction costs.
 
-    python -m bench.bare_server --port 8443 [--tls CERT KEY CA]
+    python -m bench.bare_server --port 8443 [--tls-server-only CERT KEY]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import RequestReceived, StreamEnded
 
+from bench.common import server_only_tls
 from mesh.loop import run
 
 BODY = b"x" * 100
@@ -55,13 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8443)
-    parser.add_argument("--tls", nargs=3, metavar=("CERT", "KEY", "CA"))
+    parser.add_argument("--tls-server-only", nargs=2, metavar=("CERT", "KEY"))
     args = parser.parse_args()
-    tls = None
-    if args.tls:
-        from mesh.tls import server_context
-
-        tls = server_context(*args.tls)
+    tls = server_only_tls(*args.tls_server_only) if args.tls_server_only else None
     run(serve(args.host, args.port, tls))
 
 

@@ -2,7 +2,7 @@
 
 Import the fixture into a ``conftest.py`` (or a test module) to use it::
 
-    from tests.pki_fixtures import mesh_pki  # noqa: F401  (a pytest fixture)
+    from tests.pki_fixtures import mesh_pki as mesh_pki  # a pytest fixture, used by name
 
 It is session-scoped: keys are generated once per test run. Certificates are issued at the real
 "now" (handshakes check validity against the wall clock) and are valid for an hour.

@@ -80,4 +80,4 @@ def test_constructor_validates_each_field_by_name() -> None:
 
 def test_fields_are_keyword_only() -> None:
     with pytest.raises(TypeError):
-        SpiffeId("cluster.local", "shop", "checkout")  # type: ignore[misc]
+        SpiffeId("cluster.local", "shop", "checkout")  # type: ignore[call-arg]
