@@ -10,9 +10,10 @@ Issuing always goes through a CSR, as a control plane will: the workload proves 
 private key by signing the CSR, and the CA writes the SPIFFE ID *it* decided on. What the CSR
 claims (subject, SANs, extensions) is ignored, so a workload cannot name itself.
 
-Every function takes ``now`` (a timezone-aware ``datetime``; the wall clock when omitted) so
-tests can issue certificates at a fixed instant. Keys are written unencrypted, PKCS#8 PEM,
-protected by their file mode: created 0600 from the start, never loosened then tightened.
+The functions that stamp a validity take ``now`` (a timezone-aware ``datetime``; the wall clock
+when omitted), so tests can issue certificates at a fixed instant. Keys are written unencrypted,
+PKCS#8 PEM, protected by their file mode: created 0600 from the start, never loosened then
+tightened.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mesh.identity import SCHEME, SpiffeId
+from mesh.identity import SCHEME, SpiffeId, check_trust_domain
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -43,18 +44,33 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CertificateAuthority:
-    """The mesh CA: its certificate and the private key that signs workload certificates."""
+    """The mesh CA: its certificate and the private key that signs workload certificates.
+
+    ``trust_domain`` is read from the certificate's URI SAN, ``spiffe://<trust-domain>``.
+
+    Raises:
+        ValueError: the certificate is not a CA's, names no trust domain, or is not the key's.
+    """
 
     certificate: x509.Certificate
     private_key: ec.EllipticCurvePrivateKey
+    trust_domain: str = field(init=False)
 
-    @property
-    def trust_domain(self) -> str:
-        """The trust domain named in the CA certificate's URI SAN."""
-        uris = self.certificate.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value.get_values_for_type(x509.UniformResourceIdentifier)
-        return uris[0].removeprefix(SCHEME)
+    def __post_init__(self) -> None:
+        extensions = self.certificate.extensions
+        try:
+            is_ca = extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+            sans = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound as exc:
+            raise ValueError(f"not a mesh CA certificate: {exc}") from exc
+        if not is_ca:
+            raise ValueError("not a CA certificate: basicConstraints CA is false")
+        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+        if len(uris) != 1 or not uris[0].startswith(SCHEME):
+            raise ValueError(f"the CA's URI SANs are {uris}, not one spiffe://<trust-domain>")
+        object.__setattr__(self, "trust_domain", check_trust_domain(uris[0][len(SCHEME) :]))
+        if self.private_key.public_key() != self.certificate.public_key():
+            raise ValueError("the private key does not belong to the certificate")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,8 +109,7 @@ def create_ca(
         ValueError: the trust domain is not a valid SPIFFE trust domain, ``validity`` is not
             positive, or ``now`` is naive.
     """
-    # Validate the trust domain with the same rules as a workload's identity.
-    SpiffeId(trust_domain=trust_domain, namespace="ns", service="sa")
+    check_trust_domain(trust_domain)
     start = _aware(now)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{trust_domain} mesh CA")])
@@ -197,7 +212,6 @@ def sign_csr(
         x509.DNSName("localhost"),
         x509.IPAddress(LOOPBACK),
     ]
-    ca_key_id = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spiffe_id.service)]))
@@ -216,7 +230,7 @@ def sign_csr(
         )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_key_id),
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
             critical=False,
         )
         .sign(ca.private_key, hashes.SHA256())
@@ -257,7 +271,7 @@ def load_ca(directory: Path) -> CertificateAuthority:
 
     Raises:
         FileNotFoundError: there is no CA in ``directory``.
-        ValueError: the files are not a mesh CA certificate and its matching ECDSA key.
+        ValueError: the files are not a mesh CA certificate and its ECDSA key.
     """
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
     for path in (cert_path, key_path):
@@ -270,16 +284,10 @@ def load_ca(directory: Path) -> CertificateAuthority:
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{key_path}: not an ECDSA private key")
-    if key.public_key() != certificate.public_key():
-        raise ValueError(f"{key_path}: does not belong to the certificate in {cert_path}")
     try:
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-        certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound as exc:
-        raise ValueError(f"{cert_path}: not a mesh CA certificate ({exc})") from exc
-    if not constraints.ca:
-        raise ValueError(f"{cert_path}: not a CA certificate (basicConstraints CA is false)")
-    return CertificateAuthority(certificate=certificate, private_key=key)
+        return CertificateAuthority(certificate=certificate, private_key=key)
+    except ValueError as exc:
+        raise ValueError(f"{cert_path} and {key_path} are not a mesh CA: {exc}") from exc
 
 
 def _write_pair(

@@ -85,6 +85,18 @@ def parse(uri: str) -> SpiffeId:
     return SpiffeId(trust_domain=trust_domain, namespace=namespace, service=service)
 
 
+def check_trust_domain(trust_domain: str) -> str:
+    """Return ``trust_domain`` if it is a valid SPIFFE trust domain.
+
+    Raises:
+        ValueError: the message names the trust domain and what is wrong with it.
+    """
+    problem = _problem("trust_domain", trust_domain)
+    if problem:
+        raise ValueError(f"invalid trust domain {trust_domain!r}: {problem}")
+    return trust_domain
+
+
 def _problem(field: str, value: str) -> str | None:
     """Say what is wrong with one part of a SPIFFE ID, or None if nothing is."""
     if not value:

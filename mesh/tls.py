@@ -34,7 +34,7 @@ def server_context(cert_file: PathLike, key_file: PathLike, ca_file: PathLike) -
     Raises:
         OSError, ssl.SSLError: a file is missing or is not what it should be.
     """
-    return _mesh_context(True, cert_file, key_file, ca_file, ["h2"])
+    return _mesh_context(cert_file, key_file, ca_file, alpn=["h2"], server_side=True)
 
 
 def client_context(
@@ -53,7 +53,7 @@ def client_context(
     Raises:
         OSError, ssl.SSLError: a file is missing or is not what it should be.
     """
-    return _mesh_context(False, cert_file, key_file, ca_file, alpn)
+    return _mesh_context(cert_file, key_file, ca_file, alpn=alpn, server_side=False)
 
 
 def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> SpiffeId | None:
@@ -79,11 +79,12 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> SpiffeId | None
 
 
 def _mesh_context(
-    server_side: bool,
     cert_file: PathLike,
     key_file: PathLike,
     ca_file: PathLike,
+    *,
     alpn: Sequence[str],
+    server_side: bool,
 ) -> ssl.SSLContext:
     # Unlike ssl.create_default_context, a bare SSLContext trusts nothing until told to.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)

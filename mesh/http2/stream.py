@@ -15,8 +15,9 @@ The :class:`Stream` never touches ``h2`` or the socket itself: it asks its conne
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 from mesh.http2.errors import ConnectionClosed, ErrorCode, Http2Error, StreamRefused, StreamReset
 
@@ -25,6 +26,9 @@ Headers = list[tuple[str, str]]
 
 class StreamOwner(Protocol):
     """What a stream needs from its connection."""
+
+    peer: Any  # the peer's socket address
+    ssl_object: ssl.SSLObject | None  # the TLS session, for the peer's certificate
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None: ...
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> int: ...
@@ -64,6 +68,11 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"<Stream {self.id} recv_closed={self._recv_closed} send_closed={self._send_closed}>"
+
+    @property
+    def connection(self) -> StreamOwner:
+        """The connection this stream runs on (its peer address and TLS session)."""
+        return self._conn
 
     # -- receiving ---------------------------------------------------------------------------
 

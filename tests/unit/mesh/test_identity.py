@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from mesh.identity import SpiffeId, parse
+from mesh.identity import SpiffeId, check_trust_domain, parse
 
 CHECKOUT = "spiffe://cluster.local/ns/shop/sa/checkout"
 
@@ -81,3 +81,9 @@ def test_constructor_validates_each_field_by_name() -> None:
 def test_fields_are_keyword_only() -> None:
     with pytest.raises(TypeError):
         SpiffeId("cluster.local", "shop", "checkout")  # type: ignore[call-arg]
+
+
+def test_check_trust_domain() -> None:
+    assert check_trust_domain("prod.example-mesh") == "prod.example-mesh"
+    with pytest.raises(ValueError, match=r"invalid trust domain 'mesh:443': may hold only"):
+        check_trust_domain("mesh:443")
