@@ -60,6 +60,7 @@ class Http2Connection(asyncio.Protocol):
 
     def __init__(self, *, client_side: bool, handler: Handler | None = None,
                  limits: Limits = Limits(), clock: Clock = SYSTEM_CLOCK,
+                 on_open: Callable[[Http2Connection], None] | None = None,
                  on_close: Callable[[Http2Connection], None] | None = None) -> None:
         if not client_side and handler is None:
             raise ValueError("a server connection needs a handler")
@@ -72,6 +73,7 @@ class Http2Connection(asyncio.Protocol):
         self.close_reason: ConnectionClosed | None = None
         self.streams_opened = 0
         self._handler = handler
+        self._on_open = on_open
         self._on_close = on_close
         self._clock = clock
         self._loop = asyncio.get_running_loop()
@@ -117,6 +119,8 @@ class Http2Connection(asyncio.Protocol):
             self._h2.increment_flow_control_window(self.limits.connection_window - _DEFAULT_WINDOW)
         self._transport.write(self._h2.data_to_send())
         self._became_idle()
+        if self._on_open is not None:
+            self._on_open(self)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -31,10 +31,11 @@ class Server:
         self._server: asyncio.Server | None = None
 
     def _new_connection(self) -> Http2Connection:
-        connection = Http2Connection(client_side=False, handler=self.handler, limits=self.limits,
-                                     clock=self._clock, on_close=self.connections.discard)
-        self.connections.add(connection)
-        return connection
+        # Tracked from connection_made on: a TLS handshake that fails never gets that far,
+        # and must leave nothing behind.
+        return Http2Connection(client_side=False, handler=self.handler, limits=self.limits,
+                               clock=self._clock, on_open=self.connections.add,
+                               on_close=self.connections.discard)
 
     async def start(self, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None,
                     sock: socket.socket | None = None) -> None:
