@@ -11,14 +11,19 @@ a caller that has already given up.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from decimal import Decimal
 
 from mesh.clock import Clock
 
-_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+# Nanoseconds per unit: integers, so converting never picks up float error (0.1 s / 1e-6 is
+# 100000.00000000001, which rounded up would send 100001u).
+_NANOS = {"H": 3600 * 10**9, "M": 60 * 10**9, "S": 10**9, "m": 10**6, "u": 10**3, "n": 1}
 # Finest first: the encoder picks the finest unit whose value fits in 8 digits.
 _FINEST_FIRST = ("n", "u", "m", "S", "M", "H")
 _MAX_VALUE = 99_999_999
+_NANOS_PER_SECOND = 10**9
 
 
 def parse_timeout(value: str) -> float:
@@ -28,11 +33,11 @@ def parse_timeout(value: str) -> float:
         ValueError: the value is not 1-8 digits followed by one of H, M, S, m, u, n.
     """
     digits, unit = value[:-1], value[-1:]
-    if unit not in _UNITS or not (1 <= len(digits) <= 8) or not digits.isascii() \
+    if unit not in _NANOS or not (1 <= len(digits) <= 8) or not digits.isascii() \
             or not digits.isdigit():
         raise ValueError(f"invalid grpc-timeout {value!r}: want 1-8 digits and a unit "
                          f"(H, M, S, m, u, n)")
-    return int(digits) * _UNITS[unit]
+    return int(digits) * _NANOS[unit] / _NANOS_PER_SECOND
 
 
 def format_timeout(seconds: float) -> str:
@@ -43,9 +48,11 @@ def format_timeout(seconds: float) -> str:
     """
     if seconds <= 0:
         return "1n"
+    # The decimal that ``seconds`` prints as (0.1, not the binary float just above it), in
+    # whole nanoseconds rounded up; then each unit is an exact integer division rounded up.
+    nanos = math.ceil(Decimal(repr(seconds)) * _NANOS_PER_SECOND)
     for unit in _FINEST_FIRST:
-        scaled = seconds / _UNITS[unit]
-        value = int(scaled) if scaled == int(scaled) else int(scaled) + 1
+        value = -(-nanos // _NANOS[unit])
         if value <= _MAX_VALUE:
             return f"{value}{unit}"
     return f"{_MAX_VALUE}H"

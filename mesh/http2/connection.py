@@ -27,7 +27,6 @@ from h2.config import H2Configuration
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
-    InformationalResponseReceived,
     PingAckReceived,
     RemoteSettingsChanged,
     RequestReceived,
@@ -159,48 +158,60 @@ class Http2Connection(asyncio.Protocol):
     # -- events from h2 ----------------------------------------------------------------------
 
     def _dispatch(self, event: object) -> None:
-        match event:
-            case DataReceived(stream_id=sid, data=data, flow_controlled_length=size):
-                stream = self.streams.get(sid)
-                if stream is not None:
-                    stream.on_data(data, size)
-                else:  # we reset it already; the bytes still count against the connection
-                    self._h2.acknowledge_received_data(size, sid)
-            case RequestReceived(stream_id=sid, headers=headers):
-                self._on_request(sid, _text(headers))
-            case ResponseReceived(stream_id=sid, headers=headers):
-                if (stream := self.streams.get(sid)) is not None:
-                    stream.on_headers(_text(headers))
-            case TrailersReceived(stream_id=sid, headers=headers):
-                if (stream := self.streams.get(sid)) is not None:
-                    stream.on_trailers(_text(headers))
-            case StreamEnded(stream_id=sid):
-                if (stream := self.streams.get(sid)) is not None:
-                    stream.on_end()
-            case StreamReset(stream_id=sid, error_code=code, remote_reset=by_peer):
-                self._on_reset(sid, int(code or 0), by_peer)
-            case WindowUpdated(stream_id=sid):
-                if sid == 0:
-                    for stream in list(self.streams.values()):
-                        stream.on_window()
-                elif (stream := self.streams.get(sid)) is not None:
-                    stream.on_window()
-            case RemoteSettingsChanged(changed_settings=changed):
-                if SettingCodes.INITIAL_WINDOW_SIZE in changed:
-                    for stream in list(self.streams.values()):
-                        stream.on_window()
-                if SettingCodes.MAX_CONCURRENT_STREAMS in changed:
-                    self._wake_slot_waiters()
-            case PingAckReceived(ping_data=opaque):
-                waiter = self._pings.pop(bytes(opaque or b""), None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(self._clock.now())
-            case ConnectionTerminated(error_code=code, last_stream_id=last, additional_data=debug):
-                self._on_goaway(int(code or 0), last or 0, debug)
-            case InformationalResponseReceived():
-                pass  # 1xx: the final response follows
-            case _:
-                pass  # SETTINGS and PING acks, PRIORITY, unknown frames: h2 handled them
+        # A table, not a chain of isinstance/match: it is one lookup per event on the hot path.
+        handler = _EVENT_HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+        # Anything else (SETTINGS and PING acks, PRIORITY, unknown frames, 1xx responses):
+        # h2 has already done what the protocol requires.
+
+    def _on_data(self, event: DataReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.on_data(event.data, event.flow_controlled_length)
+        else:  # we reset it already; the bytes still count against the connection window
+            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+
+    def _on_request_received(self, event: RequestReceived) -> None:
+        self._on_request(event.stream_id, _text(event.headers))
+
+    def _on_response(self, event: ResponseReceived) -> None:
+        if (stream := self.streams.get(event.stream_id)) is not None:
+            stream.on_headers(_text(event.headers))
+
+    def _on_trailers(self, event: TrailersReceived) -> None:
+        if (stream := self.streams.get(event.stream_id)) is not None:
+            stream.on_trailers(_text(event.headers))
+
+    def _on_stream_ended(self, event: StreamEnded) -> None:
+        if (stream := self.streams.get(event.stream_id)) is not None:
+            stream.on_end()
+
+    def _on_stream_reset(self, event: StreamReset) -> None:
+        self._on_reset(event.stream_id, int(event.error_code or 0), event.remote_reset)
+
+    def _on_window_updated(self, event: WindowUpdated) -> None:
+        if event.stream_id == 0:
+            for blocked in list(self.streams.values()):
+                blocked.on_window()
+        elif (stream := self.streams.get(event.stream_id)) is not None:
+            stream.on_window()
+
+    def _on_settings(self, event: RemoteSettingsChanged) -> None:
+        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            for stream in list(self.streams.values()):
+                stream.on_window()
+        if SettingCodes.MAX_CONCURRENT_STREAMS in event.changed_settings:
+            self._wake_slot_waiters()
+
+    def _on_ping_ack(self, event: PingAckReceived) -> None:
+        waiter = self._pings.pop(bytes(event.ping_data or b""), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self._clock.now())
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        self._on_goaway(int(event.error_code or 0), event.last_stream_id or 0,
+                        event.additional_data)
 
     def _on_request(self, stream_id: int, headers: Headers) -> None:
         if self._draining:
@@ -298,6 +309,11 @@ class Http2Connection(asyncio.Protocol):
         if not self.streams:
             self._became_idle()
             self._close_if_drained()
+
+    @property
+    def write_paused(self) -> bool:
+        """True while the transport's buffer is above its high-water mark."""
+        return self._write_paused
 
     async def writable(self) -> None:
         """Return once the socket accepts more data (the transport's buffer drained)."""
@@ -481,3 +497,17 @@ class Http2Connection(asyncio.Protocol):
 def _text(headers: object) -> Headers:
     """h2's header list, typed as what ``header_encoding="utf-8"`` makes it: str pairs."""
     return cast(Headers, headers)
+
+
+_EVENT_HANDLERS: dict[type, Callable[[Http2Connection, Any], None]] = {
+    DataReceived: Http2Connection._on_data,
+    RequestReceived: Http2Connection._on_request_received,
+    ResponseReceived: Http2Connection._on_response,
+    TrailersReceived: Http2Connection._on_trailers,
+    StreamEnded: Http2Connection._on_stream_ended,
+    StreamReset: Http2Connection._on_stream_reset,
+    WindowUpdated: Http2Connection._on_window_updated,
+    RemoteSettingsChanged: Http2Connection._on_settings,
+    PingAckReceived: Http2Connection._on_ping_ack,
+    ConnectionTerminated: Http2Connection._on_terminated,
+}

@@ -35,7 +35,10 @@ class BoundedFrameBuffer(FrameBuffer):
         self.max_header_block_size = max_header_block_size
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
-        if isinstance(f, _HEADER_FRAMES):
+        # Only a block spread over several frames can outgrow the limit unnoticed: a single
+        # frame is bounded by the frame size and then by HPACK's header list limit. Checking
+        # only while a block is pending keeps this off the per-frame hot path.
+        if self._headers_buffer and isinstance(f, _HEADER_FRAMES):
             size = len(f.data) + sum(len(pending.data) for pending in self._headers_buffer)
             if size > self.max_header_block_size:
                 frames = len(self._headers_buffer) + 1

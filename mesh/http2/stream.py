@@ -35,6 +35,8 @@ class StreamOwner(Protocol):
     def reset_stream(self, stream_id: int, code: int) -> None: ...
     def acknowledge(self, stream_id: int, size: int) -> None: ...
     def stream_closed(self, stream: Stream) -> None: ...
+    @property
+    def write_paused(self) -> bool: ...
     async def writable(self) -> None: ...
 
 
@@ -147,7 +149,8 @@ class Stream:
             self._check_can_send()
         if end_stream:
             self._close_send()
-        await self._conn.writable()
+        if self._conn.write_paused:  # checked first: most sends never wait
+            await self._conn.writable()
 
     def send_trailers(self, trailers: Headers) -> None:
         """End the stream with trailers (gRPC puts its status here)."""
@@ -228,7 +231,7 @@ class Stream:
     def _finish(self) -> None:
         # Both halves are done. Body bytes the application has not read yet stay readable, but
         # their connection window is given back now: nothing more can arrive on this stream.
-        if any(flow_controlled for _, flow_controlled in self._chunks):
+        if self._chunks and any(flow_controlled for _, flow_controlled in self._chunks):
             for _, flow_controlled in self._chunks:
                 if flow_controlled:
                     self._conn.acknowledge(self.id, flow_controlled)
