@@ -490,8 +490,24 @@ class Http2Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         data = self._h2.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+        transport = self._transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+            if transport.get_write_buffer_size() > self.limits.max_write_buffer:
+                self._unread_overflow()
+
+    def _unread_overflow(self) -> None:
+        # Stream data waits for the socket (Stream.send_data), but answers to PING and SETTINGS
+        # and RST_STREAM do not: a peer that floods them without reading fills this buffer.
+        assert self._transport is not None
+        size = self._transport.get_write_buffer_size()
+        log.warning("aborting connection to %s: %d bytes unread by the peer (limit %d)",
+                    self.peer, size, self.limits.max_write_buffer)
+        reason = ConnectionClosed(f"peer left {size} bytes unread (control-frame flood?)",
+                                  ErrorCode.ENHANCE_YOUR_CALM)
+        self.close_reason = reason
+        self._fail_everything(reason)
+        self._transport.abort()  # a GOAWAY would only queue behind what it does not read
 
 
 def _text(headers: object) -> Headers:

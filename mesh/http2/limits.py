@@ -14,6 +14,9 @@ Each limit turns a known attack or mistake into a clean error on the offending c
   and gets GOAWAY(ENHANCE_YOUR_CALM). The defaults are nghttp2's (burst 1000, 33/s).
 - ``stream_window`` / ``connection_window`` bound what a slow reader buffers: the peer may
   send only that much before we have read it.
+- ``max_write_buffer`` bounds what waits in our socket buffer for a peer that does not read
+  (stream data waits politely, but PING/SETTINGS acks do not): past it the connection is
+  aborted — the answer to PING and SETTINGS floods and to zero-window stalls.
 - ``idle_timeout`` closes a connection with no open stream for that long (GOAWAY NO_ERROR).
 """
 
@@ -37,11 +40,12 @@ class Limits:
     connection_window: int = 4 * MIB
     reset_burst: int = 1000
     reset_rate: float = 33.0
+    max_write_buffer: int = 8 * MIB
     idle_timeout: float | None = 300.0
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent_streams", "max_header_list_size", "max_header_block_size",
-                     "reset_burst"):
+                     "reset_burst", "max_write_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be at least 1, got {getattr(self, name)}")
         if not 16 * KIB <= self.max_frame_size <= 16 * MIB - 1:
