@@ -23,18 +23,25 @@ from mesh.identity import SpiffeId, parse
 PathLike: TypeAlias = str | os.PathLike[str]
 
 
-def server_context(cert_file: PathLike, key_file: PathLike, ca_file: PathLike) -> ssl.SSLContext:
+def server_context(cert_file: PathLike, key_file: PathLike, ca_file: PathLike, *,
+                   require_client_cert: bool = True) -> ssl.SSLContext:
     """The context a sidecar accepts mesh connections with; clients must present a certificate.
 
     Args:
         cert_file: this workload's certificate (PEM).
         key_file: its private key (PEM).
         ca_file: the mesh CA certificate, the only trust anchor.
+        require_client_cert: False only where a client may not have a certificate yet: the
+            control plane, where a new sidecar trades a join token for its first one. A
+            certificate that *is* presented must still verify.
 
     Raises:
         OSError, ssl.SSLError: a file is missing or is not what it should be.
     """
-    return _mesh_context(cert_file, key_file, ca_file, alpn=["h2"], server_side=True)
+    context = _mesh_context(cert_file, key_file, ca_file, alpn=["h2"], server_side=True)
+    if not require_client_cert:
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
 
 
 def client_context(
@@ -54,6 +61,20 @@ def client_context(
         OSError, ssl.SSLError: a file is missing or is not what it should be.
     """
     return _mesh_context(cert_file, key_file, ca_file, alpn=alpn, server_side=False)
+
+
+def bootstrap_context(ca_file: PathLike) -> ssl.SSLContext:
+    """The context of a client with no certificate yet: it verifies the server, shows nothing.
+
+    A new sidecar uses it once, to send its join token and CSR to the control plane.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False  # the server's SPIFFE ID is checked instead
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=ca_file)
+    context.set_alpn_protocols(["h2"])
+    return context
 
 
 def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> SpiffeId | None:

@@ -1,0 +1,164 @@
+"""The discovery server: one aggregated, state-of-the-world stream per sidecar (like xDS ADS).
+
+Per sidecar and per resource type the server remembers what it last *sent* (version, nonce)
+and what the sidecar last *accepted* (ACK) or refused (NACK, with the reason). The rules,
+from Envoy's xDS protocol:
+
+- a request with an empty ``response_nonce`` is a new subscription (or a reconnect carrying
+  the sidecar's cached version): answer it with the current resources, even if unchanged;
+- a request whose nonce is not the last one sent is stale: ignore it;
+- a request with the last nonce is an ACK (``version_info`` = the new version) or, with
+  ``error_detail``, a NACK: record it, log it, count it — and do *not* push in reply;
+- push only when the sidecar's view of a type changed, in make-before-break order.
+
+A burst of changes (ten registrations in one event-loop turn) wakes each stream once, and each
+stream sends whatever is current when it runs: bursts coalesce by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from controlplane.snapshot import ORDER, Snapshot
+from mesh.clock import Clock
+from mesh.grpc import Context
+from mesh.identity import SpiffeId
+from mesh.proto.discovery_pb2 import DiscoveryRequest, DiscoveryResponse, Node
+from mesh.tls import peer_spiffe_id
+
+log = logging.getLogger("controlplane.discovery")
+
+
+@dataclass(slots=True)
+class TypeState:
+    """One resource type on one stream."""
+
+    resource_names: list[str] = field(default_factory=list)
+    sent_version: str = ""
+    sent_nonce: str = ""
+    sent_at: float = 0.0
+    acked_version: str = ""
+    nacks: int = 0
+    last_nack: str = ""
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One sidecar's stream."""
+
+    id: int
+    node: Node
+    peer: str
+    identity: SpiffeId | None  # proved by the client certificate
+    connected_at: float
+    types: dict[str, TypeState] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class DiscoveryObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def pushed(self, type_url: str) -> None: ...
+    def acked(self, type_url: str, latency: float) -> None: ...
+    def nacked(self, type_url: str, node: Node, reason: str) -> None: ...
+
+
+class DiscoveryServer:
+    """Serves ``StreamResources`` from the latest snapshot."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], clock: Clock,
+                 observer: DiscoveryObserver | None = None) -> None:
+        self.subscriptions: dict[int, Subscription] = {}
+        self._snapshot = snapshot
+        self._clock = clock
+        self._observer = observer or DiscoveryObserver()
+        self._ids = itertools.count(1)
+        self._nonces = itertools.count(1)
+
+    def changed(self) -> None:
+        """The policy or the registry changed: every stream re-checks its view."""
+        for subscription in self.subscriptions.values():
+            subscription.wake.set()
+
+    async def stream_resources(self, requests: AsyncIterator[DiscoveryRequest],
+                               context: Context) -> AsyncIterator[DiscoveryResponse]:
+        """The bidirectional ``StreamResources`` handler."""
+        identity = peer_spiffe_id(context.ssl_object) if context.ssl_object else None
+        subscription = Subscription(next(self._ids), Node(), str(context.peer), identity,
+                                    self._clock.now())
+        self.subscriptions[subscription.id] = subscription
+        reader = asyncio.create_task(self._read(requests, subscription))
+        try:
+            while True:
+                await subscription.wake.wait()
+                subscription.wake.clear()
+                if reader.done():
+                    reader.result()  # re-raise what ended the request stream, if anything
+                    return
+                for response in self._due(subscription):
+                    yield response
+        finally:
+            reader.cancel()
+            del self.subscriptions[subscription.id]
+            log.info("stream %d from %s (%s) closed", subscription.id, subscription.node.id,
+                     subscription.peer)
+
+    async def _read(self, requests: AsyncIterator[DiscoveryRequest],
+                    subscription: Subscription) -> None:
+        try:
+            async for request in requests:
+                self._on_request(subscription, request)
+        finally:
+            subscription.wake.set()  # let the writer see that the stream ended
+
+    def _on_request(self, subscription: Subscription, request: DiscoveryRequest) -> None:
+        if request.HasField("node"):
+            subscription.node = request.node
+        if request.type_url not in ORDER:
+            log.warning("stream %d asked for unknown type %r", subscription.id,
+                        request.type_url)
+            return
+        state = subscription.types.get(request.type_url)
+        if state is None or not request.response_nonce:
+            state = subscription.types[request.type_url] = TypeState()
+            state.resource_names = list(request.resource_names)
+            subscription.wake.set()  # a new subscription is always answered
+            return
+        if request.response_nonce != state.sent_nonce:
+            return  # stale: an answer to a response that has since been superseded
+        if request.HasField("error_detail"):
+            state.nacks += 1
+            state.last_nack = request.error_detail.message
+            log.warning("NACK from %s for %s version %s: %s", subscription.node.id,
+                        _short(request.type_url), state.sent_version, state.last_nack)
+            self._observer.nacked(request.type_url, subscription.node, state.last_nack)
+            return
+        state.acked_version = request.version_info
+        self._observer.acked(request.type_url, self._clock.now() - state.sent_at)
+
+    def _due(self, subscription: Subscription) -> list[DiscoveryResponse]:
+        snapshot = self._snapshot()
+        responses = []
+        for type_url in ORDER:
+            state = subscription.types.get(type_url)
+            if state is None:
+                continue
+            resources = snapshot.view(type_url, subscription.node).only(state.resource_names)
+            if resources.version == state.sent_version and state.sent_nonce:
+                continue
+            state.sent_version = resources.version
+            state.sent_nonce = str(next(self._nonces))
+            state.sent_at = self._clock.now()
+            responses.append(DiscoveryResponse(version_info=resources.version,
+                                               resources=resources.packed,
+                                               type_url=type_url, nonce=state.sent_nonce))
+            self._observer.pushed(type_url)
+        return responses
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]

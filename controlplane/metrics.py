@@ -1,0 +1,50 @@
+"""The control plane's Prometheus metrics, one registry per control plane (tests run many)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from controlplane.discovery import DiscoveryObserver
+from mesh.proto.discovery_pb2 import Node
+
+
+def _type(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
+
+
+class ControlPlaneMetrics(DiscoveryObserver):
+    """Registrations, pushes, ACKs and NACKs, and the time from push to ACK."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.registrations = Counter("mesh_controlplane_registrations",
+                                     "Register calls by result", ["result"], registry=r)
+        self.certificates = Counter("mesh_controlplane_certificates",
+                                    "Certificate requests by result", ["result"], registry=r)
+        self.pushes = Counter("mesh_controlplane_pushes", "DiscoveryResponses sent", ["type"],
+                              registry=r)
+        self.acks = Counter("mesh_controlplane_acks", "ACKs received", ["type"], registry=r)
+        self.nacks = Counter("mesh_controlplane_nacks", "NACKs received", ["type"], registry=r)
+        self.push_ack_seconds = Histogram(
+            "mesh_controlplane_push_ack_seconds", "Time from a push to its ACK", ["type"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r)
+        self.subscribers = Gauge("mesh_controlplane_subscribers", "Open discovery streams",
+                                 registry=r)
+        self.instances = Gauge("mesh_controlplane_instances", "Registered instances",
+                               registry=r)
+        self.policy_version = Gauge("mesh_controlplane_policy_version",
+                                    "Version of the policy in force", registry=r)
+        self.policy_rejections = Counter("mesh_controlplane_policy_rejections",
+                                         "Policy changes rejected", registry=r)
+
+    def pushed(self, type_url: str) -> None:
+        self.pushes.labels(_type(type_url)).inc()
+
+    def acked(self, type_url: str, latency: float) -> None:
+        self.acks.labels(_type(type_url)).inc()
+        self.push_ack_seconds.labels(_type(type_url)).observe(latency)
+
+    def nacked(self, type_url: str, node: Node, reason: str) -> None:
+        self.nacks.labels(_type(type_url)).inc()

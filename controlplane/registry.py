@@ -1,0 +1,179 @@
+"""The registry: which instances of which service are alive, where, and whether they are ready.
+
+Registration is authenticated, because a registry anyone can write to lets a compromised pod
+register fake endpoints and intercept traffic. Three checks, in order:
+
+1. the caller proved a SPIFFE ID with its client certificate (mTLS), else UNAUTHENTICATED;
+2. that ID may register the service: by default only ``.../sa/<service>`` registers
+   ``<service>``; a policy's ``registration`` grants can widen it; else PERMISSION_DENIED;
+3. the address registered is the caller's own source address, so a workload cannot point
+   others' traffic at a third party; else PERMISSION_DENIED.
+
+Every instance holds a *lease*: heartbeats renew it, and when it lapses (:meth:`expire`, run
+periodically) the endpoint is removed and subscribers are told. Heartbeats also carry the
+app's readiness, which marks the endpoint healthy or not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from controlplane.errors import RegistrationError
+from mesh.clock import Clock
+from mesh.grpc import StatusCode
+from mesh.identity import SpiffeId
+from mesh.proto.config_pb2 import Endpoint, RegistrationGrant
+
+log = logging.getLogger("controlplane.registry")
+
+DEFAULT_LEASE_TTL = 10.0  # seconds; heartbeats every third of it keep an instance alive
+
+
+@dataclass(slots=True)
+class Instance:
+    """One registered instance and its lease."""
+
+    id: str
+    service: str
+    endpoint: Endpoint
+    owner: SpiffeId
+    expires_at: float
+
+
+class Registry:
+    """Instances by service, with authenticated registration and leases."""
+
+    def __init__(self, clock: Clock, *, trust_domain: str, lease_ttl: float = DEFAULT_LEASE_TTL,
+                 grants: Callable[[], Iterable[RegistrationGrant]] = list) -> None:
+        self.lease_ttl = lease_ttl
+        self.version = 0  # bumped on every change that alters what subscribers see
+        self._clock = clock
+        self._trust_domain = trust_domain
+        self._grants = grants
+        self._instances: dict[str, Instance] = {}
+        self._ids = itertools.count(1)
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def endpoints(self, service: str) -> list[Endpoint]:
+        """The endpoints of ``service``, in a stable order."""
+        found = [i.endpoint for i in self._instances.values() if i.service == service]
+        return sorted(found, key=lambda e: (e.address, e.port, e.instance))
+
+    def services(self) -> list[str]:
+        return sorted({i.service for i in self._instances.values()})
+
+    def instances(self) -> list[Instance]:
+        return sorted(self._instances.values(), key=lambda i: (i.service, i.id))
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every change."""
+        self._listeners.append(listener)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def register(self, service: str, endpoint: Endpoint, caller: SpiffeId | None,
+                 caller_address: str) -> Instance:
+        """Add an instance of ``service`` at ``endpoint`` for ``caller``.
+
+        Raises:
+            RegistrationError: the caller is unauthenticated, not allowed to register
+                ``service``, or registers an address other than its own.
+        """
+        who = self._authenticated(caller, f"register {service!r}")
+        if not self._may_register(who, service):
+            raise self._refuse(StatusCode.PERMISSION_DENIED,
+                               f"{who} may not register service {service!r} (only "
+                               f"{self._trust_domain}/ns/*/sa/{service} or a registration "
+                               f"grant in the policy may)")
+        if endpoint.address != caller_address:
+            raise self._refuse(StatusCode.PERMISSION_DENIED,
+                               f"{who} may register its own address {caller_address} only, "
+                               f"not {endpoint.address}")
+        if not 0 < endpoint.port < 65536:
+            raise self._refuse(StatusCode.INVALID_ARGUMENT, f"port {endpoint.port} is invalid")
+        instance_id = f"{service}-{next(self._ids)}"
+        registered = Endpoint()
+        registered.CopyFrom(endpoint)
+        registered.instance = instance_id
+        if not registered.weight:
+            registered.weight = 1
+        instance = Instance(instance_id, service, registered, who,
+                            self._clock.now() + self.lease_ttl)
+        self._instances[instance_id] = instance
+        log.info("registered %s at %s:%d for %s", instance_id, endpoint.address, endpoint.port,
+                 who)
+        self._changed()
+        return instance
+
+    def heartbeat(self, instance_id: str, health: int | None, caller: SpiffeId | None) -> None:
+        """Renew the lease and record readiness (``Endpoint.Health``; None keeps it)."""
+        instance = self._owned(instance_id, caller, "renew")
+        instance.expires_at = self._clock.now() + self.lease_ttl
+        if health is not None and instance.endpoint.health != health:
+            instance.endpoint.health = health  # type: ignore[assignment]
+            log.info("%s is now %s", instance_id, Endpoint.Health.Name(health))
+            self._changed()
+
+    def deregister(self, instance_id: str, caller: SpiffeId | None) -> None:
+        self._owned(instance_id, caller, "deregister")
+        del self._instances[instance_id]
+        log.info("deregistered %s", instance_id)
+        self._changed()
+
+    def expire(self) -> list[Instance]:
+        """Remove every instance whose lease lapsed; return them."""
+        now = self._clock.now()
+        lapsed = [i for i in self._instances.values() if i.expires_at <= now]
+        for instance in lapsed:
+            del self._instances[instance.id]
+            log.warning("lease of %s (%s:%d) lapsed: endpoint removed", instance.id,
+                        instance.endpoint.address, instance.endpoint.port)
+        if lapsed:
+            self._changed()
+        return lapsed
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _authenticated(self, caller: SpiffeId | None, action: str) -> SpiffeId:
+        if caller is None:
+            raise self._refuse(StatusCode.UNAUTHENTICATED,
+                               f"cannot {action}: no client certificate (mTLS required)")
+        if caller.trust_domain != self._trust_domain:
+            raise self._refuse(StatusCode.PERMISSION_DENIED,
+                               f"cannot {action}: {caller} is outside trust domain "
+                               f"{self._trust_domain!r}")
+        return caller
+
+    def _may_register(self, who: SpiffeId, service: str) -> bool:
+        if who.service == service:
+            return True
+        return any(grant.service == service and
+                   ("*" in grant.principals or who.principal in grant.principals)
+                   for grant in self._grants())
+
+    def _owned(self, instance_id: str, caller: SpiffeId | None, action: str) -> Instance:
+        who = self._authenticated(caller, f"{action} {instance_id!r}")
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            raise self._refuse(StatusCode.NOT_FOUND,
+                               f"no instance {instance_id!r} (its lease may have lapsed: "
+                               f"register again)")
+        if instance.owner != who:
+            raise self._refuse(StatusCode.PERMISSION_DENIED,
+                               f"{who} may not {action} {instance_id}, registered by "
+                               f"{instance.owner}")
+        return instance
+
+    def _refuse(self, code: StatusCode, message: str) -> RegistrationError:
+        log.warning("registration refused (%s): %s", code.name, message)
+        return RegistrationError(code, message)
+
+    def _changed(self) -> None:
+        self.version += 1
+        for listener in self._listeners:
+            listener()

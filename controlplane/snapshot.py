@@ -1,0 +1,110 @@
+"""The snapshot: every resource a sidecar should have, built from the policy and the registry.
+
+One snapshot is built per change (not per subscriber) and then *viewed* per sidecar: clusters,
+endpoints and routes are the same for everyone; authorization policies go only to the sidecar
+of the service they protect. Each type's version is a digest of its resources, so "did this
+sidecar's view change?" is a string comparison, and an unchanged view is never pushed again.
+
+Types are sent in make-before-break order: clusters, then their endpoints, then the routes that
+name them, then authorization — a sidecar never holds a route to a cluster it does not know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.message import Message
+
+from mesh.proto.config_pb2 import (
+    AuthorizationPolicy,
+    Cluster,
+    ClusterLoadAssignment,
+    MeshPolicy,
+)
+from mesh.proto.discovery_pb2 import Node
+
+PREFIX = "type.googleapis.com/mesh.v1."
+CLUSTERS = PREFIX + "Cluster"
+ENDPOINTS = PREFIX + "ClusterLoadAssignment"
+ROUTES = PREFIX + "RouteConfiguration"
+AUTHORIZATION = PREFIX + "AuthorizationPolicy"
+ORDER = (CLUSTERS, ENDPOINTS, ROUTES, AUTHORIZATION)  # make before break
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """All resources of one type in one view, and the version that names them."""
+
+    type_url: str
+    version: str
+    names: tuple[str, ...]
+    packed: tuple[AnyProto, ...]
+
+    def only(self, names: list[str]) -> Resources:
+        """The subset named (all of them when ``names`` is empty)."""
+        if not names:
+            return self
+        wanted = set(names)
+        kept = [(n, p) for n, p in zip(self.names, self.packed, strict=True) if n in wanted]
+        return _resources(self.type_url, [n for n, _ in kept], [p for _, p in kept])
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The mesh's whole configuration at one moment."""
+
+    clusters: Resources
+    endpoints: Resources
+    routes: Resources
+    authorization: tuple[AuthorizationPolicy, ...]
+
+    def view(self, type_url: str, node: Node) -> Resources:
+        """What the sidecar ``node`` should hold of ``type_url``."""
+        if type_url == CLUSTERS:
+            return self.clusters
+        if type_url == ENDPOINTS:
+            return self.endpoints
+        if type_url == ROUTES:
+            return self.routes
+        if type_url == AUTHORIZATION:
+            mine = [p for p in self.authorization if p.service == node.service]
+            return _pack(AUTHORIZATION, [(f"{p.service}/{i}", p) for i, p in enumerate(mine)])
+        raise KeyError(f"unknown resource type {type_url!r}")
+
+
+def build(policy: MeshPolicy, endpoints: dict[str, ClusterLoadAssignment]) -> Snapshot:
+    """The snapshot for ``policy`` and the registry's ``endpoints`` by service.
+
+    A service that registered instances but has no cluster in the policy gets a default
+    cluster, so a mesh works before anyone writes a policy.
+    """
+    clusters: dict[str, Cluster] = {c.name: c for c in policy.clusters}
+    for service in endpoints:
+        clusters.setdefault(service, Cluster(name=service))
+    assignments = [endpoints.get(name) or ClusterLoadAssignment(cluster_name=name)
+                   for name in sorted(clusters)]
+    return Snapshot(
+        clusters=_pack(CLUSTERS, [(name, clusters[name]) for name in sorted(clusters)]),
+        endpoints=_pack(ENDPOINTS, [(a.cluster_name, a) for a in assignments]),
+        routes=_pack(ROUTES, [(r.name, r) for r in policy.routes]),
+        authorization=tuple(policy.authorization),
+    )
+
+
+def _pack(type_url: str, named: list[tuple[str, Message]]) -> Resources:
+    packed = []
+    for _, message in named:
+        any_message = AnyProto()
+        any_message.Pack(message, type_url_prefix="type.googleapis.com/", deterministic=True)
+        packed.append(any_message)
+    return _resources(type_url, [name for name, _ in named], packed)
+
+
+def _resources(type_url: str, names: list[str], packed: list[AnyProto]) -> Resources:
+    digest = hashlib.sha256()
+    for any_message in packed:
+        digest.update(any_message.value)
+        digest.update(b"\0")
+    return Resources(type_url, digest.hexdigest()[:12], tuple(names), tuple(packed))
