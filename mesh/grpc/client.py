@@ -4,14 +4,16 @@
     say_hello = channel.unary_unary("/hello.Greeter/SayHello", HelloReply.FromString)
     reply = await say_hello(HelloRequest(name="mesh"), timeout=0.5)
 
-The deadline is enforced here too: when it passes, the stream is reset with
-RST_STREAM(CANCEL) (so the server stops working on it) and the call fails with
-DEADLINE_EXCEEDED. Cancelling the calling task cancels the call the same way.
+The deadline is enforced here too, from the start: connecting and waiting for a free stream
+count against it. When it passes, the stream is reset with RST_STREAM(CANCEL) (so the server
+stops working on it) and the call fails with DEADLINE_EXCEEDED. Cancelling the calling task
+cancels the call the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl as ssl_module
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, Generic, TypeVar
@@ -20,7 +22,14 @@ from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.grpc.deadline import Deadline
 from mesh.grpc.framing import DEFAULT_MAX_MESSAGE_SIZE, MessageDecoder, encode_message
 from mesh.grpc.server import Message
-from mesh.grpc.status import GrpcError, StatusCode, code_for_http_status, code_of, unquote_message
+from mesh.grpc.status import (
+    GrpcError,
+    StatusCode,
+    code_for_http_status,
+    code_for_reset,
+    code_of,
+    unquote_message,
+)
 from mesh.http2 import (
     ConnectionClosed,
     ErrorCode,
@@ -64,14 +73,21 @@ class Channel:
                     limits=self._limits, clock=self.clock)
             return conn
 
-    async def open_stream(self, headers: Headers) -> Stream:
-        """Open a stream, waiting for a free slot under the server's stream limit."""
+    async def open_stream(self, headers: Headers, *, deadline: Deadline | None = None,
+                          metadata: Headers | None = None) -> Stream:
+        """Open a stream, waiting for a free slot under the server's stream limit.
+
+        ``deadline`` is sent as ``grpc-timeout`` when the stream opens, so time spent waiting
+        for a slot is not promised to the server; ``metadata`` follows it.
+        """
         while True:
             conn = await self.connection()
+            timeout = [] if deadline is None else [("grpc-timeout", deadline.header())]
             try:
-                return conn.open_stream(headers)
+                return conn.open_stream([*headers, *timeout, *(metadata or [])])
             except NoStreamAvailable:
-                await conn.wait_for_stream_slot()
+                with contextlib.suppress(ConnectionClosed):  # draining now: as below
+                    await conn.wait_for_stream_slot()
             except ConnectionClosed:
                 continue  # draining or gone: the next loop connects afresh
 
@@ -141,6 +157,7 @@ class Call(Generic[R]):
         self._ready: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
+        self._headers_checked = False
 
     async def __aenter__(self) -> Call[R]:
         await self.start()
@@ -150,23 +167,34 @@ class Call(Generic[R]):
         self.cancel()
 
     async def start(self) -> None:
-        """Open the stream and send the request headers."""
+        """Open the stream and send the request headers.
+
+        Raises:
+            GrpcError: DEADLINE_EXCEEDED when the deadline passes first (connecting and waiting
+            for a stream slot count against it); UNAVAILABLE when the server cannot be reached.
+        """
         channel = self._channel
         headers = [(":method", "POST"), (":scheme", channel.scheme), (":path", self.path),
                    (":authority", channel.authority), ("te", "trailers"),
                    ("content-type", "application/grpc"), ("grpc-accept-encoding", "identity")]
-        if self.deadline is not None:
-            if self.deadline.expired:
-                raise GrpcError(StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call")
-            headers.append(("grpc-timeout", self.deadline.header()))
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.deadline.remaining(), self._expire)
+        deadline = self.deadline
+        if deadline is not None and deadline.expired:
+            raise GrpcError(StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call")
         try:
-            self._stream = await channel.open_stream(headers + self._metadata)
+            async with asyncio.timeout(None if deadline is None else deadline.remaining()) \
+                    as opening:
+                self._stream = await channel.open_stream(headers, deadline=deadline,
+                                                         metadata=self._metadata)
         except (ConnectionError, OSError, ConnectionClosed) as error:
-            self._stop_timer()
+            if opening.expired():  # asyncio.timeout's TimeoutError is an OSError
+                raise GrpcError(StatusCode.DEADLINE_EXCEEDED,
+                                f"deadline passed while opening a stream to "
+                                f"{channel.authority}") from error
             raise GrpcError(StatusCode.UNAVAILABLE, f"cannot reach {channel.authority}: "
                                                     f"{error}") from error
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(deadline.remaining(), 0.0), self._expire)
 
     async def send(self, request: Message, *, end: bool = False) -> None:
         """Send one request message (``end=True``: and no more)."""
@@ -205,8 +233,10 @@ class Call(Generic[R]):
         stream = self._stream
         assert stream is not None, "call not started"
         try:
-            if stream.headers is None:
-                self._check_response_headers(await stream.receive_headers())
+            if not self._headers_checked:  # even if they arrived before this first receive
+                headers = await stream.receive_headers()
+                self._headers_checked = True
+                self._check_response_headers(headers)
             while not self._ready:
                 if self.code is not None:
                     self._raise_if_failed()
@@ -264,8 +294,9 @@ class Call(Generic[R]):
         if self.code is not None:
             return
         values = dict(trailers)
-        self.trailing_metadata = [(k, v) for k, v in trailers
-                                  if k[0] != ":" and not k.startswith("grpc-")]
+        # content-type: a trailers-only response's one HEADERS frame is headers and trailers.
+        self.trailing_metadata = [(k, v) for k, v in trailers if k[0] != ":"
+                                  and not k.startswith("grpc-") and k != "content-type"]
         if self._decoder.pending:
             self._finish_with(StatusCode.INTERNAL, "response ended inside a message")
         elif "grpc-status" not in values:
@@ -290,8 +321,8 @@ class Call(Generic[R]):
         if self._expired:
             self.code = StatusCode.DEADLINE_EXCEEDED
             self.message = "deadline exceeded (the client cancelled the stream)"
-        elif isinstance(error, StreamReset) and error.code == ErrorCode.CANCEL:
-            self.code, self.message = StatusCode.CANCELLED, str(error)
+        elif isinstance(error, StreamReset):
+            self.code, self.message = code_for_reset(error.code), str(error)
         else:
             self.code, self.message = StatusCode.UNAVAILABLE, str(error)
         return GrpcError(self.code, self.message)

@@ -22,7 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.grpc.deadline import Deadline, parse_timeout
@@ -68,7 +68,7 @@ class Context:
         """The first value of request metadata ``name``, or None."""
         return next((v for k, v in self.metadata if k == name), None)
 
-    def abort(self, code: StatusCode, message: str) -> None:
+    def abort(self, code: StatusCode, message: str) -> NoReturn:
         """End the call with ``code``; never returns."""
         raise GrpcError(code, message)
 
@@ -135,15 +135,17 @@ class GrpcServer:
         call = _ServerCall(stream, method, context, self.max_message_size)
         code, message = StatusCode.OK, ""
         try:
-            async with asyncio.timeout(None if deadline is None else deadline.remaining()):
+            async with asyncio.timeout(None if deadline is None else deadline.remaining()) \
+                    as running:
                 await call.run()
         except GrpcError as error:
             code, message = error.code, error.message
-        except TimeoutError:
-            code, message = StatusCode.DEADLINE_EXCEEDED, "deadline exceeded on the server"
         except Exception as error:
-            log.exception("gRPC handler for %s failed", path)
-            code, message = StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"
+            if isinstance(error, TimeoutError) and running.expired():
+                code, message = StatusCode.DEADLINE_EXCEEDED, "deadline exceeded on the server"
+            else:  # including a TimeoutError of the handler's own: that is not our deadline
+                log.exception("gRPC handler for %s failed", path)
+                code, message = StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"
         if not stream.send_closed:
             self._send_status(stream, call.headers_sent, code, message,
                               context.trailing_metadata)

@@ -2,13 +2,16 @@
 
 Every gRPC call ends with a status: a code and an optional message, sent in the response's
 trailers as ``grpc-status`` and ``grpc-message`` (the message percent-encoded). A status other
-than OK becomes :class:`GrpcError` on the calling side.
+than OK becomes :class:`GrpcError` on the calling side. A response that never got that far (an
+HTTP status other than 200, a stream reset) is given the code gRPC maps it to.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 from urllib.parse import quote, unquote
+
+from mesh.http2.errors import ErrorCode
 
 
 class StatusCode(IntEnum):
@@ -62,7 +65,7 @@ def code_of(value: str | None) -> StatusCode:
         return StatusCode.UNKNOWN
 
 
-_HTTP_TO_GRPC = {
+_HTTP_TO_GRPC = {  # grpc/doc/http-grpc-status-mapping.md
     400: StatusCode.INTERNAL,
     401: StatusCode.UNAUTHENTICATED,
     403: StatusCode.PERMISSION_DENIED,
@@ -77,3 +80,20 @@ _HTTP_TO_GRPC = {
 def code_for_http_status(status: int) -> StatusCode:
     """The gRPC code a client reports when a response is not HTTP 200 (gRPC's mapping)."""
     return _HTTP_TO_GRPC.get(status, StatusCode.UNKNOWN)
+
+
+_RESET_TO_GRPC: dict[int, StatusCode] = {  # grpc/doc/PROTOCOL-HTTP2.md, "Errors"
+    ErrorCode.REFUSED_STREAM: StatusCode.UNAVAILABLE,  # never processed: safe to retry
+    ErrorCode.CANCEL: StatusCode.CANCELLED,
+    ErrorCode.ENHANCE_YOUR_CALM: StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.INADEQUATE_SECURITY: StatusCode.PERMISSION_DENIED,
+}
+
+
+def code_for_reset(error_code: int) -> StatusCode:
+    """The gRPC code for a stream reset with ``error_code`` (RST_STREAM), as gRPC maps it.
+
+    Only REFUSED_STREAM becomes UNAVAILABLE, the code callers retry; a peer that reset a stream
+    it had started on broke something (INTERNAL), so retrying elsewhere is not obviously safe.
+    """
+    return _RESET_TO_GRPC.get(error_code, StatusCode.INTERNAL)

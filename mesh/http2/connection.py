@@ -395,8 +395,11 @@ class Http2Connection(asyncio.Protocol):
         After ``grace`` seconds, whatever is still open is cut off with GOAWAY(NO_ERROR) and
         a closed socket.
         """
-        if self._transport is not None and not self._transport.is_closing() \
-                and not self._draining:
+        if self._transport is None:  # never connected (a failed TLS handshake)
+            if not self.closed.done():
+                self.closed.set_result(None)
+            return
+        if not self._transport.is_closing() and not self._draining:
             self._draining = True
             last = self._h2.highest_inbound_stream_id
             self._h2.send_goaway(last, ErrorCode.NO_ERROR, b"shutting down")
@@ -407,6 +410,9 @@ class Http2Connection(asyncio.Protocol):
             await asyncio.wait_for(asyncio.shield(self.closed), grace)
         except TimeoutError:
             self.abort(ErrorCode.NO_ERROR, f"streams still open after {grace}s of draining")
+            if self._transport is not None and not self.closed.done():
+                # A TLS close waits for the peer's close_notify (up to 30 s): grace is over.
+                self._transport.abort()
             await self.closed
 
     def abort(self, code: int, reason: str) -> None:

@@ -51,8 +51,8 @@ class Stream:
     """
 
     __slots__ = ("_chunks", "_conn", "_error", "_headers_waiter", "_read_waiter",
-                 "_recv_closed", "_send_closed", "_task", "_window_waiter", "headers", "id",
-                 "trailers")
+                 "_recv_closed", "_send_closed", "_send_error", "_task", "_window_waiter",
+                 "headers", "id", "trailers")
 
     def __init__(self, conn: StreamOwner, stream_id: int, headers: Headers | None = None) -> None:
         self.id = stream_id
@@ -63,6 +63,7 @@ class Stream:
         self._recv_closed = False
         self._send_closed = False
         self._error: Http2Error | None = None
+        self._send_error: Http2Error | None = None  # reset after a complete response
         self._read_waiter: asyncio.Future[None] | None = None
         self._headers_waiter: asyncio.Future[None] | None = None
         self._window_waiter: asyncio.Future[None] | None = None
@@ -198,6 +199,14 @@ class Stream:
         _wake(self._window_waiter)
 
     def on_reset(self, code: int) -> None:
+        if code == ErrorCode.NO_ERROR and self._recv_closed and self._error is None:
+            # RFC 9113 §8.1: a server that has answered in full may reset with NO_ERROR to
+            # say "stop sending the request". The response stays readable; sending stops.
+            self._send_error = StreamReset(self.id, code, by_peer=True)
+            self._send_closed = True
+            _wake(self._window_waiter)
+            self._finish()
+            return
         error_type = StreamRefused if code == ErrorCode.REFUSED_STREAM else StreamReset
         self._fail(error_type(self.id, code, by_peer=True))
 
@@ -213,6 +222,8 @@ class Stream:
     def _check_can_send(self) -> None:
         if self._error is not None:
             raise self._error
+        if self._send_error is not None:
+            raise self._send_error
         if self._send_closed:
             raise RuntimeError(f"stream {self.id}: cannot send after END_STREAM")
 
