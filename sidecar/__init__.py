@@ -1,1 +1,16 @@
-"""The sidecar: the mesh's data plane (listeners, router, clusters, pool, policies)."""
+"""The sidecar: the mesh's data plane (listeners, router, clusters, pool, policies).
+
+Glossary:
+    discovery        the client end of the xDS-like stream: apply, ACK or NACK, reconnect.
+    registration     keeps this instance registered, renewing its lease with heartbeats.
+    balancers        which endpoint gets the next call: round robin, random, least request,
+                     peak EWMA, ring hash (see ``balancers/__init__.py``).
+    backoff          growing, jittered delays between attempts (AWS decorrelated and full jitter).
+    retry            a route's retry policy, and one request's attempts: retry after a delay, or
+                     stop and say why.
+    retry_budget     retries capped at a share of recent requests (Finagle, Linkerd) or of
+                     requests in progress (Envoy).
+    outlier          outlier detection: endpoints that keep failing are ejected for a growing time.
+    circuit_breaker  per-cluster caps on connections, pending requests, requests and retries;
+                     overflow is answered at once (503 / UNAVAILABLE).
+"""

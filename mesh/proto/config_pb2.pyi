@@ -75,12 +75,12 @@ class PeakEwma(_message.Message):
     def __init__(self, decay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., default_rtt: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RingHash(_message.Message):
-    __slots__ = ("hash_header", "minimum_ring_size")
+    __slots__ = ("hash_header", "points_per_weight")
     HASH_HEADER_FIELD_NUMBER: _ClassVar[int]
-    MINIMUM_RING_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_PER_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     hash_header: str
-    minimum_ring_size: int
-    def __init__(self, hash_header: _Optional[str] = ..., minimum_ring_size: _Optional[int] = ...) -> None: ...
+    points_per_weight: int
+    def __init__(self, hash_header: _Optional[str] = ..., points_per_weight: _Optional[int] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("retry_on", "num_retries", "per_try_timeout", "retriable_status_codes", "retry_non_idempotent", "backoff")

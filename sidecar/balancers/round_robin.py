@@ -1,0 +1,48 @@
+"""Weighted round robin, smooth: each endpoint in turn, in proportion to its weight (Envoy).
+
+Round robin ignores load and latency: it is the right choice when endpoints are alike and calls
+cost the same, and the baseline the load-aware balancers are measured against (a slow replica
+gets its full share, so the client's tail latency follows the slow one). Weights are honoured
+by an earliest-deadline-first schedule (``edf.py``), as in Envoy, so an endpoint of weight 3
+gets three calls spread among the others rather than three in a row; with equal weights it is
+plain rotation. With ``slow_start`` a new endpoint's weight ramps up over a window
+(``slow_start.py``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+
+from mesh.clock import Clock
+from sidecar.balancers.base import Balancer
+from sidecar.balancers.edf import EdfSchedule
+from sidecar.balancers.endpoint import Endpoint, EndpointSpec
+from sidecar.balancers.slow_start import SlowStart
+
+
+class RoundRobinBalancer(Balancer):
+    """Smooth weighted round robin over the available endpoints.
+
+    Args:
+        slow_start: ramp new endpoints' weights up over a window; None: full weight at once.
+    """
+
+    def __init__(self, *, clock: Clock, rng: random.Random,
+                 slow_start: SlowStart | None = None) -> None:
+        super().__init__(clock=clock, rng=rng)
+        self._slow_start = slow_start
+        self._schedule = EdfSchedule(rng)
+
+    def _choose(self, candidates: Sequence[Endpoint], available: Sequence[Endpoint],
+                key: int | None) -> Endpoint:
+        return self._schedule.pick(candidates, available, self._weight)
+
+    def _weight(self, endpoint: Endpoint) -> float:
+        if self._slow_start is None:
+            return float(endpoint.weight)
+        return self._slow_start.weight(endpoint, self._clock.now())
+
+    def set_endpoints(self, specs: Iterable[EndpointSpec]) -> None:
+        super().set_endpoints(specs)
+        self._schedule.invalidate()

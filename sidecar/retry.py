@@ -1,0 +1,309 @@
+"""Retries: whether a failed attempt is tried again, when, and why not (Envoy's retry policy).
+
+A retry turns a transient failure (a reset connection, a replica restarting, a 503 from an
+overloaded instance) into a success the caller never sees — if it is safe and cheap. Safe: the
+failure is one the route names in ``retry_on``, and the request has no effects a second copy
+would repeat (its method is idempotent, the route allows it anyway, or the upstream never saw
+it). Cheap: retries left (``num_retries``), a backoff delay that ends before the overall
+deadline, and room in the retry budget. ``RetryPolicy`` holds a route's settings;
+``RetryState`` follows one request through its attempts and answers each outcome with a
+``RetryDecision``: ``Retry`` after a delay, or ``Stop`` with the reason. The sidecar carries the
+decision out (sleeps, picks another endpoint with ``avoid=state.tried``, sends
+``x-mesh-attempt: state.attempt``), and asks only while nothing of the response has been
+forwarded to the caller.
+
+``retry_on`` conditions, as Envoy's ``x-envoy-retry-on`` reads them:
+
+    connect-failure         no connection could be made (the request was never sent)
+    refused-stream          the upstream refused the stream (REFUSED_STREAM, or beyond GOAWAY)
+    reset                   a connection or stream failed before a response (the two above
+                            included; a per-try timeout is not a reset, as in Envoy)
+    5xx                     any 5xx response, or no response at all (per-try timeout included)
+    gateway-error           502, 503 or 504, or no response at all (per-try timeout included)
+    retriable-status-codes  a status listed in ``retriable_status_codes``
+    cancelled, deadline-exceeded, internal, resource-exhausted, unavailable
+                            a gRPC response with that ``grpc-status``
+
+Every attempt gets ``per_try_timeout`` but never more than the time left before the overall
+deadline, and a retry whose delay would end at or after the deadline is not made. Without a per-try
+timeout the first attempt may use the whole deadline, so a timed-out request is never retried
+(a common surprise with Envoy and Istio).
+
+Where we differ from Envoy on purpose: Envoy retries any method the policy matches. We retry
+only idempotent methods (RFC 9110: GET, HEAD, OPTIONS, TRACE, PUT, DELETE) and gRPC calls (as in
+gRPC's own retry design, a retry policy on a gRPC service is its owner's word that its methods
+may be retried) unless the route sets ``retry_non_idempotent``; but after a connect failure or a
+refused stream, which the upstream never processed (RFC 9113 §8.7), any method may go again.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+
+from mesh.clock import Clock
+from mesh.grpc.status import StatusCode
+from sidecar.backoff import Backoff
+from sidecar.retry_budget import Budget
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+"""Methods whose repetition has the effect of one request (RFC 9110 §9.2.2)."""
+
+
+class RetryOn(Enum):
+    """A condition a route retries on (Envoy's ``x-envoy-retry-on`` names)."""
+
+    CONNECT_FAILURE = "connect-failure"
+    REFUSED_STREAM = "refused-stream"
+    RESET = "reset"
+    SERVER_ERROR = "5xx"
+    GATEWAY_ERROR = "gateway-error"
+    RETRIABLE_STATUS_CODES = "retriable-status-codes"
+    CANCELLED = "cancelled"
+    DEADLINE_EXCEEDED = "deadline-exceeded"
+    INTERNAL = "internal"
+    RESOURCE_EXHAUSTED = "resource-exhausted"
+    UNAVAILABLE = "unavailable"
+
+    @classmethod
+    def parse(cls, name: str) -> RetryOn:
+        """The condition called ``name`` in a policy file.
+
+        Raises:
+            ValueError: no condition has that name; the message lists those that do.
+        """
+        try:
+            return cls(name)
+        except ValueError:
+            known = ", ".join(c.value for c in cls)
+            raise ValueError(f"retry_on {name!r}: unknown condition (want one of {known})") \
+                from None
+
+
+class Failure(Enum):
+    """Why an attempt got no response at all."""
+
+    CONNECT_FAILURE = "connect-failure"  # no connection: refused, TLS failed, connect timeout
+    REFUSED_STREAM = "refused-stream"  # REFUSED_STREAM or beyond GOAWAY: never processed
+    RESET = "reset"  # the stream or connection ended before a response
+    TIMEOUT = "timeout"  # the per-try timeout passed before a response
+
+
+_FAILURE_COVERED_BY: dict[Failure, frozenset[RetryOn]] = {  # Envoy's wouldRetryFromReset
+    Failure.CONNECT_FAILURE: frozenset({RetryOn.CONNECT_FAILURE, RetryOn.RESET,
+                                        RetryOn.SERVER_ERROR, RetryOn.GATEWAY_ERROR}),
+    Failure.REFUSED_STREAM: frozenset({RetryOn.REFUSED_STREAM, RetryOn.RESET,
+                                       RetryOn.SERVER_ERROR, RetryOn.GATEWAY_ERROR}),
+    Failure.RESET: frozenset({RetryOn.RESET, RetryOn.SERVER_ERROR, RetryOn.GATEWAY_ERROR}),
+    Failure.TIMEOUT: frozenset({RetryOn.SERVER_ERROR, RetryOn.GATEWAY_ERROR}),
+}
+
+_GRPC_CONDITIONS: dict[RetryOn, StatusCode] = {
+    RetryOn.CANCELLED: StatusCode.CANCELLED,
+    RetryOn.DEADLINE_EXCEEDED: StatusCode.DEADLINE_EXCEEDED,
+    RetryOn.INTERNAL: StatusCode.INTERNAL,
+    RetryOn.RESOURCE_EXHAUSTED: StatusCode.RESOURCE_EXHAUSTED,
+    RetryOn.UNAVAILABLE: StatusCode.UNAVAILABLE,
+}
+
+_NEVER_PROCESSED = frozenset({Failure.CONNECT_FAILURE, Failure.REFUSED_STREAM})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How one attempt ended: a response (HTTP status, maybe a gRPC status) or a failure."""
+
+    status: int | None = None  # the response's :status
+    grpc_status: StatusCode | None = None  # its grpc-status, for a gRPC response
+    failure: Failure | None = None  # why no response arrived
+
+    def __post_init__(self) -> None:
+        if (self.status is None) == (self.failure is None):
+            raise ValueError(f"outcome {self}: needs a status or a failure, not both")
+        if self.status is not None and not 100 <= self.status <= 599:
+            raise ValueError(f"outcome status {self.status}: must be within 100..599")
+        if self.grpc_status is not None and self.status is None:
+            raise ValueError(f"outcome {self}: a gRPC status comes only with a response")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """A route's retry settings (Envoy's ``RetryPolicy``); defaults retry nothing."""
+
+    retry_on: frozenset[RetryOn] = frozenset()
+    num_retries: int = 1  # attempts after the first (Envoy's default 1)
+    per_try_timeout: float | None = None  # seconds per attempt; None: up to the deadline
+    retriable_status_codes: frozenset[int] = frozenset()  # for retriable-status-codes
+    retry_non_idempotent: bool = False  # True: retry POST and PATCH as well
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def __post_init__(self) -> None:
+        if self.num_retries < 0:
+            raise ValueError(f"retry num_retries {self.num_retries}: must not be negative")
+        if self.per_try_timeout is not None and self.per_try_timeout <= 0:
+            raise ValueError(f"retry per_try_timeout {self.per_try_timeout}: must be positive "
+                             f"seconds")
+        for code in sorted(self.retriable_status_codes):
+            if not 100 <= code <= 599:
+                raise ValueError(f"retry retriable_status_codes {code}: must be within "
+                                 f"100..599")
+
+    def retriable(self, outcome: Outcome) -> bool:
+        """True when ``retry_on`` names this outcome (whatever the method or budget)."""
+        if outcome.failure is not None:
+            return not self.retry_on.isdisjoint(_FAILURE_COVERED_BY[outcome.failure])
+        status = outcome.status
+        assert status is not None  # an Outcome has a status or a failure
+        on = self.retry_on
+        if RetryOn.SERVER_ERROR in on and 500 <= status <= 599:
+            return True
+        if RetryOn.GATEWAY_ERROR in on and status in (502, 503, 504):
+            return True
+        if RetryOn.RETRIABLE_STATUS_CODES in on and status in self.retriable_status_codes:
+            return True
+        grpc_status = outcome.grpc_status
+        return grpc_status is not None and any(
+            _GRPC_CONDITIONS.get(condition) == grpc_status for condition in on)
+
+
+class StopReason(Enum):
+    """Why a request gets no further attempt."""
+
+    NOT_RETRIABLE = "not-retriable"  # a success, or a failure retry_on does not name
+    NON_IDEMPOTENT = "non-idempotent"  # the method may have had effects already
+    RETRIES_EXHAUSTED = "retries-exhausted"  # num_retries retries were made
+    DEADLINE = "deadline"  # the retry could not start before the overall deadline
+    BUDGET_EXHAUSTED = "budget-exhausted"  # the retry budget has no room
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    """Try again after ``delay`` seconds; the next attempt is number ``attempt``."""
+
+    delay: float
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stop:
+    """Make no further attempt; the last outcome is the answer."""
+
+    reason: StopReason
+
+
+RetryDecision = Retry | Stop
+
+
+class Phase(Enum):
+    """Where a request is in its attempts (see ``RetryState``)."""
+
+    READY = "ready"  # created, or a retry was decided: the next attempt may begin
+    ATTEMPTING = "attempting"  # an attempt is in flight: its outcome is awaited
+    STOPPED = "stopped"  # no further attempt; the response is being delivered
+    CLOSED = "closed"  # the request is over and its budget released
+
+
+class RetryState:
+    """One request's attempts: counts them, keeps the endpoints tried, decides on each outcome.
+
+    Creating it deposits the request into ``budget``; ``close()`` ends it (call it once the
+    response is delivered or the caller gave up, whatever happened; it is idempotent)::
+
+        phase        begin_attempt()   decide() -> Retry   decide() -> Stop   close()
+        READY        ATTEMPTING        -                   -                  CLOSED
+        ATTEMPTING   -                 READY               STOPPED            CLOSED
+        STOPPED      -                 -                   -                  CLOSED
+
+    Anything marked ``-`` is a bug in the caller and raises ``RuntimeError``.
+
+    Args:
+        policy: the route's retry settings.
+        method: the request's HTTP method.
+        grpc: True for a gRPC call, which is retried like an idempotent method.
+        deadline: when the whole request must be over, as an absolute time on ``clock``.
+        budget: the cluster's retry budget; None retries up to ``num_retries`` unchecked.
+    """
+
+    def __init__(self, policy: RetryPolicy, *, method: str, grpc: bool = False,
+                 deadline: float, clock: Clock, rng: random.Random,
+                 budget: Budget | None = None) -> None:
+        self._policy = policy
+        self._idempotent = grpc or policy.retry_non_idempotent or method in IDEMPOTENT_METHODS
+        self._deadline = deadline
+        self._clock = clock
+        self._budget = budget
+        self._delays = policy.backoff.delays(rng)
+        self._tried: set[str] = set()
+        self._holds_retry = False  # a retry counted in the budget has not ended yet
+        self.attempt = 0  # attempts begun; the one in flight has this number (x-mesh-attempt)
+        self.phase = Phase.READY
+        if budget is not None:
+            budget.deposit()
+
+    @property
+    def tried(self) -> frozenset[str]:
+        """The endpoints attempts went to, for the balancer's ``avoid``."""
+        return frozenset(self._tried)
+
+    def begin_attempt(self, address: str | None) -> float:
+        """An attempt starts, to ``address`` (None if no endpoint was available).
+
+        Returns:
+            the attempt's deadline: ``per_try_timeout`` from now, but never past the request's.
+        """
+        self._expect(Phase.READY, "begin_attempt")
+        self.phase = Phase.ATTEMPTING
+        self.attempt += 1
+        if address is not None:
+            self._tried.add(address)
+        if self._policy.per_try_timeout is None:
+            return self._deadline
+        return min(self._deadline, self._clock.now() + self._policy.per_try_timeout)
+
+    def decide(self, outcome: Outcome) -> RetryDecision:
+        """Whether the attempt that ended with ``outcome`` is followed by another, and when.
+
+        A retry is counted against the budget the moment it is decided (Envoy issue 30205).
+        """
+        self._expect(Phase.ATTEMPTING, "decide")
+        self._end_retry()
+        decision = self._judge(outcome)
+        self.phase = Phase.READY if isinstance(decision, Retry) else Phase.STOPPED
+        return decision
+
+    def close(self) -> None:
+        """The request is over: release what it holds in the budget."""
+        if self.phase is Phase.CLOSED:
+            return
+        self.phase = Phase.CLOSED
+        self._end_retry()
+        if self._budget is not None:
+            self._budget.request_ended()
+
+    def _judge(self, outcome: Outcome) -> RetryDecision:
+        if not self._policy.retriable(outcome):
+            return Stop(reason=StopReason.NOT_RETRIABLE)
+        if not self._idempotent and outcome.failure not in _NEVER_PROCESSED:
+            return Stop(reason=StopReason.NON_IDEMPOTENT)
+        if self.attempt > self._policy.num_retries:
+            return Stop(reason=StopReason.RETRIES_EXHAUSTED)
+        delay = next(self._delays)
+        if self._clock.now() + delay >= self._deadline:
+            return Stop(reason=StopReason.DEADLINE)
+        if self._budget is not None:
+            if not self._budget.try_withdraw():
+                return Stop(reason=StopReason.BUDGET_EXHAUSTED)
+            self._holds_retry = True
+        return Retry(delay=delay, attempt=self.attempt + 1)
+
+    def _end_retry(self) -> None:
+        if self._holds_retry:
+            assert self._budget is not None  # only a budget's retry is held
+            self._budget.retry_ended()
+            self._holds_retry = False
+
+    def _expect(self, phase: Phase, action: str) -> None:
+        if self.phase is not phase:
+            raise RuntimeError(f"retry state: {action}() in phase {self.phase.value}, "
+                               f"allowed only in {phase.value}")
