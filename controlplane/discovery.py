@@ -23,11 +23,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from controlplane.snapshot import ORDER, Snapshot
+from controlplane.snapshot import Snapshot
 from mesh.clock import Clock
 from mesh.grpc import Context
 from mesh.identity import SpiffeId
 from mesh.proto.discovery_pb2 import DiscoveryRequest, DiscoveryResponse, Node
+from mesh.proto.resources import ORDER, short_name
 from mesh.tls import peer_spiffe_id
 
 log = logging.getLogger("controlplane.discovery")
@@ -44,6 +45,11 @@ class TypeState:
     acked_version: str = ""
     nacks: int = 0
     last_nack: str = ""
+
+    @property
+    def pending(self) -> bool:
+        """Sent but not (yet) ACKed."""
+        return self.sent_version != self.acked_version
 
 
 @dataclass(slots=True)
@@ -65,6 +71,7 @@ class DiscoveryObserver:
     def pushed(self, type_url: str) -> None: ...
     def acked(self, type_url: str, latency: float) -> None: ...
     def nacked(self, type_url: str, node: Node, reason: str) -> None: ...
+    def converged(self, seconds: float) -> None: ...
 
 
 class DiscoveryServer:
@@ -78,11 +85,25 @@ class DiscoveryServer:
         self._observer = observer or DiscoveryObserver()
         self._ids = itertools.count(1)
         self._nonces = itertools.count(1)
+        # Convergence: how long from a change until every stream ACKed what it was sent.
+        self.unacked = 0  # (stream, type) pairs sent a version they have not ACKed
+        self.changed_at: float | None = None
+        self.last_convergence: float | None = None
+        self.convergences = 0
 
     def changed(self) -> None:
         """The policy or the registry changed: every stream re-checks its view."""
+        if self.changed_at is None:
+            self.changed_at = self._clock.now()
         for subscription in self.subscriptions.values():
             subscription.wake.set()
+
+    def _settled(self) -> None:
+        if self.unacked == 0 and self.changed_at is not None:
+            self.last_convergence = self._clock.now() - self.changed_at
+            self.convergences += 1
+            self.changed_at = None
+            self._observer.converged(self.last_convergence)
 
     async def stream_resources(self, requests: AsyncIterator[DiscoveryRequest],
                                context: Context) -> AsyncIterator[DiscoveryResponse]:
@@ -104,6 +125,8 @@ class DiscoveryServer:
         finally:
             reader.cancel()
             del self.subscriptions[subscription.id]
+            self.unacked -= sum(1 for state in subscription.types.values() if state.pending)
+            self._settled()
             log.info("stream %d from %s (%s) closed", subscription.id, subscription.node.id,
                      subscription.peer)
 
@@ -134,11 +157,15 @@ class DiscoveryServer:
             state.nacks += 1
             state.last_nack = request.error_detail.message
             log.warning("NACK from %s for %s version %s: %s", subscription.node.id,
-                        _short(request.type_url), state.sent_version, state.last_nack)
+                        short_name(request.type_url), state.sent_version, state.last_nack)
             self._observer.nacked(request.type_url, subscription.node, state.last_nack)
             return
+        was_pending = state.pending
         state.acked_version = request.version_info
         self._observer.acked(request.type_url, self._clock.now() - state.sent_at)
+        if was_pending and not state.pending:
+            self.unacked -= 1
+            self._settled()
 
     def _due(self, subscription: Subscription) -> list[DiscoveryResponse]:
         snapshot = self._snapshot()
@@ -150,7 +177,10 @@ class DiscoveryServer:
             resources = snapshot.view(type_url, subscription.node).only(state.resource_names)
             if resources.version == state.sent_version and state.sent_nonce:
                 continue
+            was_pending = state.pending
             state.sent_version = resources.version
+            if state.pending and not was_pending:
+                self.unacked += 1
             state.sent_nonce = str(next(self._nonces))
             state.sent_at = self._clock.now()
             responses.append(DiscoveryResponse(version_info=resources.version,
@@ -159,6 +189,3 @@ class DiscoveryServer:
             self._observer.pushed(type_url)
         return responses
 
-
-def _short(type_url: str) -> str:
-    return type_url.rsplit(".", 1)[-1]

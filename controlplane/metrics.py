@@ -6,10 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controlplane.discovery import DiscoveryObserver
 from mesh.proto.discovery_pb2 import Node
-
-
-def _type(type_url: str) -> str:
-    return type_url.rsplit(".", 1)[-1]
+from mesh.proto.resources import short_name
 
 
 class ControlPlaneMetrics(DiscoveryObserver):
@@ -30,6 +27,11 @@ class ControlPlaneMetrics(DiscoveryObserver):
             "mesh_controlplane_push_ack_seconds", "Time from a push to its ACK", ["type"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r)
+        self.convergence_seconds = Histogram(
+            "mesh_controlplane_convergence_seconds",
+            "Time from a change until every discovery stream ACKed it",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r)
         self.subscribers = Gauge("mesh_controlplane_subscribers", "Open discovery streams",
                                  registry=r)
         self.instances = Gauge("mesh_controlplane_instances", "Registered instances",
@@ -40,11 +42,14 @@ class ControlPlaneMetrics(DiscoveryObserver):
                                          "Policy changes rejected", registry=r)
 
     def pushed(self, type_url: str) -> None:
-        self.pushes.labels(_type(type_url)).inc()
+        self.pushes.labels(short_name(type_url)).inc()
 
     def acked(self, type_url: str, latency: float) -> None:
-        self.acks.labels(_type(type_url)).inc()
-        self.push_ack_seconds.labels(_type(type_url)).observe(latency)
+        self.acks.labels(short_name(type_url)).inc()
+        self.push_ack_seconds.labels(short_name(type_url)).observe(latency)
 
     def nacked(self, type_url: str, node: Node, reason: str) -> None:
-        self.nacks.labels(_type(type_url)).inc()
+        self.nacks.labels(short_name(type_url)).inc()
+
+    def converged(self, seconds: float) -> None:
+        self.convergence_seconds.observe(seconds)

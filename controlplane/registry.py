@@ -16,7 +16,6 @@ app's readiness, which marks the endpoint healthy or not.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -54,7 +53,6 @@ class Registry:
         self._trust_domain = trust_domain
         self._grants = grants
         self._instances: dict[str, Instance] = {}
-        self._ids = itertools.count(1)
         self._listeners: list[Callable[[], None]] = []
 
     # -- queries -----------------------------------------------------------------------------
@@ -96,7 +94,14 @@ class Registry:
                                f"not {endpoint.address}")
         if not 0 < endpoint.port < 65536:
             raise self._refuse(StatusCode.INVALID_ARGUMENT, f"port {endpoint.port} is invalid")
-        instance_id = f"{service}-{next(self._ids)}"
+        # The id names the endpoint, so registering it again (a sidecar restarting, or
+        # re-registering after a control-plane restart) replaces the old lease in place.
+        instance_id = f"{service}@{endpoint.address}:{endpoint.port}"
+        previous = self._instances.get(instance_id)
+        if previous is not None and previous.owner != who:
+            raise self._refuse(StatusCode.PERMISSION_DENIED,
+                               f"{endpoint.address}:{endpoint.port} is registered by "
+                               f"{previous.owner}, not {who}")
         registered = Endpoint()
         registered.CopyFrom(endpoint)
         registered.instance = instance_id
@@ -105,6 +110,8 @@ class Registry:
         instance = Instance(instance_id, service, registered, who,
                             self._clock.now() + self.lease_ttl)
         self._instances[instance_id] = instance
+        if previous is not None and previous.endpoint == registered:
+            return instance  # a renewal in all but name: nothing subscribers see changed
         log.info("registered %s at %s:%d for %s", instance_id, endpoint.address, endpoint.port,
                  who)
         self._changed()

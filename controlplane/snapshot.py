@@ -24,13 +24,7 @@ from mesh.proto.config_pb2 import (
     MeshPolicy,
 )
 from mesh.proto.discovery_pb2 import Node
-
-PREFIX = "type.googleapis.com/mesh.v1."
-CLUSTERS = PREFIX + "Cluster"
-ENDPOINTS = PREFIX + "ClusterLoadAssignment"
-ROUTES = PREFIX + "RouteConfiguration"
-AUTHORIZATION = PREFIX + "AuthorizationPolicy"
-ORDER = (CLUSTERS, ENDPOINTS, ROUTES, AUTHORIZATION)  # make before break
+from mesh.proto.resources import AUTHORIZATION, CLUSTERS, ENDPOINTS, ROUTES
 
 
 @dataclass(frozen=True, slots=True)

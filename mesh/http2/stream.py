@@ -129,6 +129,11 @@ class Stream:
         """True once the peer has finished sending (END_STREAM, reset or connection lost)."""
         return self._recv_closed
 
+    @property
+    def complete(self) -> bool:
+        """True when the peer ended its side normally and every body chunk has been read."""
+        return self._recv_closed and self._error is None and not self._chunks
+
     # -- sending -----------------------------------------------------------------------------
 
     def send_headers(self, headers: Headers, *, end_stream: bool = False) -> None:

@@ -1,0 +1,124 @@
+"""meshctl: inspect and change the mesh through the control plane's operator API.
+
+    meshctl status                        discovery streams: versions sent, ACKed, NACKs
+    meshctl services                      services and their instances
+    meshctl endpoints SERVICE             one service's endpoints and leases
+    meshctl policy                        the policy in force (YAML)
+    meshctl apply -f FILE                 apply a policy file (every problem shown if rejected)
+    meshctl token create SERVICE [--namespace NS] [--ttl SECONDS]
+
+The API address comes from ``--api`` or ``MESH_CP_API`` (default 127.0.0.1:15014).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+class ApiError(Exception):
+    """The control plane answered with an error, or could not be reached."""
+
+
+def call(api: str, method: str, path: str, body: bytes | None = None) -> Any:
+    """One request to the operator API; JSON answers are decoded."""
+    request = urllib.request.Request(f"http://{api}{path}", data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            data = response.read()
+            kind = response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            detail = json.loads(detail).get("error", detail)
+        raise ApiError(f"{method} {path}: HTTP {error.code}\n{detail}") from None
+    except OSError as error:
+        raise ApiError(f"cannot reach the control plane at {api}: {error}") from None
+    return json.loads(data) if kind.startswith("application/json") else data.decode()
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Rows as a plain aligned table."""
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def status(api: str) -> str:
+    data = call(api, "GET", "/status")
+    out = [f"trust domain {data['trust_domain']}, policy version {data['policy_version']}, "
+           f"{data['instances']} instances, {len(data['streams'])} discovery streams"]
+    if data["policy_error"]:
+        out.append(f"last policy rejected:\n{data['policy_error']}")
+    rows = []
+    for stream in data["streams"]:
+        for type_name, state in sorted(stream["types"].items()):
+            rows.append({"node": stream["node"] or stream["peer"], "type": type_name,
+                         "sent": state["sent"], "acked": state["acked"],
+                         "in sync": "yes" if state["sent"] == state["acked"] else "NO",
+                         "nacks": state["nacks"], "last nack": state["last_nack"]})
+    if rows:
+        out.append(table(rows, ["node", "type", "sent", "acked", "in sync", "nacks",
+                                "last nack"]))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meshctl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--api", default=os.environ.get("MESH_CP_API", "127.0.0.1:15014"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status")
+    sub.add_parser("services")
+    endpoints = sub.add_parser("endpoints")
+    endpoints.add_argument("service")
+    sub.add_parser("policy")
+    apply = sub.add_parser("apply")
+    apply.add_argument("-f", "--file", type=Path, required=True)
+    token = sub.add_parser("token")
+    token.add_argument("action", choices=["create"])
+    token.add_argument("service")
+    token.add_argument("--namespace", default="default")
+    token.add_argument("--ttl", type=float)
+    args = parser.parse_args(argv)
+    api = args.api
+    try:
+        match args.command:
+            case "status":
+                print(status(api))
+            case "services":
+                print(table(call(api, "GET", "/services"), ["service", "instances", "healthy"]))
+            case "endpoints":
+                rows = call(api, "GET", f"/endpoints/{args.service}")
+                print(table(rows, ["instance", "address", "port", "weight", "zone", "health",
+                                   "owner", "lease_remaining_s"]))
+            case "policy":
+                print(call(api, "GET", "/policy"), end="")
+            case "apply":
+                text = args.file.read_bytes()
+                result = call(api, "POST", f"/policy?source={args.file}", text)
+                print(f"applied {args.file}: policy version {result['version']}")
+            case "token":
+                body = {"service": args.service, "namespace": args.namespace}
+                if args.ttl is not None:
+                    body["ttl"] = args.ttl
+                result = call(api, "POST", "/tokens", json.dumps(body).encode())
+                print(result["token"])
+                print(f"(single use, for {result['identity']})", file=sys.stderr)
+    except (ApiError, OSError) as error:
+        print(f"meshctl: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

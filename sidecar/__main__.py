@@ -1,0 +1,110 @@
+"""Run a sidecar: ``python -m sidecar --service NAME ...`` (every flag also reads MESH_* env).
+
+With a control plane (``--control-plane``) the sidecar joins with a one-time join token, then
+registers and subscribes; without one it needs ``--static-config`` and its own certificate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from mesh.loop import run
+from sidecar.proxy import Sidecar, SidecarOptions
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m sidecar", description=__doc__)
+    p.add_argument("--service", default=env("MESH_SERVICE"), required=not env("MESH_SERVICE"),
+                   help="the service this sidecar fronts [MESH_SERVICE]")
+    p.add_argument("--namespace", default=env("MESH_NAMESPACE", "default"),
+                   help="its namespace, part of its SPIFFE ID [MESH_NAMESPACE]")
+    p.add_argument("--trust-domain", default=env("MESH_TRUST_DOMAIN", "cluster.local"),
+                   help="the mesh's trust domain [MESH_TRUST_DOMAIN]")
+    p.add_argument("--outbound", type=_address, default=env("MESH_OUTBOUND", "127.0.0.1:15001"),
+                   help="listener for the local app's calls, h2c or HTTP/1.1 [MESH_OUTBOUND]")
+    p.add_argument("--inbound", type=_address, default=env("MESH_INBOUND", "127.0.0.1:15006"),
+                   help="mTLS listener for peer sidecars [MESH_INBOUND]")
+    p.add_argument("--admin", type=_address, default=env("MESH_ADMIN", "127.0.0.1:15000"),
+                   help="admin endpoint: /metrics /config_dump /clusters /ready [MESH_ADMIN]")
+    p.add_argument("--advertise", default=env("MESH_ADVERTISE"),
+                   help="address to register (default: the inbound host) [MESH_ADVERTISE]")
+    p.add_argument("--app", type=_address, default=env("MESH_APP", "127.0.0.1:8080"),
+                   help="the local app [MESH_APP]")
+    p.add_argument("--app-protocol", choices=["h2c", "http1"],
+                   default=env("MESH_APP_PROTOCOL", "h2c"),
+                   help="what the app speaks [MESH_APP_PROTOCOL]")
+    p.add_argument("--control-plane", type=_address, default=env("MESH_CONTROL_PLANE"),
+                   help="the control plane's gRPC address [MESH_CONTROL_PLANE]")
+    p.add_argument("--bootstrap-ca", type=Path, default=env("MESH_BOOTSTRAP_CA"),
+                   help="the mesh CA certificate, to verify the control plane on first start "
+                        "[MESH_BOOTSTRAP_CA]")
+    p.add_argument("--join-token", default=env("MESH_JOIN_TOKEN", ""),
+                   help="one-time token for the first certificate (meshctl token create) "
+                        "[MESH_JOIN_TOKEN]")
+    p.add_argument("--cert-dir", type=Path, default=Path(env("MESH_CERT_DIR", ".mesh/sidecar")),
+                   help="where the issued certificate and key are kept [MESH_CERT_DIR]")
+    p.add_argument("--static-config", type=Path, default=env("MESH_STATIC_CONFIG"),
+                   help="YAML policy + endpoints, instead of a control plane "
+                        "[MESH_STATIC_CONFIG]")
+    p.add_argument("--cert", type=Path, default=env("MESH_CERT"),
+                   help="static mode: this workload's certificate [MESH_CERT]")
+    p.add_argument("--key", type=Path, default=env("MESH_KEY"),
+                   help="static mode: its key [MESH_KEY]")
+    p.add_argument("--ca", type=Path, default=env("MESH_CA"),
+                   help="static mode: the mesh CA [MESH_CA]")
+    p.add_argument("--seed", type=int, default=env("MESH_SEED"),
+                   help="seed for balancer and retry randomness [MESH_SEED]")
+    p.add_argument("--log-level", default=env("MESH_LOG_LEVEL", "INFO"),
+                   help="logging level [MESH_LOG_LEVEL]")
+    return p
+
+
+async def main_async(options: SidecarOptions) -> int:
+    sidecar = Sidecar(options)
+    try:
+        await sidecar.start()
+    except (ValueError, OSError) as error:
+        print(f"sidecar: {error}", file=sys.stderr)
+        await sidecar.stop()
+        return 2
+    print(f"sidecar {options.service}: ready to serve (admin http://{options.admin[0]}:"
+          f"{options.admin[1]}/ready)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sidecar.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = SidecarOptions(
+        service=args.service, namespace=args.namespace, trust_domain=args.trust_domain,
+        outbound=args.outbound, inbound=args.inbound, admin=args.admin,
+        advertise=args.advertise, app=args.app, app_protocol=args.app_protocol,
+        control_plane=args.control_plane, bootstrap_ca=args.bootstrap_ca,
+        join_token=args.join_token, cert_dir=args.cert_dir, static_config=args.static_config,
+        cert=args.cert, key=args.key, ca=args.ca, seed=args.seed)
+    return run(main_async(options))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The inbound path: a peer sidecar's mTLS request → authorization → the local app.
+
+Per request:
+
+1. **who**: the caller's SPIFFE ID, proved by its client certificate in the mTLS handshake
+   (the listener accepts no connection without one);
+2. **may they**: the service's authorization policy decides (403 / PERMISSION_DENIED);
+3. **headers**: ``x-forwarded-client-cert`` is set from the verified identity, and whatever the
+   caller sent as ``x-forwarded-client-cert`` or ``x-forwarded-for`` is dropped;
+4. **deadline**: the caller's remaining time (``grpc-timeout`` / ``x-mesh-timeout-ms``) bounds
+   the app's answer too (504 / DEADLINE_EXCEEDED, and the app's stream is cancelled);
+5. **relay** to the app over h2c or HTTP/1.1, as the service declares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from mesh.clock import Clock
+from mesh.grpc import StatusCode
+from mesh.http2 import ConnectionClosed, ErrorCode, Headers, Stream, StreamReset
+from mesh.identity import SpiffeId
+from mesh.tls import peer_spiffe_id
+from sidecar import headers as mesh_headers
+from sidecar.config import LiveConfig
+from sidecar.forward import Upstream, local_reply, send_request_body, send_response
+from sidecar.metrics import SidecarMetrics
+from sidecar.pool import ConnectFailure
+
+log = logging.getLogger("sidecar.inbound")
+
+
+class App(Protocol):
+    """The local app, as a source of upstream streams (an h2c pool, or HTTP/1.1)."""
+
+    async def open_stream(self, headers: Headers, *, end_stream: bool = False) -> Upstream: ...
+
+
+class Inbound:
+    """Serves the mTLS listener; :meth:`handle` is the per-request entry point."""
+
+    def __init__(self, config: LiveConfig, metrics: SidecarMetrics, app: App, *,
+                 own_id: SpiffeId, clock: Clock) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.app = app
+        self.own_id = str(own_id)
+        self.clock = clock
+
+    async def handle(self, down: Stream) -> None:
+        started = self.clock.now()
+        status = await self._serve(down)
+        self.metrics.request_done("inbound", self.config.service, status,
+                                  self.clock.now() - started)
+
+    async def _serve(self, down: Stream) -> int:
+        request = down.headers or []
+        values = dict(request)
+        grpc = mesh_headers.is_grpc(request)
+        path = values.get(":path", "/")
+        ssl_object = down.connection.ssl_object
+        identity = peer_spiffe_id(ssl_object) if ssl_object is not None else None
+        principal = identity.principal if identity is not None else None
+        verdict = self.config.authorizer.check(principal, path)
+        if not verdict.allowed:
+            self.metrics.denied.labels(principal or "none").inc()
+            log.warning("denied %s %s: %s", values.get(":method"), path, verdict.reason)
+            await local_reply(down, grpc=grpc, status=403,
+                              grpc_status=StatusCode.PERMISSION_DENIED, message=verdict.reason)
+            return 403
+        client_cert = mesh_headers.xfcc(self.own_id,
+                                        mesh_headers.peer_certificate_der(ssl_object),
+                                        str(identity) if identity else None)
+        forwarded = mesh_headers.from_peer(request,
+                                           client_cert=[(mesh_headers.XFCC, client_cert)])
+        timeout = mesh_headers.caller_timeout(values)
+        up: Upstream | None = None
+        pump: asyncio.Task[None] | None = None
+        responding = False
+        try:
+            async with asyncio.timeout(timeout):
+                up = await self.app.open_stream(
+                    forwarded, end_stream=down.complete and not down.trailers)
+                if not (down.complete and not down.trailers):
+                    pump = asyncio.create_task(_pump(down, up))
+                response = await up.receive_headers()
+                responding = True
+                await send_response(up, down, response)
+                return int(dict(response).get(":status", "200"))
+        except TimeoutError:
+            if up is not None:
+                up.reset(ErrorCode.CANCEL)
+            if responding:  # too late for a status of our own
+                down.reset(ErrorCode.CANCEL)
+                return 504
+            await local_reply(down, grpc=grpc, status=504,
+                              grpc_status=StatusCode.DEADLINE_EXCEEDED,
+                              message=f"{self.config.service}: the app did not answer within "
+                                      f"the caller's deadline")
+            return 504
+        except (ConnectFailure, StreamReset, ConnectionClosed, OSError) as error:
+            log.warning("app of %s failed: %s", self.config.service, error)
+            if responding:
+                down.reset(ErrorCode.INTERNAL_ERROR)
+                return 502
+            await local_reply(down, grpc=grpc, status=503, grpc_status=StatusCode.UNAVAILABLE,
+                              message=f"{self.config.service}: the app is unavailable: {error}")
+            return 503
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+
+
+async def _pump(down: Stream, up: Upstream) -> None:
+    with contextlib.suppress(StreamReset, ConnectionClosed):
+        await send_request_body(down, up, None)

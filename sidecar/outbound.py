@@ -1,0 +1,277 @@
+"""The outbound path: an app's request → route → cluster → endpoint → a pooled mTLS stream.
+
+Per request, in order (each step can answer locally instead, never hang):
+
+1. **route**: the router picks a cluster from ``:authority``, path and headers (404 /
+   UNIMPLEMENTED when nothing matches);
+2. **deadline**: the route's timeout, capped by the caller's own (``grpc-timeout`` or
+   ``x-mesh-timeout-ms``) — every call has a timeout, shorter than its caller's;
+3. **circuit breaker**: over ``max_requests`` the call is refused at once (503 /
+   UNAVAILABLE, ``x-mesh-overloaded`` names the limit);
+4. **attempts**: the balancer picks an endpoint (avoiding ones already tried), the pool opens a
+   stream on a shared connection, and the request goes out with the *remaining* time as its
+   ``grpc-timeout`` / ``x-mesh-timeout-ms`` and ``x-mesh-attempt``. Until response headers
+   arrive, a failure or a retriable status may be retried — if the retry policy, the budget and
+   the deadline agree — after a jittered backoff;
+5. **relay**: the response streams back; body bytes flow both ways as they come.
+
+The request body is kept (``replay``) while it is small enough, so a retry can send it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import cast
+
+from mesh.clock import Clock
+from mesh.grpc import StatusCode
+from mesh.grpc.deadline import format_timeout
+from mesh.grpc.status import code_of
+from mesh.http2 import ConnectionClosed, ErrorCode, Headers, StreamRefused, StreamReset
+from sidecar import headers as mesh_headers
+from sidecar.balancers import Endpoint
+from sidecar.circuit_breaker import Limit, Overflow
+from sidecar.cluster import UpstreamCluster
+from sidecar.config import LiveConfig
+from sidecar.forward import (
+    Downstream,
+    Replay,
+    Upstream,
+    local_reply,
+    send_request_body,
+    send_response,
+)
+from sidecar.metrics import SidecarMetrics
+from sidecar.pool import ConnectFailure
+from sidecar.retry import Failure, Outcome, Retry, RetryPolicy, RetryState, Stop, StopReason
+
+log = logging.getLogger("sidecar.outbound")
+
+REPLAY_LIMIT = 64 * 1024  # bytes of request body kept for retries (Envoy buffers 1 MiB)
+
+
+class Outbound:
+    """Serves the app-facing listener; :meth:`handle` is the per-request entry point."""
+
+    def __init__(self, config: LiveConfig, metrics: SidecarMetrics, *, clock: Clock,
+                 rng: random.Random) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng
+
+    async def handle(self, down: Downstream) -> None:
+        started = self.clock.now()
+        request = down.headers or []
+        values = dict(request)
+        grpc = mesh_headers.is_grpc(request)
+        authority = values.get(":authority", "")
+        path = values.get(":path", "/")
+        target = self.config.router.route(authority, path, values, self.rng)
+        if target is None:
+            await local_reply(down, grpc=grpc, status=404, grpc_status=StatusCode.UNIMPLEMENTED,
+                              message=f"no route to {authority}{path}")
+            self.metrics.request_done("outbound", "none", 404, self.clock.now() - started)
+            return
+        cluster = self.config.clusters[target.cluster]
+        settings = cluster.settings
+        timeout = target.timeout or settings.timeout
+        caller = mesh_headers.caller_timeout(values)
+        if caller is not None:
+            timeout = min(timeout, caller)
+        policy = target.retry_policy or settings.retry_policy
+        permit = cluster.breaker.try_acquire(Limit.REQUESTS)
+        if isinstance(permit, Overflow):
+            self.metrics.overflows.labels(target.cluster, permit.limit.value).inc()
+            await local_reply(down, grpc=grpc, status=503, grpc_status=StatusCode.UNAVAILABLE,
+                              message=f"cluster {target.cluster}: {permit.limit.value} "
+                                      f"({permit.maximum}) reached",
+                              extra=[(mesh_headers.OVERLOADED_HEADER, permit.limit.value)])
+            self.metrics.request_done("outbound", target.cluster, 503,
+                                      self.clock.now() - started)
+            return
+        call = _Call(self, down, cluster, policy, grpc, mesh_headers.from_app(request),
+                     started + timeout)
+        try:
+            status = await call.run()
+        finally:
+            permit.release()
+            call.state.close()
+        self.metrics.request_done("outbound", target.cluster, status,
+                                  self.clock.now() - started)
+
+
+class _Call:
+    """One outbound request and its attempts."""
+
+    def __init__(self, outbound: Outbound, down: Downstream, cluster: UpstreamCluster,
+                 policy: RetryPolicy, grpc: bool, request: Headers, deadline: float) -> None:
+        self.outbound = outbound
+        self.clock = outbound.clock
+        self.down = down
+        self.cluster = cluster
+        self.grpc = grpc
+        self.request = [(k, v) for k, v in request
+                        if k not in ("grpc-timeout", mesh_headers.TIMEOUT_HEADER)]
+        self.method = dict(request).get(":method", "GET")
+        self.deadline = deadline
+        self.state = RetryState(policy, method=self.method, grpc=grpc, deadline=deadline,
+                                clock=self.clock, rng=outbound.rng, budget=cluster.budget)
+        self.replay = Replay(REPLAY_LIMIT)
+        self.pump: asyncio.Task[None] | None = None
+        self.responding = False
+
+    async def run(self) -> int:
+        """Carry the call to its end; return the HTTP status the caller got (for metrics)."""
+        try:
+            async with asyncio.timeout(self.deadline - self.clock.now()):
+                return await self._attempts()
+        except TimeoutError:
+            return await self._deadline_passed()
+        finally:
+            if self.pump is not None and not self.pump.done():
+                self.pump.cancel()
+
+    async def _attempts(self) -> int:
+        cluster, name = self.cluster, self.cluster.settings.name
+        while True:
+            endpoint = cluster.balancer.pick(None, self.state.tried)
+            attempt_deadline = self.state.begin_attempt(endpoint.address if endpoint else None)
+            if endpoint is None:
+                await local_reply(self.down, grpc=self.grpc, status=503,
+                                  grpc_status=StatusCode.UNAVAILABLE,
+                                  message=f"cluster {name}: no healthy endpoint")
+                return 503
+            up, outcome, response = await self._attempt(endpoint, attempt_deadline)
+            cluster.record(endpoint.address, outcome)
+            decision = self.state.decide(outcome)
+            if isinstance(decision, Retry) and self.replay.overflowed:
+                decision = Stop(reason=StopReason.NOT_RETRIABLE)  # the body is gone
+            if isinstance(decision, Retry):
+                retry = cluster.breaker.try_acquire(Limit.RETRIES)
+                if isinstance(retry, Overflow):
+                    self.outbound.metrics.overflows.labels(name, retry.limit.value).inc()
+                    decision = Stop(reason=StopReason.BUDGET_EXHAUSTED)
+                else:
+                    self.outbound.metrics.retries.labels(name).inc()
+                    if up is not None:
+                        up.reset(ErrorCode.CANCEL)
+                    self._stop_pump()
+                    try:
+                        await asyncio.sleep(decision.delay)
+                    finally:
+                        retry.release()
+                    continue
+            if decision.reason not in (StopReason.NOT_RETRIABLE,):
+                self.outbound.metrics.retries_refused.labels(name, decision.reason.value).inc()
+            if up is not None and response is not None:
+                self.responding = True
+                await send_response(up, self.down, response)
+                self._stop_pump()
+                return int(dict(response).get(":status", "200"))
+            return await self._failed(outcome, endpoint.address)
+
+    async def _attempt(self, endpoint: Endpoint, attempt_deadline: float
+                       ) -> tuple[Upstream | None, Outcome, Headers | None]:
+        """One try; returns the upstream stream, how it ended, and the response headers."""
+        endpoint.start()
+        started = self.clock.now()
+        up: Upstream | None = None
+        response: Headers | None = None
+        outcome: Outcome | None = None
+        try:
+            pool = self.cluster.pool(endpoint.address)
+            headers = self._headers_for_attempt()
+            body_done = self.down.complete and not self.replay.chunks
+            up = await pool.open_stream(headers, end_stream=body_done and not self.down.trailers)
+            if not body_done:
+                await self._send_body(up)
+            async with asyncio.timeout(attempt_deadline - self.clock.now()):
+                response = await up.receive_headers()
+        except ConnectFailure:
+            outcome = Outcome(failure=Failure.CONNECT_FAILURE)
+        except StreamRefused:
+            outcome = Outcome(failure=Failure.REFUSED_STREAM)
+        except (StreamReset, ConnectionClosed):
+            outcome = Outcome(failure=Failure.RESET)
+        except TimeoutError:
+            if self.clock.now() < self.deadline:  # else: the whole call's, handled by run()
+                outcome = Outcome(failure=Failure.TIMEOUT)
+            else:
+                raise
+        finally:
+            if response is None and outcome is None:  # leaving by exception: the deadline
+                endpoint.finish(self.clock.now() - started, False)
+                if up is not None:
+                    up.reset(ErrorCode.CANCEL)
+        if response is not None:
+            values = dict(response)
+            grpc_status = code_of(values["grpc-status"]) if "grpc-status" in values else None
+            outcome = Outcome(status=int(values.get(":status", "502")), grpc_status=grpc_status)
+        assert outcome is not None
+        ok = outcome.status is not None and outcome.status < 500 and \
+            outcome.grpc_status in (None, StatusCode.OK)
+        endpoint.finish(self.clock.now() - started, ok)
+        if response is None and up is not None:
+            up.reset(ErrorCode.CANCEL)
+        return up, outcome, response
+
+    def _headers_for_attempt(self) -> Headers:
+        remaining = max(self.deadline - self.clock.now(), 0.0)
+        timeout = (("grpc-timeout", format_timeout(remaining)) if self.grpc
+                   else (mesh_headers.TIMEOUT_HEADER, str(max(1, int(remaining * 1000)))))
+        return [*self.request, timeout, (mesh_headers.ATTEMPT_HEADER, str(self.state.attempt))]
+
+    async def _send_body(self, up: Upstream) -> None:
+        for chunk in self.replay.chunks:
+            await up.send_data(chunk)
+        if self.down.complete:
+            if self.down.trailers:
+                up.send_trailers(mesh_headers.response(self.down.trailers))
+            else:
+                up.end()
+            return
+        self.pump = asyncio.create_task(self._pump(up))
+
+    async def _pump(self, up: Upstream) -> None:
+        # A failure here fails the attempt too; the attempt loop decides what happens next.
+        with contextlib.suppress(StreamReset, ConnectionClosed):
+            await send_request_body(self.down, up, self.replay)
+
+    def _stop_pump(self) -> None:
+        if self.pump is not None and not self.pump.done():
+            self.pump.cancel()
+        self.pump = None
+
+    async def _failed(self, outcome: Outcome, address: str) -> int:
+        name = self.cluster.settings.name
+        if outcome.status is not None:  # unreachable: a response is always relayed
+            return outcome.status
+        failure = cast(Failure, outcome.failure)
+        if failure is Failure.TIMEOUT:
+            await local_reply(self.down, grpc=self.grpc, status=504,
+                              grpc_status=StatusCode.DEADLINE_EXCEEDED,
+                              message=f"cluster {name}: {address} did not answer within the "
+                                      f"per-try timeout")
+            return 504
+        await local_reply(self.down, grpc=self.grpc, status=503,
+                          grpc_status=StatusCode.UNAVAILABLE,
+                          message=f"cluster {name}: upstream {failure.value} ({address}) after "
+                                  f"{self.state.attempt} attempt(s)")
+        return 503
+
+    async def _deadline_passed(self) -> int:
+        name = self.cluster.settings.name
+        message = f"cluster {name}: deadline exceeded"
+        if not self.responding:
+            await local_reply(self.down, grpc=self.grpc, status=504,
+                              grpc_status=StatusCode.DEADLINE_EXCEEDED, message=message)
+        elif self.grpc and not self.down.send_closed:
+            self.down.send_trailers([("grpc-status", str(int(StatusCode.DEADLINE_EXCEEDED))),
+                                     ("grpc-message", message)])
+        else:
+            self.down.reset(ErrorCode.CANCEL)
+        return 504

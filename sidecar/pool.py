@@ -1,0 +1,110 @@
+"""The upstream connection pool: HTTP/2 connections to one endpoint, shared by every request.
+
+A TCP + TLS handshake costs round trips and CPU; an HTTP/2 connection carries many requests at
+once. So the pool keeps connections open and puts each new request on one that has room,
+opening another only when every connection is full — at the peer's
+SETTINGS_MAX_CONCURRENT_STREAMS, or at our own ``max_streams_per_connection``, because ``h2``
+gets slower as streams pile up on one connection.
+
+Requests that arrive while a connection is being opened wait for that one rather than each
+opening their own. A connection that received GOAWAY drains (its streams finish) and is
+replaced for new requests; a dead one is dropped. Idle connections close themselves after
+``idle_timeout`` — shorter than the server's, so the client, not the server, decides when a
+connection is done (the "503 on a reused keep-alive connection" race).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl as ssl_module
+
+from mesh.http2 import ConnectionClosed, Headers, Http2Connection, Limits, Stream, connect
+
+log = logging.getLogger("sidecar.pool")
+
+
+class ConnectFailure(Exception):
+    """No connection to the endpoint could be made (refused, timed out, TLS failed)."""
+
+
+class ConnectionPool:
+    """Connections to ``host:port``; :meth:`open_stream` starts a request on one of them."""
+
+    def __init__(self, host: str, port: int, *, ssl: ssl_module.SSLContext | None,
+                 connect_timeout: float = 1.0, max_streams_per_connection: int = 100,
+                 idle_timeout: float = 60.0) -> None:
+        self.host, self.port = host, port
+        self.ssl = ssl
+        self.connect_timeout = connect_timeout
+        self.max_streams_per_connection = max_streams_per_connection
+        self.limits = Limits(idle_timeout=idle_timeout)
+        self.connections: list[Http2Connection] = []
+        self.connections_opened = 0
+        self.connect_failures = 0
+        self.streams_opened = 0
+        self._connecting: asyncio.Task[Http2Connection] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ConnectionPool {self.host}:{self.port} connections={len(self.connections)}>"
+
+    async def open_stream(self, headers: Headers, *, end_stream: bool = False) -> Stream:
+        """Send ``headers`` on a new stream of a pooled (or new) connection.
+
+        Raises:
+            ConnectFailure: a new connection was needed and could not be made.
+        """
+        while True:
+            connection = self._with_room()
+            if connection is not None:
+                try:
+                    stream = connection.open_stream(headers, end_stream=end_stream)
+                except ConnectionClosed:
+                    continue  # it started draining just now: try another
+                self.streams_opened += 1
+                return stream
+            if self._connecting is None:
+                self._connecting = asyncio.create_task(self._connect())
+            connecting = self._connecting
+            try:
+                await asyncio.shield(connecting)
+            except Exception as error:
+                raise ConnectFailure(f"{self.host}:{self.port}: {error}") from error
+
+    def _with_room(self) -> Http2Connection | None:
+        for connection in list(self.connections):
+            if connection.close_reason is not None:
+                self.connections.remove(connection)  # dead: forget it
+            elif (connection.available_streams > 0 and
+                  len(connection.streams) < self.max_streams_per_connection):
+                return connection
+        return None
+
+    async def _connect(self) -> Http2Connection:
+        try:
+            connection = await connect(self.host, self.port, ssl=self.ssl, limits=self.limits,
+                                       connect_timeout=self.connect_timeout)
+        except BaseException as error:
+            self.connect_failures += 1
+            log.warning("cannot connect to %s:%d: %s", self.host, self.port,
+                        error or type(error).__name__)
+            raise
+        finally:
+            self._connecting = None
+        self.connections_opened += 1
+        self.connections.append(connection)
+        return connection
+
+    @property
+    def active_streams(self) -> int:
+        return sum(len(c.streams) for c in self.connections)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Drain every connection (GOAWAY; streams in flight finish), then close."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
+        await asyncio.gather(*(c.shutdown(grace) for c in self.connections))
+        self.connections.clear()

@@ -1,0 +1,232 @@
+"""The sidecar assembled: identity, configuration, listeners, admin — and their lifecycle.
+
+    app ──h2c / HTTP/1.1──▶ outbound (127.0.0.1:15001) ══HTTP/2 + mTLS══▶ peers' inbound
+    peers ══HTTP/2 + mTLS══▶ inbound (:15006) ──h2c / HTTP/1.1──▶ app
+    operator ──HTTP──▶ admin (127.0.0.1:15000)
+
+With a control plane the sidecar joins with a join token, registers its endpoint, and takes
+its configuration from the discovery stream; without one it reads a static file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from google.protobuf.message import Message
+
+from mesh.clock import SYSTEM_CLOCK
+from mesh.grpc import Channel
+from mesh.http2 import Http2Connection, Server, serve
+from mesh.identity import SpiffeId
+from mesh.proto.config_pb2 import Endpoint
+from mesh.proto.discovery_pb2 import Node
+from mesh.proto.resources import short_name
+from mesh.tls import client_context, server_context
+from sidecar import static_config
+from sidecar.admin import make_admin
+from sidecar.backoff import Backoff
+from sidecar.config import LiveConfig
+from sidecar.discovery import DiscoveryClient
+from sidecar.http1 import Http1App, Http1Downstream
+from sidecar.identity import CertificateFiles, Rotation, bootstrap
+from sidecar.inbound import App, Inbound
+from sidecar.listener import Sniffer
+from sidecar.metrics import SidecarMetrics
+from sidecar.outbound import Outbound
+from sidecar.pool import ConnectionPool
+from sidecar.registration import Registration
+
+log = logging.getLogger("sidecar")
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SidecarOptions:
+    service: str
+    namespace: str = "default"
+    trust_domain: str = "cluster.local"
+    outbound: Address = ("127.0.0.1", 15001)
+    inbound: Address = ("127.0.0.1", 15006)
+    admin: Address = ("127.0.0.1", 15000)
+    advertise: str | None = None  # the address to register; default: the inbound host
+    app: Address = ("127.0.0.1", 8080)
+    app_protocol: str = "h2c"  # or "http1"
+    control_plane: Address | None = None
+    bootstrap_ca: Path | None = None  # verifies the control plane before we have a cert
+    join_token: str = ""
+    cert_dir: Path = Path(".mesh/sidecar")
+    static_config: Path | None = None
+    cert: Path | None = None  # static mode: our certificate, key and the mesh CA
+    key: Path | None = None
+    ca: Path | None = None
+    seed: int | None = None
+
+
+class Sidecar:
+    """One sidecar; ``await start()``, then ``await stop()``."""
+
+    def __init__(self, options: SidecarOptions) -> None:
+        self.options = options
+        self.clock = SYSTEM_CLOCK
+        self.rng = random.Random(options.seed)
+        self.metrics = SidecarMetrics()
+        self.files: CertificateFiles | None = None
+        self.client_tls: ssl.SSLContext | None = None
+        self.server_tls: ssl.SSLContext | None = None
+        self.config = LiveConfig(service=options.service, clock=self.clock, rng=self.rng,
+                                 tls=lambda: self.client_tls)
+        self.outbound = Outbound(self.config, self.metrics, clock=self.clock, rng=self.rng)
+        self.discovery: DiscoveryClient | None = None
+        self.registration: Registration | None = None
+        self.rotation: Rotation | None = None
+        self.static_loaded = False
+        self.app: App
+        self._servers: list[asyncio.Server] = []
+        self._inbound: Server | None = None
+        self._admin: web.AppRunner | None = None
+        self._h1: web.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cp_channel: Channel | None = None
+
+    # -- start -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        o = self.options
+        await self._identity()
+        assert self.files is not None
+        self.server_tls = server_context(self.files.cert, self.files.key, self.files.ca)
+        self.client_tls = client_context(self.files.cert, self.files.key, self.files.ca)
+        identity = self.files.identity()
+        if o.static_config is not None:
+            for type_url, resources in static_config.load(o.static_config):
+                self.config.apply(type_url, resources)
+            self.static_loaded = True
+        if o.control_plane is not None:
+            self._join(identity)
+        self.app = (Http1App(*o.app) if o.app_protocol == "http1"
+                    else ConnectionPool(*o.app, ssl=None))
+        inbound = Inbound(self.config, self.metrics, self.app, own_id=identity,
+                          clock=self.clock)
+        self._inbound = await serve(inbound.handle, *o.inbound, ssl=self.server_tls)
+        await self._listen_outbound()
+        self._admin = web.AppRunner(make_admin(self.config, self.metrics, self.ready),
+                                    access_log=None)
+        await self._admin.setup()
+        await web.TCPSite(self._admin, *o.admin).start()
+        self._tasks.append(asyncio.create_task(self._tick()))
+        log.info("sidecar for %s (%s): outbound %s:%d, inbound %s:%d (mTLS), admin %s:%d",
+                 o.service, identity, *o.outbound, *o.inbound, *o.admin)
+
+    async def _identity(self) -> None:
+        o = self.options
+        if o.control_plane is None:
+            if o.cert is None or o.key is None or o.ca is None:
+                raise ValueError("without a control plane, --cert, --key and --ca are needed")
+            self.files = CertificateFiles(o.cert, o.key, o.ca)
+            return
+        files = CertificateFiles(o.cert_dir / "cert.pem", o.cert_dir / "key.pem",
+                                 o.cert_dir / "ca.pem")
+        if not files.cert.exists():
+            if not o.join_token or o.bootstrap_ca is None:
+                raise ValueError("first start with a control plane needs --join-token and "
+                                 "--bootstrap-ca (the mesh CA that signs the control plane)")
+            wanted = SpiffeId(trust_domain=o.trust_domain, namespace=o.namespace,
+                              service=o.service)
+            await bootstrap(*o.control_plane, o.bootstrap_ca, files, wanted, o.join_token)
+        self.files = files
+
+    def _join(self, identity: SpiffeId) -> None:
+        o = self.options
+        assert o.control_plane is not None and self.files is not None
+        assert self.server_tls is not None and self.client_tls is not None
+        channel = self._cp_channel = Channel(
+            *o.control_plane, ssl=client_context(self.files.cert, self.files.key,
+                                                  self.files.ca), authority="controlplane")
+        backoff = functools.partial(Backoff(base_interval=0.1, max_interval=5.0).delays,
+                                    self.rng)
+        endpoint = Endpoint(address=o.advertise or o.inbound[0], port=o.inbound[1])
+        self.registration = Registration(channel, o.service, endpoint, ready=lambda: True,
+                                         backoff=backoff)
+        node = Node(id=f"{o.service}@{endpoint.address}:{endpoint.port}", service=o.service,
+                    namespace=identity.namespace)
+        self.discovery = DiscoveryClient(channel, node, self._apply, backoff=backoff)
+        self.rotation = Rotation(*o.control_plane, self.files,
+                                 [self.server_tls, self.client_tls])
+        for job in (self.registration.run(), self.discovery.run(), self.rotation.run()):
+            self._tasks.append(asyncio.create_task(job))
+
+    def _apply(self, type_url: str, resources: Sequence[Message]) -> None:
+        try:
+            self.config.apply(type_url, resources)
+        except Exception:
+            self.metrics.config_updates.labels(short_name(type_url), "nack").inc()
+            raise
+        self.metrics.config_updates.labels(short_name(type_url), "ack").inc()
+
+    async def _listen_outbound(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def http1(request: web.BaseRequest) -> web.StreamResponse:
+            down = Http1Downstream(request)
+            await self.outbound.handle(down)
+            return await down.finish()
+
+        self._h1 = web.Server(http1, access_log=None)
+        h1 = self._h1
+
+        def http2() -> Http2Connection:
+            return Http2Connection(client_side=False, handler=self.outbound.handle)
+
+        server = await loop.create_server(lambda: Sniffer(http2, h1), *self.options.outbound,
+                                          reuse_address=True)
+        self._servers.append(server)
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the sidecar can serve, and why not."""
+        if self.discovery is not None and not self.discovery.synced.is_set():
+            return False, "waiting for the first configuration from the control plane"
+        if self.registration is not None and not self.registration.registered.is_set():
+            return False, "not registered with the control plane yet"
+        if self.discovery is None and not self.static_loaded:
+            return False, "no configuration"
+        return True, "ready"
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            for cluster in self.config.clusters.values():
+                cluster.tick()
+
+    # -- stop --------------------------------------------------------------------------------
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Deregister, stop accepting, let requests in flight finish, close everything."""
+        if self.registration is not None:
+            with contextlib.suppress(Exception):
+                await self.registration.deregister()
+        for task in self._tasks:
+            task.cancel()
+        for server in self._servers:
+            server.close()
+        if self._h1 is not None:
+            await self._h1.shutdown(grace)
+        if self._inbound is not None:
+            await self._inbound.shutdown(grace)
+        if self._admin is not None:
+            await self._admin.cleanup()
+        for cluster in self.config.clusters.values():
+            await cluster.close()
+        if isinstance(self.app, ConnectionPool | Http1App):
+            await self.app.close()
+        if self._cp_channel is not None:
+            await self._cp_channel.close()

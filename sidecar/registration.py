@@ -1,0 +1,96 @@
+"""Registration: keep this sidecar's instance in the control plane's registry.
+
+The sidecar registers its service's endpoint (its own address and inbound port), then renews
+the lease with heartbeats at a third of the lease's TTL, reporting whether its app is ready.
+If the control plane answers NOT_FOUND — it restarted, or the lease lapsed while it was
+unreachable — the sidecar registers again. Other failures are retried with backoff; the
+endpoint simply lapses if the sidecar is gone for longer than the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+
+from mesh.grpc import Channel, GrpcError, StatusCode
+from mesh.http2 import Http2Error
+from mesh.proto.config_pb2 import Endpoint
+from mesh.proto.registry_pb2 import (
+    DeregisterRequest,
+    DeregisterResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    RegisterRequest,
+    RegisterResponse,
+)
+
+log = logging.getLogger("sidecar.registration")
+
+REGISTRY = "/mesh.v1.Registry/"
+
+
+class Registration:
+    """Registers once, renews forever, registers again when forgotten."""
+
+    def __init__(self, channel: Channel, service: str, endpoint: Endpoint, *,
+                 ready: Callable[[], bool], backoff: Callable[[], Iterator[float]]) -> None:
+        self.service = service
+        self.endpoint = endpoint
+        self.instance: str | None = None
+        self.lease_ttl = 10.0
+        self.registered = asyncio.Event()
+        self._ready = ready
+        self._backoff = backoff
+        self._register = channel.unary_unary(REGISTRY + "Register", RegisterResponse.FromString)
+        self._heartbeat = channel.unary_unary(REGISTRY + "Heartbeat",
+                                              HeartbeatResponse.FromString)
+        self._deregister = channel.unary_unary(REGISTRY + "Deregister",
+                                               DeregisterResponse.FromString)
+
+    async def run(self) -> None:
+        delays: Iterator[float] | None = None
+        while True:
+            try:
+                await self._renew()
+                delays = None
+                await asyncio.sleep(self.lease_ttl / 3)
+            except GrpcError as error:
+                if error.code == StatusCode.NOT_FOUND:
+                    log.warning("control plane forgot %s (%s): registering again",
+                                self.instance, error.message)
+                    self.instance = None
+                    self.registered.clear()
+                    continue
+                if error.code in (StatusCode.PERMISSION_DENIED, StatusCode.UNAUTHENTICATED):
+                    log.error("registration of %s refused: %s", self.service, error.message)
+                delays = delays or self._backoff()
+                await asyncio.sleep(next(delays))
+            except (Http2Error, OSError) as error:
+                log.warning("control plane unreachable for registration: %s", error)
+                delays = delays or self._backoff()
+                await asyncio.sleep(next(delays))
+
+    async def _renew(self) -> None:
+        health = Endpoint.HEALTHY if self._ready() else Endpoint.UNHEALTHY
+        if self.instance is None:
+            endpoint = Endpoint()
+            endpoint.CopyFrom(self.endpoint)
+            endpoint.health = health
+            response = await self._register(RegisterRequest(service=self.service,
+                                                            endpoint=endpoint), timeout=5.0)
+            self.instance = response.instance
+            self.lease_ttl = response.lease_ttl_ms / 1000 or self.lease_ttl
+            self.registered.set()
+            log.info("registered %s (lease %.1fs)", self.instance, self.lease_ttl)
+            return
+        response = await self._heartbeat(HeartbeatRequest(instance=self.instance, health=health),
+                                         timeout=5.0)
+        self.lease_ttl = response.lease_ttl_ms / 1000 or self.lease_ttl
+
+    async def deregister(self) -> None:
+        """Leave the registry now (on a clean shutdown), rather than when the lease lapses."""
+        if self.instance is not None:
+            await self._deregister(DeregisterRequest(instance=self.instance), timeout=2.0)
+            self.instance = None
+            self.registered.clear()

@@ -1,0 +1,147 @@
+"""The router: which cluster a request goes to, decided from its authority, path and headers.
+
+Routes come from the control plane as RouteConfigurations of virtual hosts. A request's
+``:authority`` (``Host`` for HTTP/1.1) selects the virtual host — an exact domain
+(``orders``, ``orders:50051``) before the wildcard ``*`` — and its routes are tried in order;
+the first whose path and header matchers all match wins. Its action names one cluster, or
+several with weights (a canary: 90 % v1, 10 % v2), plus an optional timeout and retry policy
+that override the cluster's.
+
+Without a matching virtual host, a request whose authority names a known cluster goes there:
+apps call ``orders`` or ``orders:50051`` and the mesh works before anyone writes a route.
+
+Pure: the weighted choice takes the caller's ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from mesh.proto.config_pb2 import HeaderMatcher, Route, RouteConfiguration
+from sidecar.cluster import retry_policy_from
+from sidecar.retry import RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    """Where a request goes and what its route overrides."""
+
+    cluster: str
+    route: str  # a name for logs and metrics: "<virtual host>/<index>", or "default"
+    timeout: float | None  # seconds; None: the cluster's
+    retry_policy: RetryPolicy | None  # None: the cluster's
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledRoute:
+    name: str
+    prefix: str | None
+    path: str | None
+    regex: re.Pattern[str] | None
+    headers: tuple[HeaderMatcher, ...]
+    clusters: tuple[tuple[str, int], ...]  # (cluster, cumulative weight) for weighted splits
+    timeout: float | None
+    retry_policy: RetryPolicy | None
+
+    def matches(self, path: str, headers: Mapping[str, str]) -> bool:
+        if self.path is not None and path.split("?", 1)[0] != self.path:
+            return False
+        if self.prefix is not None and not path.startswith(self.prefix):
+            return False
+        if self.regex is not None and self.regex.fullmatch(path.split("?", 1)[0]) is None:
+            return False
+        return all(_header_matches(m, headers) for m in self.headers)
+
+    def pick(self, rng: random.Random) -> str:
+        if len(self.clusters) == 1:
+            return self.clusters[0][0]
+        draw = rng.randrange(self.clusters[-1][1])
+        return next(name for name, upto in self.clusters if draw < upto)
+
+
+def _header_matches(matcher: HeaderMatcher, headers: Mapping[str, str]) -> bool:
+    value = headers.get(matcher.name)
+    kind = matcher.WhichOneof("match")
+    if kind == "exact":
+        hit = value == matcher.exact
+    elif kind == "prefix":
+        hit = value is not None and value.startswith(matcher.prefix)
+    else:  # "present", or no matcher at all: the header is there
+        hit = (value is not None) == (matcher.present if kind == "present" else True)
+    return hit != matcher.invert
+
+
+class Router:
+    """Compiled routes; :meth:`route` is called once per request."""
+
+    def __init__(self, configurations: list[RouteConfiguration],
+                 clusters: Collection[str]) -> None:
+        """Compile ``configurations``.
+
+        Raises:
+            ValueError: a route names a cluster not in ``clusters``, has a bad regex, or
+                weights that do not add up to 100 (the sidecar NACKs such an update).
+        """
+        self._clusters = frozenset(clusters)
+        self._hosts: dict[str, list[_CompiledRoute]] = {}
+        for configuration in configurations:
+            for host in configuration.virtual_hosts:
+                routes = [self._compile(f"{host.name}/{i}", r)
+                          for i, r in enumerate(host.routes)]
+                for domain in host.domains:
+                    self._hosts.setdefault(domain.lower(), routes)
+
+    def _compile(self, name: str, route: Route) -> _CompiledRoute:
+        match, action = route.match, route.route
+        kind = action.WhichOneof("cluster_specifier")
+        if kind == "cluster":
+            clusters: tuple[tuple[str, int], ...] = ((action.cluster, 1),)
+        elif kind == "weighted_clusters":
+            total, cumulative = 0, []
+            for weighted in action.weighted_clusters.clusters:
+                total += weighted.weight
+                cumulative.append((weighted.name, total))
+            if total != 100:
+                raise ValueError(f"route {name}: weights add up to {total}, not 100")
+            clusters = tuple(cumulative)
+        else:
+            raise ValueError(f"route {name}: names no cluster")
+        for cluster, _ in clusters:
+            if cluster not in self._clusters:
+                raise ValueError(f"route {name}: unknown cluster {cluster!r}")
+        specifier = match.WhichOneof("path_specifier")
+        try:
+            regex = re.compile(match.safe_regex) if specifier == "safe_regex" else None
+        except re.error as error:
+            raise ValueError(f"route {name}: bad regex {match.safe_regex!r}: {error}") from None
+        return _CompiledRoute(
+            name=name,
+            prefix=match.prefix if specifier == "prefix" else None,
+            path=match.path if specifier == "path" else None,
+            regex=regex,
+            headers=tuple(match.headers),
+            clusters=clusters,
+            timeout=(action.timeout.ToTimedelta().total_seconds()
+                     if action.HasField("timeout") else None),
+            retry_policy=(retry_policy_from(action.retry_policy)
+                          if action.HasField("retry_policy") else None),
+        )
+
+    def route(self, authority: str, path: str, headers: Mapping[str, str],
+              rng: random.Random) -> RouteTarget | None:
+        """The target for a request, or None when nothing matches (the caller answers 404)."""
+        authority = authority.lower()
+        host = authority.rsplit(":", 1)[0] if ":" in authority else authority
+        routes = self._hosts.get(authority) or self._hosts.get(host) or self._hosts.get("*")
+        if routes is not None:
+            for route in routes:
+                if route.matches(path, headers):
+                    return RouteTarget(route.pick(rng), route.name, route.timeout,
+                                       route.retry_policy)
+            return None
+        if host in self._clusters:
+            return RouteTarget(host, "default", None, None)
+        return None
