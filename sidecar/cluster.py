@@ -35,6 +35,7 @@ from sidecar.balancers import (
     RoundRobinBalancer,
 )
 from sidecar.circuit_breaker import CircuitBreaker, CircuitBreakerConfig
+from sidecar.metrics import SidecarMetrics
 from sidecar.outlier import Ejected, OutlierDetectionConfig, OutlierDetector, Returned
 from sidecar.pool import ConnectionPool
 from sidecar.retry import Outcome, RetryOn, RetryPolicy
@@ -175,8 +176,10 @@ class UpstreamCluster:
     """The runtime state of one cluster."""
 
     def __init__(self, settings: ClusterSettings, *, clock: Clock, rng: random.Random,
-                 tls: Callable[[], ssl.SSLContext | None]) -> None:
+                 tls: Callable[[], ssl.SSLContext | None],
+                 metrics: SidecarMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.clock = clock
         self.rng = rng
         self.balancer = _balancer(settings, clock, rng)
@@ -239,8 +242,12 @@ class UpstreamCluster:
             pool = self.pools[address] = ConnectionPool(
                 host, int(port), ssl=self._tls(), connect_timeout=settings.connect_timeout,
                 max_streams_per_connection=settings.max_streams_per_connection,
-                idle_timeout=settings.idle_timeout)
+                idle_timeout=settings.idle_timeout, on_connect=self._connected)
         return pool
+
+    def _connected(self) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_connections.labels(self.settings.name).inc()
 
     def record(self, address: str, outcome: Outcome) -> None:
         """Tell outlier detection how a call to ``address`` ended."""
@@ -265,6 +272,8 @@ class UpstreamCluster:
             return
         endpoint.ejected = isinstance(decision, Ejected)
         if isinstance(decision, Ejected):
+            if self.metrics is not None:
+                self.metrics.ejections.labels(self.settings.name).inc()
             log.warning("cluster %s: ejected %s (%s) until %.1f", self.settings.name,
                         decision.address, decision.reason.value, decision.until)
         else:

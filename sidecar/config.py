@@ -27,6 +27,7 @@ from mesh.proto.config_pb2 import (
 from mesh.proto.resources import AUTHORIZATION, CLUSTERS, ENDPOINTS, ROUTES
 from sidecar.authz import Authorizer
 from sidecar.cluster import UpstreamCluster, settings_from
+from sidecar.metrics import SidecarMetrics
 from sidecar.router import Router
 
 log = logging.getLogger("sidecar.config")
@@ -36,7 +37,8 @@ class LiveConfig:
     """What the sidecar runs now; one object shared by every listener."""
 
     def __init__(self, *, service: str, clock: Clock, rng: random.Random,
-                 tls: Callable[[], ssl.SSLContext | None]) -> None:
+                 tls: Callable[[], ssl.SSLContext | None],
+                 metrics: SidecarMetrics | None = None) -> None:
         self.service = service
         self.clusters: dict[str, UpstreamCluster] = {}
         self.router = Router([], [])
@@ -45,6 +47,7 @@ class LiveConfig:
         self._clock = clock
         self._rng = rng
         self._tls = tls
+        self._metrics = metrics
         self._assignments: dict[str, ClusterLoadAssignment] = {}
         self._routes: list[RouteConfiguration] = []
 
@@ -76,7 +79,8 @@ class LiveConfig:
         for name, new in settings.items():
             cluster = self.clusters.get(name)
             if cluster is None:
-                cluster = UpstreamCluster(new, clock=self._clock, rng=self._rng, tls=self._tls)
+                cluster = UpstreamCluster(new, clock=self._clock, rng=self._rng, tls=self._tls,
+                                          metrics=self._metrics)
                 assignment = self._assignments.get(name)
                 if assignment is not None:
                     cluster.set_endpoints(list(assignment.endpoints))

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
+from collections.abc import Callable
 
 from mesh.http2 import ConnectionClosed, Headers, Http2Connection, Limits, Stream, connect
 
@@ -34,7 +35,8 @@ class ConnectionPool:
 
     def __init__(self, host: str, port: int, *, ssl: ssl_module.SSLContext | None,
                  connect_timeout: float = 1.0, max_streams_per_connection: int = 100,
-                 idle_timeout: float = 60.0) -> None:
+                 idle_timeout: float = 60.0,
+                 on_connect: Callable[[], None] | None = None) -> None:
         self.host, self.port = host, port
         self.ssl = ssl
         self.connect_timeout = connect_timeout
@@ -45,6 +47,7 @@ class ConnectionPool:
         self.connect_failures = 0
         self.streams_opened = 0
         self._connecting: asyncio.Task[Http2Connection] | None = None
+        self._on_connect = on_connect
 
     def __repr__(self) -> str:
         return f"<ConnectionPool {self.host}:{self.port} connections={len(self.connections)}>"
@@ -94,6 +97,8 @@ class ConnectionPool:
             self._connecting = None
         self.connections_opened += 1
         self.connections.append(connection)
+        if self._on_connect is not None:
+            self._on_connect()
         return connection
 
     @property
