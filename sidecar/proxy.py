@@ -149,9 +149,11 @@ class Sidecar:
         o = self.options
         assert o.control_plane is not None and self.files is not None
         assert self.server_tls is not None and self.client_tls is not None
+        # Registration must come from the address it registers: bind the source address.
         channel = self._cp_channel = Channel(
             *o.control_plane, ssl=client_context(self.files.cert, self.files.key,
-                                                  self.files.ca), authority="controlplane")
+                                                  self.files.ca), authority="controlplane",
+            local_address=o.advertise or o.inbound[0])
         backoff = functools.partial(Backoff(base_interval=0.1, max_interval=5.0).delays,
                                     self.rng)
         endpoint = Endpoint(address=o.advertise or o.inbound[0], port=o.inbound[1])

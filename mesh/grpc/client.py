@@ -51,7 +51,7 @@ class Channel:
     def __init__(self, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None,
                  authority: str | None = None, server_hostname: str | None = None,
                  limits: Limits = Limits(), max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, local_address: str | None = None) -> None:
         self.host, self.port = host, port
         self.authority = authority or f"{host}:{port}"
         self.scheme = "https" if ssl is not None else "http"
@@ -60,6 +60,7 @@ class Channel:
         self._ssl = ssl
         self._server_hostname = server_hostname
         self._limits = limits
+        self._local_address = local_address
         self._connection: Http2Connection | None = None
         self._connecting = asyncio.Lock()
 
@@ -70,7 +71,7 @@ class Channel:
             if conn is None or conn.close_reason is not None or conn.draining:
                 conn = self._connection = await connect(
                     self.host, self.port, ssl=self._ssl, server_hostname=self._server_hostname,
-                    limits=self._limits, clock=self.clock)
+                    limits=self._limits, clock=self.clock, local_address=self._local_address)
             return conn
 
     async def open_stream(self, headers: Headers, *, deadline: Deadline | None = None,

@@ -19,9 +19,12 @@ from mesh.http2.stream import Headers
 
 async def connect(host: str, port: int, *, ssl: ssl_module.SSLContext | None = None,
                   server_hostname: str | None = None, limits: Limits = Limits(),
-                  connect_timeout: float | None = 10.0,
+                  connect_timeout: float | None = 10.0, local_address: str | None = None,
                   clock: Clock = SYSTEM_CLOCK) -> Http2Connection:
     """Open a client connection (TCP, plus TLS with ALPN ``h2`` when ``ssl`` is given).
+
+    ``local_address`` binds the connection's source address (a workload that must be seen
+    coming from its own address, e.g. one of several on the loopback interface).
 
     Raises:
         TimeoutError: the TCP or TLS handshake took longer than ``connect_timeout``.
@@ -33,7 +36,8 @@ async def connect(host: str, port: int, *, ssl: ssl_module.SSLContext | None = N
     _, connection = await asyncio.wait_for(
         loop.create_connection(lambda: Http2Connection(client_side=True, limits=limits,
                                                        clock=clock),
-                               host, port, ssl=ssl, server_hostname=server_hostname),
+                               host, port, ssl=ssl, server_hostname=server_hostname,
+                               local_addr=(local_address, 0) if local_address else None),
         connect_timeout)
     if connection.close_reason is not None or connection.closed.done():
         raise ConnectionError(f"{host}:{port} did not negotiate h2 over TLS (ALPN)")
