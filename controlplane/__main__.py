@@ -1,0 +1,91 @@
+"""Run the control plane: ``python -m controlplane --pki-dir DIR [--policy FILE|DIR]``.
+
+Every flag can also come from the environment variable named in its help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from certs.pki import create_ca, parse_validity, write_ca
+from controlplane.api import start_api
+from controlplane.policy import PolicyError
+from controlplane.server import ControlPlane
+from mesh.loop import run
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m controlplane", description=__doc__)
+    p.add_argument("--pki-dir", type=Path, default=Path(env("MESH_PKI_DIR", ".mesh/pki")),
+                   help="folder with the mesh CA (ca.crt, ca.key) [MESH_PKI_DIR]")
+    p.add_argument("--init-pki", action="store_true",
+                   default=env("MESH_INIT_PKI", "") == "1",
+                   help="create the CA if the folder has none [MESH_INIT_PKI=1]")
+    p.add_argument("--trust-domain", default=env("MESH_TRUST_DOMAIN", "cluster.local"),
+                   help="trust domain of a CA made by --init-pki [MESH_TRUST_DOMAIN]")
+    p.add_argument("--listen", type=_address, default=env("MESH_CP_LISTEN", "127.0.0.1:15012"),
+                   help="gRPC (mTLS) address [MESH_CP_LISTEN]")
+    p.add_argument("--api", type=_address, default=env("MESH_CP_API", "127.0.0.1:15014"),
+                   help="operator HTTP API address [MESH_CP_API]")
+    p.add_argument("--policy", type=Path, default=env("MESH_POLICY") or None,
+                   help="policy YAML file or folder, hot-reloaded [MESH_POLICY]")
+    p.add_argument("--lease-ttl", type=float, default=float(env("MESH_LEASE_TTL", "10")),
+                   help="seconds an instance stays registered without renewal [MESH_LEASE_TTL]")
+    p.add_argument("--cert-validity", type=parse_validity,
+                   default=parse_validity(env("MESH_CERT_VALIDITY", "1h")),
+                   help="workload certificate lifetime, e.g. 1h, 30m [MESH_CERT_VALIDITY]")
+    p.add_argument("--log-level", default=env("MESH_LOG_LEVEL", "INFO"),
+                   help="logging level [MESH_LOG_LEVEL]")
+    return p
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    if args.init_pki and not (args.pki_dir / "ca.crt").exists():
+        write_ca(create_ca(trust_domain=args.trust_domain), args.pki_dir)
+    try:
+        cp = ControlPlane(args.pki_dir, lease_ttl=args.lease_ttl,
+                          cert_validity=args.cert_validity, policy_path=args.policy)
+    except PolicyError as error:
+        print(f"controlplane: policy rejected:\n{error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        print(f"controlplane: {error} (create the CA with --init-pki or python -m certs init)",
+              file=sys.stderr)
+        return 2
+    await cp.start(*args.listen)
+    api = await start_api(cp, *args.api)
+    print(f"control plane: gRPC on {args.listen[0]}:{cp.port}, API on "
+          f"http://{args.api[0]}:{args.api[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await api.cleanup()
+    await cp.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The control plane assembled: identity, registry, policy and discovery behind gRPC + mTLS.
+
+    gRPC (mTLS, client certificate optional so a new sidecar can present a join token)
+        /mesh.v1.Identity/SignCertificate          join token or current cert → new cert
+        /mesh.v1.Registry/Register|Heartbeat|Deregister
+        /mesh.v1.AggregatedDiscoveryService/StreamResources
+    HTTP (operator API, loopback by default): see :mod:`controlplane.api`
+
+Every change to the policy or the registry builds one new snapshot (lazily, on the first
+stream that asks) and wakes every discovery stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from certs.pki import issue_workload, load_ca, write_workload
+from controlplane.discovery import DiscoveryServer
+from controlplane.errors import IdentityError, RegistrationError
+from controlplane.identity import CertificateIssuer, JoinTokens
+from controlplane.metrics import ControlPlaneMetrics
+from controlplane.policy import PolicyStore
+from controlplane.registry import Registry
+from controlplane.snapshot import Snapshot, build
+from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.grpc import Cardinality, Context, GrpcServer, StatusCode
+from mesh.http2 import Server, serve
+from mesh.identity import SpiffeId
+from mesh.proto.config_pb2 import ClusterLoadAssignment
+from mesh.proto.discovery_pb2 import DiscoveryRequest
+from mesh.proto.registry_pb2 import (
+    DeregisterRequest,
+    DeregisterResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    RegisterRequest,
+    RegisterResponse,
+    SignCertificateRequest,
+    SignCertificateResponse,
+)
+from mesh.tls import peer_spiffe_id, server_context
+
+log = logging.getLogger("controlplane")
+
+CONTROL_PLANE_NAMESPACE = "mesh-system"
+
+
+def caller_identity(context: Context) -> SpiffeId | None:
+    """The SPIFFE ID the caller proved with its client certificate, if it presented one."""
+    return peer_spiffe_id(context.ssl_object) if context.ssl_object is not None else None
+
+
+def caller_address(context: Context) -> str:
+    peer = context.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+class ControlPlane:
+    """Owns the state; :meth:`start` serves it."""
+
+    def __init__(self, pki_dir: Path, *, clock: Clock = SYSTEM_CLOCK, lease_ttl: float = 10.0,
+                 cert_validity: timedelta = timedelta(hours=1), token_ttl: float = 600.0,
+                 policy_path: Path | None = None) -> None:
+        self.pki_dir = pki_dir
+        self.ca = load_ca(pki_dir)
+        self.trust_domain = self.ca.trust_domain
+        self.clock = clock
+        self.metrics = ControlPlaneMetrics()
+        self.tokens = JoinTokens(clock, ttl=token_ttl)
+        self.issuer = CertificateIssuer(self.ca, validity=cert_validity)
+        self.policy = PolicyStore()
+        self.policy_path = policy_path
+        if policy_path is not None:
+            self.policy.load_path(policy_path)
+        self.registry = Registry(clock, trust_domain=self.trust_domain, lease_ttl=lease_ttl,
+                                 grants=lambda: self.policy.current[1].registration)
+        self.discovery = DiscoveryServer(self.snapshot, clock, self.metrics)
+        self.registry.subscribe(self._changed)
+        self.policy.subscribe(lambda *_: self._changed())
+        self.grpc = self._grpc_server()
+        self.server: Server | None = None
+        self._snapshot: tuple[tuple[int, int], Snapshot] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- state -------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The current snapshot, rebuilt only when the policy or the registry changed."""
+        key = (self.policy.current[0], self.registry.version)
+        if self._snapshot is None or self._snapshot[0] != key:
+            endpoints = {}
+            for service in self.registry.services():
+                endpoints[service] = ClusterLoadAssignment(
+                    cluster_name=service, endpoints=self.registry.endpoints(service))
+            self._snapshot = (key, build(self.policy.current[1], endpoints))
+        return self._snapshot[1]
+
+    def _changed(self) -> None:
+        self.metrics.instances.set(len(self.registry.instances()))
+        self.metrics.policy_version.set(self.policy.current[0])
+        self.discovery.changed()
+
+    # -- gRPC services -----------------------------------------------------------------------
+
+    def _grpc_server(self) -> GrpcServer:
+        server = GrpcServer()
+        unary = Cardinality.UNARY_UNARY
+        server.add("/mesh.v1.Identity/SignCertificate", unary,
+                   SignCertificateRequest.FromString, self._sign_certificate)
+        server.add("/mesh.v1.Registry/Register", unary, RegisterRequest.FromString,
+                   self._register)
+        server.add("/mesh.v1.Registry/Heartbeat", unary, HeartbeatRequest.FromString,
+                   self._heartbeat)
+        server.add("/mesh.v1.Registry/Deregister", unary, DeregisterRequest.FromString,
+                   self._deregister)
+        server.add("/mesh.v1.AggregatedDiscoveryService/StreamResources",
+                   Cardinality.STREAM_STREAM, DiscoveryRequest.FromString,
+                   self.discovery.stream_resources)
+        return server
+
+    async def _sign_certificate(self, request: SignCertificateRequest,
+                                context: Context) -> SignCertificateResponse:
+        try:
+            if request.join_token:
+                identity = self.tokens.redeem(request.join_token)
+            else:
+                current = caller_identity(context)
+                if current is None:
+                    raise IdentityError(StatusCode.UNAUTHENTICATED,
+                                        "a certificate needs a join token, or the current "
+                                        "certificate presented over mTLS to renew")
+                identity = current
+            issued = self.issuer.issue(request.csr_pem, identity)
+        except IdentityError as error:
+            self.metrics.certificates.labels(error.code.name.lower()).inc()
+            log.warning("certificate refused for %s: %s", caller_address(context), error)
+            raise
+        self.metrics.certificates.labels("issued").inc()
+        return SignCertificateResponse(certificate_pem=issued.certificate_pem,
+                                       ca_pem=issued.ca_pem,
+                                       not_after_unix=int(issued.not_after.timestamp()))
+
+    async def _register(self, request: RegisterRequest, context: Context) -> RegisterResponse:
+        try:
+            instance = self.registry.register(request.service, request.endpoint,
+                                              caller_identity(context), caller_address(context))
+        except RegistrationError:
+            self.metrics.registrations.labels("refused").inc()
+            raise
+        self.metrics.registrations.labels("accepted").inc()
+        return RegisterResponse(instance=instance.id,
+                                lease_ttl_ms=int(self.registry.lease_ttl * 1000))
+
+    async def _heartbeat(self, request: HeartbeatRequest, context: Context) -> HeartbeatResponse:
+        self.registry.heartbeat(request.instance, request.health, caller_identity(context))
+        return HeartbeatResponse(lease_ttl_ms=int(self.registry.lease_ttl * 1000))
+
+    async def _deregister(self, request: DeregisterRequest,
+                          context: Context) -> DeregisterResponse:
+        self.registry.deregister(request.instance, caller_identity(context))
+        return DeregisterResponse()
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 15012) -> None:
+        """Serve gRPC on ``host:port`` and run the lease sweeper (and the policy watcher)."""
+        identity = SpiffeId(trust_domain=self.trust_domain, namespace=CONTROL_PLANE_NAMESPACE,
+                            service="controlplane")
+        own = issue_workload(self.ca, identity, timedelta(days=1))
+        cert, key = write_workload(own, self.pki_dir / "controlplane")
+        tls = server_context(cert, key, self.pki_dir / "ca.crt", require_client_cert=False)
+        self.server = await serve(self.grpc.handle, host, port, ssl=tls)
+        self._tasks.append(asyncio.create_task(self._sweep_leases()))
+        if self.policy_path is not None:
+            self._tasks.append(asyncio.create_task(self.policy.watch(self.policy_path)))
+        log.info("control plane serving on %s:%d (trust domain %s)", host, self.server.port,
+                 self.trust_domain)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "not started"
+        return self.server.port
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.server is not None:
+            await self.server.shutdown(grace=1.0)
+
+    async def _sweep_leases(self) -> None:
+        # Streams renew the leases of the instances whose sidecar is connected; expiry runs at a
+        # quarter of the TTL, so a lapsed lease is gone within 1.25 x TTL at worst.
+        interval = self.registry.lease_ttl / 4
+        while True:
+            await asyncio.sleep(interval)
+            connected = {(s.node.id, s.identity) for s in self.discovery.subscriptions.values()}
+            for instance in self.registry.instances():
+                if (instance.id, instance.owner) in connected:
+                    self.registry.heartbeat(instance.id, None, instance.owner)
+            self.registry.expire()
+            self.metrics.subscribers.set(len(self.discovery.subscriptions))

@@ -1,0 +1,80 @@
+"""Identity: a join token buys one certificate, whose SPIFFE ID comes from the token."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from certs.pki import make_csr
+from mesh.grpc import GrpcError, StatusCode
+from mesh.identity import SpiffeId
+from mesh.proto.registry_pb2 import SignCertificateRequest, SignCertificateResponse
+from tests.integration.controlplane.conftest import TRUST_DOMAIN, Mesh
+
+SIGN = "/mesh.v1.Identity/SignCertificate"
+
+
+def csr_claiming(service: str) -> bytes:
+    claimed = SpiffeId(trust_domain=TRUST_DOMAIN, namespace="kube-system", service=service)
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), claimed)
+    return csr.public_bytes(Encoding.PEM)
+
+
+async def sign(mesh: Mesh, caller: str | None, token: str = "") -> SignCertificateResponse:
+    channel = mesh.channel(caller)
+    try:
+        call = channel.unary_unary(SIGN, SignCertificateResponse.FromString)
+        response: SignCertificateResponse = await call(
+            SignCertificateRequest(csr_pem=csr_claiming("admin"), join_token=token),
+            timeout=5.0)
+        return response
+    finally:
+        await channel.close()
+
+
+def uri_of(pem: bytes) -> str:
+    certificate = x509.load_pem_x509_certificate(pem)
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    uris: list[str] = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    assert len(uris) == 1
+    return uris[0]
+
+
+async def test_join_token_gives_the_tokens_identity_not_the_csrs(mesh: Mesh) -> None:
+    token = mesh.cp.tokens.create(mesh.identity("orders"))
+    response = await sign(mesh, None, token)
+    assert uri_of(response.certificate_pem) == f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/orders"
+    assert b"BEGIN CERTIFICATE" in response.ca_pem
+
+
+async def test_a_token_is_single_use(mesh: Mesh) -> None:
+    token = mesh.cp.tokens.create(mesh.identity("orders"))
+    await sign(mesh, None, token)
+    with pytest.raises(GrpcError) as refused:
+        await sign(mesh, None, token)
+    assert refused.value.code == StatusCode.PERMISSION_DENIED
+    assert "already used" in refused.value.message
+
+
+async def test_an_expired_token_is_refused(mesh: Mesh) -> None:
+    token = mesh.cp.tokens.create(mesh.identity("orders"), ttl=0.05)
+    await asyncio.sleep(0.1)
+    with pytest.raises(GrpcError) as refused:
+        await sign(mesh, None, token)
+    assert refused.value.code == StatusCode.PERMISSION_DENIED
+    assert "expired" in refused.value.message
+
+
+async def test_a_running_sidecar_renews_with_its_current_certificate(mesh: Mesh) -> None:
+    response = await sign(mesh, "payments")
+    assert uri_of(response.certificate_pem) == f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/payments"
+
+
+async def test_no_token_and_no_certificate_is_unauthenticated(mesh: Mesh) -> None:
+    with pytest.raises(GrpcError) as refused:
+        await sign(mesh, None)
+    assert refused.value.code == StatusCode.UNAUTHENTICATED
