@@ -13,6 +13,13 @@ from Envoy's xDS protocol:
 
 A burst of changes (ten registrations in one event-loop turn) wakes each stream once, and each
 stream sends whatever is current when it runs: bursts coalesce by construction.
+
+Warm-up: the registry is soft state. A control plane that has just (re)started knows only the
+instances that registered since, and every live one does so within a lease TTL. A sidecar that
+reconnects holding a configuration (its subscription carries a version) would otherwise be
+told that services still re-registering have no endpoints; it is answered once ``warmup``
+seconds have passed since the start, and keeps its last good configuration until then. A new
+sidecar, which has nothing to keep, is answered at once.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ class Subscription:
     connected_at: float
     types: dict[str, TypeState] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    holds_config: bool = False  # it subscribed with versions it already runs
 
 
 class DiscoveryObserver:
@@ -78,10 +86,11 @@ class DiscoveryServer:
     """Serves ``StreamResources`` from the latest snapshot."""
 
     def __init__(self, snapshot: Callable[[], Snapshot], clock: Clock,
-                 observer: DiscoveryObserver | None = None) -> None:
+                 observer: DiscoveryObserver | None = None, *, warmup: float = 0.0) -> None:
         self.subscriptions: dict[int, Subscription] = {}
         self._snapshot = snapshot
         self._clock = clock
+        self._warm_at = clock.now() + warmup  # see "Warm-up" above
         self._observer = observer or DiscoveryObserver()
         self._ids = itertools.count(1)
         self._nonces = itertools.count(1)
@@ -120,6 +129,9 @@ class DiscoveryServer:
                 if reader.done():
                     reader.result()  # re-raise what ended the request stream, if anything
                     return
+                warming = self._warm_at - self._clock.now()
+                if subscription.holds_config and warming > 0:
+                    await asyncio.sleep(warming)
                 for response in self._due(subscription):
                     yield response
         finally:
@@ -149,6 +161,7 @@ class DiscoveryServer:
         if state is None or not request.response_nonce:
             state = subscription.types[request.type_url] = TypeState()
             state.resource_names = list(request.resource_names)
+            subscription.holds_config = subscription.holds_config or bool(request.version_info)
             subscription.wake.set()  # a new subscription is always answered
             return
         if request.response_nonce != state.sent_nonce:

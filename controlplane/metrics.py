@@ -19,6 +19,9 @@ class ControlPlaneMetrics(DiscoveryObserver):
                                      "Register calls by result", ["result"], registry=r)
         self.certificates = Counter("mesh_controlplane_certificates",
                                     "Certificate requests by result", ["result"], registry=r)
+        self.handshakes_failed = Counter("mesh_controlplane_tls_handshakes_failed",
+                                         "TLS handshakes that failed (a certificate from "
+                                         "another CA or expired, not TLS, cut off)", registry=r)
         self.pushes = Counter("mesh_controlplane_pushes", "DiscoveryResponses sent", ["type"],
                               registry=r)
         self.acks = Counter("mesh_controlplane_acks", "ACKs received", ["type"], registry=r)

@@ -1,6 +1,7 @@
 """The control plane assembled: identity, registry, policy and discovery behind gRPC + mTLS.
 
-    gRPC (mTLS, client certificate optional so a new sidecar can present a join token)
+    gRPC (mTLS, client certificate optional so a new sidecar can present a join token;
+          handshakes run by :mod:`controlplane.listener`, which logs each one refused)
         /mesh.v1.Identity/SignCertificate          join token or current cert → new cert
         /mesh.v1.Registry/Register|Heartbeat|Deregister
         /mesh.v1.AggregatedDiscoveryService/StreamResources
@@ -22,13 +23,14 @@ from certs.pki import issue_workload, load_ca, write_workload
 from controlplane.discovery import DiscoveryServer
 from controlplane.errors import IdentityError, RegistrationError
 from controlplane.identity import CertificateIssuer, JoinTokens
+from controlplane.listener import TlsListener
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.policy import PolicyStore
 from controlplane.registry import Registry
 from controlplane.snapshot import Snapshot, build
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.grpc import Cardinality, Context, GrpcServer, StatusCode
-from mesh.http2 import Server, serve
+from mesh.http2 import Server
 from mesh.identity import SpiffeId
 from mesh.proto.config_pb2 import ClusterLoadAssignment
 from mesh.proto.discovery_pb2 import DiscoveryRequest
@@ -72,17 +74,18 @@ class ControlPlane:
         self.metrics = ControlPlaneMetrics()
         self.tokens = JoinTokens(clock, ttl=token_ttl)
         self.issuer = CertificateIssuer(self.ca, validity=cert_validity)
-        self.policy = PolicyStore()
+        self.policy = PolicyStore(on_reject=lambda _: self.metrics.policy_rejections.inc())
         self.policy_path = policy_path
         if policy_path is not None:
             self.policy.load_path(policy_path)
         self.registry = Registry(clock, trust_domain=self.trust_domain, lease_ttl=lease_ttl,
                                  grants=lambda: self.policy.current[1].registration)
-        self.discovery = DiscoveryServer(self.snapshot, clock, self.metrics)
+        self.discovery = DiscoveryServer(self.snapshot, clock, self.metrics, warmup=lease_ttl)
         self.registry.subscribe(self._changed)
         self.policy.subscribe(lambda *_: self._changed())
         self.grpc = self._grpc_server()
         self.server: Server | None = None
+        self.listener: TlsListener | None = None
         self._snapshot: tuple[tuple[int, int], Snapshot] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -173,17 +176,21 @@ class ControlPlane:
         own = issue_workload(self.ca, identity, timedelta(days=1))
         cert, key = write_workload(own, self.pki_dir / "controlplane")
         tls = server_context(cert, key, self.pki_dir / "ca.crt", require_client_cert=False)
-        self.server = await serve(self.grpc.handle, host, port, ssl=tls)
+        self.server = Server(self.grpc.handle)
+        self.listener = TlsListener(
+            self.server, tls,
+            on_failed=lambda _: self.metrics.handshakes_failed.inc())
+        await self.listener.start(host, port)
         self._tasks.append(asyncio.create_task(self._sweep_leases()))
         if self.policy_path is not None:
             self._tasks.append(asyncio.create_task(self.policy.watch(self.policy_path)))
-        log.info("control plane serving on %s:%d (trust domain %s)", host, self.server.port,
+        log.info("control plane serving on %s:%d (trust domain %s)", host, self.port,
                  self.trust_domain)
 
     @property
     def port(self) -> int:
-        assert self.server is not None, "not started"
-        return self.server.port
+        assert self.listener is not None, "not started"
+        return self.listener.port
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -191,6 +198,8 @@ class ControlPlane:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.listener is not None:
+            await self.listener.close()
         if self.server is not None:
             await self.server.shutdown(grace=1.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from cryptography import x509
@@ -51,22 +52,38 @@ async def test_join_token_gives_the_tokens_identity_not_the_csrs(mesh: Mesh) -> 
     assert b"BEGIN CERTIFICATE" in response.ca_pem
 
 
-async def test_a_token_is_single_use(mesh: Mesh) -> None:
+def refused_certificates(mesh: Mesh) -> float:
+    value = mesh.cp.metrics.registry.get_sample_value(
+        "mesh_controlplane_certificates_total", {"result": "permission_denied"})
+    return value or 0.0
+
+
+async def test_a_token_is_single_use(mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
     token = mesh.cp.tokens.create(mesh.identity("orders"))
     await sign(mesh, None, token)
-    with pytest.raises(GrpcError) as refused:
+    with caplog.at_level(logging.WARNING, "controlplane"), \
+            pytest.raises(GrpcError) as refused:
         await sign(mesh, None, token)
     assert refused.value.code == StatusCode.PERMISSION_DENIED
     assert "already used" in refused.value.message
+    assert "certificate refused for 127.0.0.1: PERMISSION_DENIED: join token unknown or " \
+           "already used" in caplog.text
+    assert refused_certificates(mesh) == 1
+    assert mesh.cp.registry.instances() == [] and mesh.cp.registry.version == 0
 
 
-async def test_an_expired_token_is_refused(mesh: Mesh) -> None:
+async def test_an_expired_token_is_refused(mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
     token = mesh.cp.tokens.create(mesh.identity("orders"), ttl=0.05)
     await asyncio.sleep(0.1)
-    with pytest.raises(GrpcError) as refused:
+    with caplog.at_level(logging.WARNING, "controlplane"), \
+            pytest.raises(GrpcError) as refused:
         await sign(mesh, None, token)
     assert refused.value.code == StatusCode.PERMISSION_DENIED
     assert "expired" in refused.value.message
+    assert f"join token for spiffe://{TRUST_DOMAIN}/ns/shop/sa/orders expired" in caplog.text
+    assert refused_certificates(mesh) == 1
+    assert len(mesh.cp.tokens) == 0  # spent: it cannot be tried again
+    assert mesh.cp.registry.instances() == [] and mesh.cp.registry.version == 0
 
 
 async def test_a_running_sidecar_renews_with_its_current_certificate(mesh: Mesh) -> None:

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from certs.pki import create_ca
 from mesh.grpc import GrpcError, StatusCode
 from mesh.proto.config_pb2 import Endpoint
-from mesh.proto.registry_pb2 import RegisterRequest, RegisterResponse
+from mesh.proto.registry_pb2 import (
+    DeregisterRequest,
+    DeregisterResponse,
+    RegisterRequest,
+    RegisterResponse,
+)
 from tests.integration.controlplane.conftest import TRUST_DOMAIN, Mesh
 
 REGISTER = "/mesh.v1.Registry/Register"
@@ -21,6 +27,7 @@ REGISTER = "/mesh.v1.Registry/Register"
 
 async def register(mesh: Mesh, caller: str | None, service: str = "orders",
                    address: str = "127.0.0.1", **context: object) -> RegisterResponse:
+    """Register ``service`` at ``address`` over a fresh channel as ``caller``."""
     channel = mesh.channel(caller, **context)
     try:
         call = channel.unary_unary(REGISTER, RegisterResponse.FromString)
@@ -38,48 +45,84 @@ async def test_the_service_itself_registers(mesh: Mesh) -> None:
     assert [e.address for e in mesh.cp.registry.endpoints("orders")] == ["127.0.0.1"]
 
 
+async def refused(mesh: Mesh, caplog: pytest.LogCaptureFixture, caller: str | None,
+                  **options: Any) -> GrpcError:
+    """Register ``orders`` as ``caller``, expecting a refusal; the registry must not change."""
+    before = mesh.cp.registry.version
+    with caplog.at_level(logging.WARNING, "controlplane"), pytest.raises(GrpcError) as refusal:
+        await register(mesh, caller, **options)
+    assert mesh.cp.registry.instances() == []
+    assert mesh.cp.registry.version == before
+    return refusal.value
+
+
+def refused_registrations(mesh: Mesh) -> float:
+    value = mesh.cp.metrics.registry.get_sample_value(
+        "mesh_controlplane_registrations_total", {"result": "refused"})
+    return value or 0.0
+
+
 async def test_another_services_identity_is_refused(mesh: Mesh,
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, "controlplane.registry"), \
-            pytest.raises(GrpcError) as refused:
-        await register(mesh, "frontend")
-    assert refused.value.code == StatusCode.PERMISSION_DENIED
-    assert "may not register service 'orders'" in refused.value.message
-    assert f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/frontend" in refused.value.message
+    error = await refused(mesh, caplog, "frontend")
+    assert error.code == StatusCode.PERMISSION_DENIED
+    assert "may not register service 'orders'" in error.message
+    assert f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/frontend" in error.message
     assert "registration refused (PERMISSION_DENIED)" in caplog.text
-    assert mesh.cp.registry.instances() == []
+    assert "sa/frontend may not register service 'orders'" in caplog.text
+    assert refused_registrations(mesh) == 1
 
 
-async def test_no_client_certificate_is_unauthenticated(mesh: Mesh) -> None:
-    with pytest.raises(GrpcError) as refused:
-        await register(mesh, None)
-    assert refused.value.code == StatusCode.UNAUTHENTICATED
-    assert "no client certificate" in refused.value.message
-    assert mesh.cp.registry.instances() == []
+async def test_no_client_certificate_is_unauthenticated(mesh: Mesh,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    error = await refused(mesh, caplog, None)
+    assert error.code == StatusCode.UNAUTHENTICATED
+    assert "no client certificate" in error.message
+    assert "registration refused (UNAUTHENTICATED): cannot register 'orders': no client " \
+           "certificate" in caplog.text
+    assert refused_registrations(mesh) == 1
 
 
-async def test_certificate_from_another_ca_is_refused_at_the_handshake(mesh: Mesh) -> None:
-    rogue = create_ca(trust_domain=TRUST_DOMAIN)
-    with pytest.raises(GrpcError) as refused:
-        await register(mesh, "orders", ca=rogue)
-    assert refused.value.code == StatusCode.UNAVAILABLE  # the TLS handshake failed
-    assert mesh.cp.registry.instances() == []
+def handshakes_failed(mesh: Mesh) -> float:
+    value = mesh.cp.metrics.registry.get_sample_value(
+        "mesh_controlplane_tls_handshakes_failed_total")
+    return value or 0.0
 
 
-async def test_expired_certificate_is_refused_at_the_handshake(mesh: Mesh) -> None:
+async def test_certificate_from_another_ca_is_refused_at_the_handshake(
+        mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
+    rogue = create_ca(trust_domain=TRUST_DOMAIN)  # same trust domain, different key
+    error = await refused(mesh, caplog, "orders", ca=rogue)
+    assert error.code == StatusCode.UNAVAILABLE  # no call was ever made: no TLS session
+    assert "TLS handshake from 127.0.0.1:" in caplog.text
+    assert "client certificate refused: not issued by the mesh CA" in caplog.text
+    assert handshakes_failed(mesh) == 1
+
+
+async def test_expired_certificate_is_refused_at_the_handshake(
+        mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
     two_hours_ago = datetime.now(UTC) - timedelta(hours=2)  # valid for 1 h: expired 1 h ago
-    with pytest.raises(GrpcError) as refused:
-        await register(mesh, "orders", now=two_hours_ago)
-    assert refused.value.code == StatusCode.UNAVAILABLE
-    assert mesh.cp.registry.instances() == []
+    error = await refused(mesh, caplog, "orders", now=two_hours_ago)
+    assert error.code == StatusCode.UNAVAILABLE
+    assert "client certificate refused: expired (certificate has expired)" in caplog.text
+    assert handshakes_failed(mesh) == 1
 
 
-async def test_an_address_that_is_not_the_callers_is_refused(mesh: Mesh) -> None:
-    with pytest.raises(GrpcError) as refused:
+async def test_an_address_that_is_not_the_callers_is_refused(
+        mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
+    error = await refused(mesh, caplog, "orders", address="10.1.2.3")
+    assert error.code == StatusCode.PERMISSION_DENIED
+    assert "its own address 127.0.0.1 only, not 10.1.2.3" in error.message
+    assert "registration refused (PERMISSION_DENIED)" in caplog.text
+    assert "not 10.1.2.3" in caplog.text
+
+
+async def test_a_refused_caller_can_still_register_what_it_owns(mesh: Mesh) -> None:
+    """The refusals above are about the caller, not a lock-out: the right call still works."""
+    with pytest.raises(GrpcError):
         await register(mesh, "orders", address="10.1.2.3")
-    assert refused.value.code == StatusCode.PERMISSION_DENIED
-    assert "its own address 127.0.0.1 only, not 10.1.2.3" in refused.value.message
-    assert mesh.cp.registry.instances() == []
+    response = await register(mesh, "orders")
+    assert response.instance == "orders@127.0.0.1:15006"
 
 
 async def test_a_registration_grant_widens_who_may_register(mesh: Mesh) -> None:
@@ -94,8 +137,6 @@ async def test_only_the_owner_renews_or_deregisters(mesh: Mesh) -> None:
     await register(mesh, "orders")
     channel = mesh.channel("frontend")
     try:
-        from mesh.proto.registry_pb2 import DeregisterRequest, DeregisterResponse
-
         deregister = channel.unary_unary("/mesh.v1.Registry/Deregister",
                                          DeregisterResponse.FromString)
         with pytest.raises(GrpcError) as refused:

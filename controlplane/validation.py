@@ -1,0 +1,290 @@
+"""Policy validation: the rules a mesh policy must keep that its protobuf schema cannot say.
+
+The schema says a ``retry_ratio`` is a number; only a rule says it is a fraction of requests
+(0–1). These checks run on the control plane, before a policy is accepted, so a mistake is
+one clear rejection naming the file, the field and the reason — not a NACK from every sidecar,
+or worse, a policy every sidecar accepts and that routes nowhere. The rules:
+
+    clusters        a name (letters, digits, '.', '-', '_'), unique across all files
+    durations       every duration that is set is positive (a zero timeout fails every call)
+    retry policy    retry_on conditions the sidecar knows; status codes within 100..599;
+                    per_try_timeout no longer than the timeout over it (else a slow try is cut
+                    by the overall timeout and never retried); backoff max ≥ base
+    retry budget    retry_ratio within 0..1; ttl within 1s..60s
+    outliers        max_ejection_percent ≤ 100; max_ejection_time ≥ base_ejection_time
+    routes          a unique name; each virtual host has domains, none served twice (the
+                    first would win silently); each route a path specifier (prefix, path or
+                    safe_regex) that starts with '/' or compiles, lower-case header names, and a
+                    cluster — or weighted clusters adding up to 100 — that the policy declares
+    principals      ``<trust-domain>/ns/<namespace>/sa/<service>`` or ``*``, in authorization
+                    rules and registration grants; paths exact or a prefix ending in '*'
+
+Authorization for a service that the policy declares no cluster for is accepted: a service
+exists as soon as its instances register (the snapshot gives it a default cluster), and the
+policy protecting it may well be written first. A route, though, must name a declared cluster,
+so that a typo fails here rather than as a 404 at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+
+from mesh.identity import SCHEME
+from mesh.identity import parse as parse_spiffe_id
+from mesh.proto.config_pb2 import Cluster, MeshPolicy, RetryPolicy, RouteAction, RouteMatch
+
+# The sidecar's RetryOn names (sidecar/retry.py); kept here because the control plane never
+# imports the sidecar. tests/unit/controlplane/test_policy.py keeps the two lists equal.
+RETRY_ON = ("connect-failure", "refused-stream", "reset", "5xx", "gateway-error",
+            "retriable-status-codes", "cancelled", "deadline-exceeded", "internal",
+            "resource-exhausted", "unavailable")
+
+TOP_LEVEL = ("clusters", "routes", "authorization", "registration")
+PRINCIPAL_SHAPE = "'<trust-domain>/ns/<namespace>/sa/<service>' or '*'"
+_NAME = re.compile(r"[A-Za-z0-9._-]+")  # a service name is also a SPIFFE path segment
+MIN_BUDGET_TTL, MAX_BUDGET_TTL = 1.0, 60.0  # seconds, as the sidecar's retry budget enforces
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a policy: where (file and field path) and why."""
+
+    file: str
+    field: str  # "clusters[1].retry_budget.retry_ratio"; "" for the file as a whole
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: {self.reason}" if self.field else \
+            f"{self.file}: {self.reason}"
+
+
+class Origins:
+    """Where each top-level entry of a merged policy came from, so a problem names its file."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[tuple[str, int]]] = {name: [] for name in TOP_LEVEL}
+
+    def add(self, file: str, policy: MeshPolicy) -> None:
+        """Record ``policy``'s entries, in the order they are merged."""
+        for name, entries in self._entries.items():
+            entries += [(file, index) for index in range(len(getattr(policy, name)))]
+
+    def locate(self, name: str, index: int) -> tuple[str, str]:
+        """(file, ``name[i]`` in that file) for entry ``index`` of the merged ``name``."""
+        file, local = self._entries[name][index]
+        return file, f"{name}[{local}]"
+
+
+Report = Callable[[str, str], None]  # (field path below the entry, reason)
+
+
+def check(policy: MeshPolicy, origins: Origins) -> list[Problem]:
+    """Every rule ``policy`` breaks (empty: the policy may be accepted)."""
+    problems: list[Problem] = []
+
+    def entry(name: str, index: int) -> tuple[Report, str]:
+        file, at = origins.locate(name, index)
+
+        def report(field: str, reason: str) -> None:
+            problems.append(Problem(file, f"{at}.{field}" if field else at, reason))
+
+        for field, duration in _durations(getattr(policy, name)[index]):
+            if duration.ToTimedelta().total_seconds() <= 0:
+                report(field, f"must be positive, not {duration.ToJsonString()}")
+        return report, f"{file} {at}"
+
+    clusters: dict[str, str] = {}  # name → where first declared
+    declared: dict[str, Cluster] = {}
+    for i, cluster in enumerate(policy.clusters):
+        report, where = entry("clusters", i)
+        if not cluster.name:
+            report("name", "a cluster needs a name (the service it stands for)")
+        elif not _NAME.fullmatch(cluster.name):
+            report("name", f"{cluster.name!r} may hold only letters, digits, '.', '-' and '_'")
+        elif cluster.name in clusters:
+            report("name", f"duplicate cluster name {cluster.name!r} (first declared in "
+                           f"{clusters[cluster.name]})")
+        else:
+            clusters[cluster.name] = where
+            declared[cluster.name] = cluster
+        timeout = cluster.timeout if cluster.HasField("timeout") else None
+        if cluster.HasField("retry_policy"):
+            _retry_policy(cluster.retry_policy, "retry_policy", timeout, "timeout", report)
+        budget = cluster.retry_budget
+        if not 0 <= budget.retry_ratio <= 1:
+            report("retry_budget.retry_ratio",
+                   f"{budget.retry_ratio} is outside 0..1 (a fraction of requests)")
+        if budget.HasField("ttl") and \
+                not MIN_BUDGET_TTL <= budget.ttl.ToTimedelta().total_seconds() <= MAX_BUDGET_TTL:
+            report("retry_budget.ttl", f"{budget.ttl.ToJsonString()} is outside 1s..60s")
+        outlier = cluster.outlier_detection
+        if outlier.max_ejection_percent > 100:
+            report("outlier_detection.max_ejection_percent",
+                   f"{outlier.max_ejection_percent} is over 100")
+        if _longer(outlier, "base_ejection_time", "max_ejection_time"):
+            report("outlier_detection.max_ejection_time",
+                   "must be at least base_ejection_time "
+                   f"({outlier.base_ejection_time.ToJsonString()})")
+
+    names: dict[str, str] = {}
+    domains: dict[str, str] = {}  # domain → the virtual host that serves it first
+    for i, configuration in enumerate(policy.routes):
+        report, where = entry("routes", i)
+        if not configuration.name:
+            report("name", "a route configuration needs a name")
+        elif configuration.name in names:
+            report("name", f"duplicate route configuration name {configuration.name!r} "
+                           f"(first in {names[configuration.name]})")
+        else:
+            names[configuration.name] = where
+        for j, host in enumerate(configuration.virtual_hosts):
+            at = f"virtual_hosts[{j}]"
+            if not host.domains:
+                report(f"{at}.domains", "a virtual host needs at least one domain ('*': any)")
+            for k, domain in enumerate(host.domains):
+                if domain.lower() in domains:
+                    report(f"{at}.domains[{k}]",
+                           f"{domain!r} is already served by {domains[domain.lower()]}: the "
+                           f"first wins, so this one would never be used")
+                else:
+                    domains[domain.lower()] = f"{where}.{at}"
+            for k, route in enumerate(host.routes):
+                _match(route.match, f"{at}.routes[{k}].match", report)
+                _action(route.route, f"{at}.routes[{k}].route", declared, report)
+
+    for i, authorization in enumerate(policy.authorization):
+        report, _ = entry("authorization", i)
+        if not authorization.service:
+            report("service", "an authorization policy needs the service it protects")
+        for r, rule in enumerate(authorization.rules):
+            _principals(list(rule.principals), f"rules[{r}].principals", report)
+            for p, path in enumerate(rule.paths):
+                if not (path == "*" or path.startswith("/")):
+                    report(f"rules[{r}].paths[{p}]", f"{path!r} must start with '/' (or be '*')")
+                elif "*" in path[:-1]:
+                    report(f"rules[{r}].paths[{p}]",
+                           f"{path!r}: '*' may only end a path (a prefix)")
+
+    for i, grant in enumerate(policy.registration):
+        report, _ = entry("registration", i)
+        if not grant.service:
+            report("service", "a registration grant needs the service it opens")
+        if not grant.principals:
+            report("principals", "a registration grant needs at least one principal")
+        _principals(list(grant.principals), "principals", report)
+    return problems
+
+
+def _retry_policy(policy: RetryPolicy, at: str, timeout: Duration | None, timeout_name: str,
+                  report: Report) -> None:
+    for n, condition in enumerate(policy.retry_on):
+        if condition not in RETRY_ON:
+            report(f"{at}.retry_on[{n}]",
+                   f"unknown condition {condition!r} (want one of {', '.join(RETRY_ON)})")
+    for n, code in enumerate(policy.retriable_status_codes):
+        if not 100 <= code <= 599:
+            report(f"{at}.retriable_status_codes[{n}]", f"{code} is not within 100..599")
+    if timeout is not None and policy.HasField("per_try_timeout") and \
+            policy.per_try_timeout.ToTimedelta() > timeout.ToTimedelta():
+        report(f"{at}.per_try_timeout",
+               f"{policy.per_try_timeout.ToJsonString()} is longer than {timeout_name} "
+               f"{timeout.ToJsonString()}: the overall timeout would cut every try first, so a "
+               f"slow try is never retried")
+    backoff = policy.backoff
+    if _longer(backoff, "base_interval", "max_interval"):
+        report(f"{at}.backoff.max_interval",
+               f"must be at least base_interval ({backoff.base_interval.ToJsonString()})")
+
+
+def _match(match: RouteMatch, at: str, report: Report) -> None:
+    kind = match.WhichOneof("path_specifier")
+    if kind is None:
+        report(at, "a route needs a path specifier: prefix, path or safe_regex "
+                   "(prefix '/' matches every path)")
+    elif kind == "safe_regex":
+        try:
+            re.compile(match.safe_regex)
+        except re.error as error:
+            report(f"{at}.safe_regex", f"invalid regex {match.safe_regex!r}: {error}")
+    else:
+        value = getattr(match, kind)
+        if (value or kind == "path") and not value.startswith("/"):
+            report(f"{at}.{kind}", f"{value!r} must start with '/'")
+    for n, header in enumerate(match.headers):
+        if not header.name:
+            report(f"{at}.headers[{n}].name", "a header matcher needs a header name")
+        elif header.name != header.name.lower():
+            report(f"{at}.headers[{n}].name",
+                   f"{header.name!r}: header names are matched in lower case, write "
+                   f"{header.name.lower()!r}")
+
+
+def _action(action: RouteAction, at: str, declared: dict[str, Cluster], report: Report) -> None:
+    def unknown(name: str) -> str:
+        known = ", ".join(sorted(declared)) or "none"
+        return f"unknown cluster {name!r} (the policy declares: {known})"
+
+    kind = action.WhichOneof("cluster_specifier")
+    if kind is None:
+        report(at, "a route needs a cluster or weighted_clusters")
+    elif kind == "cluster":
+        if action.cluster not in declared:
+            report(f"{at}.cluster", unknown(action.cluster))
+    else:
+        weighted = action.weighted_clusters.clusters
+        for n, split in enumerate(weighted):
+            if split.name not in declared:
+                report(f"{at}.weighted_clusters.clusters[{n}].name", unknown(split.name))
+        total = sum(split.weight for split in weighted)
+        if total != 100:
+            report(f"{at}.weighted_clusters", f"weights add up to {total}, not 100")
+    if action.HasField("retry_policy"):
+        timeout, name = None, "the route's timeout"
+        if action.HasField("timeout"):
+            timeout = action.timeout
+        elif kind == "cluster" and action.cluster in declared:
+            cluster = declared[action.cluster]
+            if cluster.HasField("timeout"):
+                timeout, name = cluster.timeout, f"cluster {action.cluster!r}'s timeout"
+        _retry_policy(action.retry_policy, f"{at}.retry_policy", timeout, name, report)
+
+
+def _principals(principals: list[str], at: str, report: Report) -> None:
+    for n, principal in enumerate(principals):
+        if principal == "*":
+            continue
+        if principal.startswith(SCHEME):
+            report(f"{at}[{n}]", f"{principal!r}: write principals without {SCHEME!r}, as "
+                                 f"{principal[len(SCHEME):]!r}")
+            continue
+        try:
+            parse_spiffe_id(SCHEME + principal)
+        except ValueError:
+            report(f"{at}[{n}]", f"malformed principal {principal!r} (want {PRINCIPAL_SHAPE})")
+
+
+def _longer(message: Message, first: str, second: str) -> bool:
+    """Both duration fields are set and the first is longer than the second."""
+    if not (message.HasField(first) and message.HasField(second)):
+        return False
+    a: Duration = getattr(message, first)
+    b: Duration = getattr(message, second)
+    return a.ToTimedelta() > b.ToTimedelta()
+
+
+def _durations(message: Message, path: str = "") -> Iterator[tuple[str, Duration]]:
+    """Every Duration set anywhere in ``message``, with its field path."""
+    for field, value in message.ListFields():
+        at = f"{path}.{field.name}" if path else field.name
+        if isinstance(value, Duration):
+            yield at, value
+        elif isinstance(value, Message):
+            yield from _durations(value, at)
+        elif field.message_type is not None and field.is_repeated:
+            for index, element in enumerate(value):
+                yield from _durations(element, f"{at}[{index}]")
