@@ -18,8 +18,9 @@ reacting to failing endpoints is outlier detection's job (``outlier.py``).
     max_retries            retries in flight (including their backoff)   3
 
 ``try_acquire`` returns a ``Permit`` to ``release()`` when the thing it counts ends, or an
-``Overflow`` naming the limit that tripped. Envoy keeps a set of limits per priority; the mesh
-has one priority.
+``Overflow`` naming the limit that tripped; code deep in a call that meets an overflow raises
+``Overloaded`` to end the call with it. Envoy keeps a set of limits per priority; the mesh has
+one priority.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ class Overflow:
 
     limit: Limit  # ``limit.value`` is its name, e.g. "max_pending_requests"
     maximum: int  # its configured value
+
+
+class Overloaded(Exception):
+    """A limit tripped in the middle of a call: answer it with ``overflow`` (503, limit named)."""
+
+    def __init__(self, overflow: Overflow) -> None:
+        super().__init__(f"{overflow.limit.value} ({overflow.maximum}) reached")
+        self.overflow = overflow
 
 
 class Permit:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from google.protobuf.duration_pb2 import Duration
 
 from mesh.clock import Clock
+from mesh.http2 import Headers, Stream
 from mesh.proto.config_pb2 import Cluster, Endpoint
 from mesh.proto.config_pb2 import RetryPolicy as RetryPolicyProto
 from sidecar.backoff import Backoff, Jitter
@@ -34,7 +35,13 @@ from sidecar.balancers import (
     RingHashConfig,
     RoundRobinBalancer,
 )
-from sidecar.circuit_breaker import CircuitBreaker, CircuitBreakerConfig
+from sidecar.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    Limit,
+    Overflow,
+    Overloaded,
+)
 from sidecar.metrics import SidecarMetrics
 from sidecar.outlier import Ejected, OutlierDetectionConfig, OutlierDetector, Returned
 from sidecar.pool import ConnectionPool
@@ -225,10 +232,14 @@ class UpstreamCluster:
                               healthy=e.health == Endpoint.HEALTHY) for e in self.endpoints]
         self.balancer.set_endpoints(specs)
         addresses = {spec.address for spec in specs}
+        ejected: frozenset[str] = frozenset()
         if self.outlier is not None:
             self.outlier.set_addresses(addresses)
-            for address in self.outlier.ejected:
-                self.balancer.endpoints[address].ejected = True
+            ejected = self.outlier.ejected
+        # The detector is the only judge: a new one (its settings changed) or none at all
+        # returns what an old one ejected, which nothing would ever return otherwise.
+        for address, endpoint in self.balancer.endpoints.items():
+            endpoint.ejected = address in ejected
         for address in list(self.pools):
             if address not in addresses:
                 self._drop_pool(address)
@@ -244,6 +255,30 @@ class UpstreamCluster:
                 max_streams_per_connection=settings.max_streams_per_connection,
                 idle_timeout=settings.idle_timeout, on_connect=self._connected)
         return pool
+
+    async def open_stream(self, address: str, headers: Headers, *,
+                          end_stream: bool = False) -> Stream:
+        """Send ``headers`` on a new stream to ``address``, on a pooled connection.
+
+        A call that finds no connection with room waits for one to be made: while it waits it
+        is *pending*, and no more than ``max_pending_requests`` may wait at once (Envoy's
+        pending-request breaker), so a cluster whose endpoints cannot be reached fails fast
+        instead of piling up calls that all wait for the connect timeout.
+
+        Raises:
+            Overloaded: ``max_pending_requests`` calls are waiting already.
+            ConnectFailure: a connection was needed and could not be made.
+        """
+        pool = self.pool(address)
+        if pool.has_room():
+            return await pool.open_stream(headers, end_stream=end_stream)
+        permit = self.breaker.try_acquire(Limit.PENDING_REQUESTS)
+        if isinstance(permit, Overflow):
+            raise Overloaded(permit)
+        try:
+            return await pool.open_stream(headers, end_stream=end_stream)
+        finally:
+            permit.release()
 
     def _connected(self) -> None:
         if self.metrics is not None:

@@ -9,10 +9,11 @@ Per request, in order (each step can answer locally instead, never hang):
 3. **circuit breaker**: over ``max_requests`` the call is refused at once (503 /
    UNAVAILABLE, ``x-mesh-overloaded`` names the limit);
 4. **attempts**: the balancer picks an endpoint (avoiding ones already tried), the pool opens a
-   stream on a shared connection, and the request goes out with the *remaining* time as its
-   ``grpc-timeout`` / ``x-mesh-timeout-ms`` and ``x-mesh-attempt``. Until response headers
-   arrive, a failure or a retriable status may be retried — if the retry policy, the budget and
-   the deadline agree — after a jittered backoff;
+   stream on a shared connection (a call that must wait for a new connection is *pending*: over
+   ``max_pending_requests`` it is refused like step 3), and the request goes out with the
+   *remaining* time as its ``grpc-timeout`` / ``x-mesh-timeout-ms`` and ``x-mesh-attempt``.
+   Until response headers arrive, a failure or a retriable status may be retried — if the
+   retry policy, the budget and the deadline agree — after a jittered backoff;
 5. **relay**: the response streams back; body bytes flow both ways as they come.
 
 The request body is kept (``replay``) while it is small enough, so a retry can send it again.
@@ -33,7 +34,7 @@ from mesh.grpc.status import code_of
 from mesh.http2 import ConnectionClosed, ErrorCode, Headers, StreamRefused, StreamReset
 from sidecar import headers as mesh_headers
 from sidecar.balancers import Endpoint
-from sidecar.circuit_breaker import Limit, Overflow
+from sidecar.circuit_breaker import Limit, Overflow, Overloaded
 from sidecar.cluster import UpstreamCluster
 from sidecar.config import LiveConfig
 from sidecar.forward import (
@@ -123,6 +124,7 @@ class _Call:
         self.replay = Replay(REPLAY_LIMIT)
         self.pump: asyncio.Task[None] | None = None
         self.responding = False
+        self.relaying: Upstream | None = None  # the stream whose response is being relayed
 
     async def run(self) -> int:
         """Carry the call to its end; return the HTTP status the caller got (for metrics)."""
@@ -134,6 +136,8 @@ class _Call:
         finally:
             if self.pump is not None and not self.pump.done():
                 self.pump.cancel()
+            if self.relaying is not None:  # cut short (deadline, caller gone): stop upstream
+                self.relaying.reset(ErrorCode.CANCEL)
 
     async def _attempts(self) -> int:
         cluster, name = self.cluster, self.cluster.settings.name
@@ -145,7 +149,10 @@ class _Call:
                                   grpc_status=StatusCode.UNAVAILABLE,
                                   message=f"cluster {name}: no healthy endpoint")
                 return 503
-            up, outcome, response = await self._attempt(endpoint, attempt_deadline)
+            try:
+                up, outcome, response = await self._attempt(endpoint, attempt_deadline)
+            except Overloaded as overloaded:  # max_pending_requests: answered at once
+                return await self._overloaded(overloaded.overflow)
             cluster.record(endpoint.address, outcome)
             decision = self.state.decide(outcome)
             if isinstance(decision, Retry) and self.replay.overflowed:
@@ -169,7 +176,9 @@ class _Call:
                 self.outbound.metrics.retries_refused.labels(name, decision.reason.value).inc()
             if up is not None and response is not None:
                 self.responding = True
+                self.relaying = up
                 await send_response(up, self.down, response)
+                self.relaying = None
                 self._stop_pump()
                 return int(dict(response).get(":status", "200"))
             return await self._failed(outcome, endpoint.address)
@@ -183,10 +192,10 @@ class _Call:
         response: Headers | None = None
         outcome: Outcome | None = None
         try:
-            pool = self.cluster.pool(endpoint.address)
             headers = self._headers_for_attempt()
             body_done = self.down.complete and not self.replay.chunks
-            up = await pool.open_stream(headers, end_stream=body_done and not self.down.trailers)
+            up = await self.cluster.open_stream(
+                endpoint.address, headers, end_stream=body_done and not self.down.trailers)
             if not body_done:
                 await self._send_body(up)
             async with asyncio.timeout(attempt_deadline - self.clock.now()):
@@ -245,6 +254,16 @@ class _Call:
         if self.pump is not None and not self.pump.done():
             self.pump.cancel()
         self.pump = None
+
+    async def _overloaded(self, overflow: Overflow) -> int:
+        name = self.cluster.settings.name
+        self.outbound.metrics.overflows.labels(name, overflow.limit.value).inc()
+        await local_reply(self.down, grpc=self.grpc, status=503,
+                          grpc_status=StatusCode.UNAVAILABLE,
+                          message=f"cluster {name}: {overflow.limit.value} ({overflow.maximum}) "
+                                  f"reached",
+                          extra=[(mesh_headers.OVERLOADED_HEADER, overflow.limit.value)])
+        return 503
 
     async def _failed(self, outcome: Outcome, address: str) -> int:
         name = self.cluster.settings.name

@@ -75,6 +75,10 @@ class ConnectionPool:
             except Exception as error:
                 raise ConnectFailure(f"{self.host}:{self.port}: {error}") from error
 
+    def has_room(self) -> bool:
+        """True when a new stream can start now, without waiting for a connection."""
+        return self._with_room() is not None
+
     def _with_room(self) -> Http2Connection | None:
         for connection in list(self.connections):
             if connection.close_reason is not None:
@@ -97,9 +101,16 @@ class ConnectionPool:
             self._connecting = None
         self.connections_opened += 1
         self.connections.append(connection)
+        # Forgotten as soon as it closes (idle, GOAWAY drained, peer gone), so the pool's
+        # count — what /clusters shows — is the connections that are really open.
+        connection.closed.add_done_callback(lambda _: self._forget(connection))
         if self._on_connect is not None:
             self._on_connect()
         return connection
+
+    def _forget(self, connection: Http2Connection) -> None:
+        if connection in self.connections:
+            self.connections.remove(connection)
 
     @property
     def active_streams(self) -> int:

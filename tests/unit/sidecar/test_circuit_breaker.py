@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Limit, Overflow, Permit
+from sidecar.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    Limit,
+    Overflow,
+    Overloaded,
+    Permit,
+)
 
 
 def test_defaults_are_envoys() -> None:
@@ -53,3 +60,12 @@ def test_new_limits_apply_at_once_and_counts_carry_over() -> None:
 def test_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="max_connections -1"):
         CircuitBreakerConfig(max_connections=-1)
+
+
+def test_an_overflow_met_mid_call_is_raised_naming_the_limit() -> None:
+    breaker = CircuitBreaker(CircuitBreakerConfig(max_pending_requests=0))
+    overflow = breaker.try_acquire(Limit.PENDING_REQUESTS)
+    assert isinstance(overflow, Overflow)
+    error = Overloaded(overflow)
+    assert error.overflow is overflow
+    assert str(error) == "max_pending_requests (0) reached"
