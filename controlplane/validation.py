@@ -36,7 +36,14 @@ from google.protobuf.message import Message
 
 from mesh.identity import SCHEME
 from mesh.identity import parse as parse_spiffe_id
-from mesh.proto.config_pb2 import Cluster, MeshPolicy, RetryPolicy, RouteAction, RouteMatch
+from mesh.proto.config_pb2 import (
+    Cluster,
+    MeshPolicy,
+    RetryBudget,
+    RetryPolicy,
+    RouteAction,
+    RouteMatch,
+)
 
 # The sidecar's RetryOn names (sidecar/retry.py); kept here because the control plane never
 # imports the sidecar. tests/unit/controlplane/test_policy.py keeps the two lists equal.
@@ -122,6 +129,14 @@ def check(policy: MeshPolicy, origins: Origins) -> list[Problem]:
         if budget.HasField("ttl") and \
                 not MIN_BUDGET_TTL <= budget.ttl.ToTimedelta().total_seconds() <= MAX_BUDGET_TTL:
             report("retry_budget.ttl", f"{budget.ttl.ToJsonString()} is outside 1s..60s")
+        if budget.kind == RetryBudget.CONCURRENCY:
+            rate_only = {"ttl": budget.HasField("ttl"),
+                         "min_retries_per_second": budget.min_retries_per_second > 0}
+            for name in (name for name, present in rate_only.items() if present):
+                report(f"retry_budget.{name}", "applies to kind RATE only (a CONCURRENCY "
+                                               "budget counts retries in progress, not per second)")
+        elif budget.min_retry_concurrency:
+            report("retry_budget.min_retry_concurrency", "applies to kind CONCURRENCY only")
         outlier = cluster.outlier_detection
         if outlier.max_ejection_percent > 100:
             report("outlier_detection.max_ejection_percent",

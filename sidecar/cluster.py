@@ -21,6 +21,7 @@ from google.protobuf.duration_pb2 import Duration
 from mesh.clock import Clock
 from mesh.http2 import Headers, Stream
 from mesh.proto.config_pb2 import Cluster, Endpoint
+from mesh.proto.config_pb2 import RetryBudget as RetryBudgetProto
 from mesh.proto.config_pb2 import RetryPolicy as RetryPolicyProto
 from sidecar.backoff import Backoff, Jitter
 from sidecar.balancers import (
@@ -46,7 +47,13 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.outlier import Ejected, OutlierDetectionConfig, OutlierDetector, Returned
 from sidecar.pool import ConnectionPool
 from sidecar.retry import Outcome, RetryOn, RetryPolicy
-from sidecar.retry_budget import RetryBudget, RetryBudgetConfig
+from sidecar.retry_budget import (
+    Budget,
+    ConcurrencyBudget,
+    ConcurrencyBudgetConfig,
+    RetryBudget,
+    RetryBudgetConfig,
+)
 
 log = logging.getLogger("sidecar.cluster")
 
@@ -73,7 +80,7 @@ class ClusterSettings:
     connect_timeout: float
     timeout: float
     retry_policy: RetryPolicy
-    retry_budget: RetryBudgetConfig | None
+    retry_budget: RetryBudgetConfig | ConcurrencyBudgetConfig | None
     outlier: OutlierDetectionConfig | None
     breakers: CircuitBreakerConfig
     max_streams_per_connection: int
@@ -120,9 +127,15 @@ def settings_from(cluster: Cluster) -> ClusterSettings:
         return value
 
     lr, ewma, ring = cluster.least_request, cluster.peak_ewma, cluster.ring_hash
-    budget = None
-    if not cluster.retry_budget.disabled:
-        rb = cluster.retry_budget
+    budget: RetryBudgetConfig | ConcurrencyBudgetConfig | None = None
+    rb = cluster.retry_budget
+    if rb.disabled:
+        pass
+    elif rb.kind == RetryBudgetProto.CONCURRENCY:
+        budget = ConcurrencyBudgetConfig(
+            budget_percent=100 * (rb.retry_ratio if rb.retry_ratio else 0.2),
+            min_retry_concurrency=rb.min_retry_concurrency or 3)
+    else:
         budget = RetryBudgetConfig(
             retry_ratio=rb.retry_ratio if rb.retry_ratio else 0.2,
             min_retries_per_second=(rb.min_retries_per_second
@@ -166,6 +179,14 @@ def settings_from(cluster: Cluster) -> ClusterSettings:
         app_protocol=cluster.app_protocol)
 
 
+def _budget(settings: ClusterSettings, clock: Clock) -> Budget | None:
+    """The cluster's retry budget: by rate (Finagle, Linkerd) or by concurrency (Envoy)."""
+    config = settings.retry_budget
+    if isinstance(config, ConcurrencyBudgetConfig):
+        return ConcurrencyBudget(config)
+    return RetryBudget(config, clock=clock) if config else None
+
+
 def _balancer(settings: ClusterSettings, clock: Clock, rng: random.Random) -> Balancer:
     policy = settings.lb_policy
     if policy == Cluster.ROUND_ROBIN:
@@ -193,8 +214,7 @@ class UpstreamCluster:
         self.outlier = OutlierDetector(settings.outlier, clock=clock) if settings.outlier \
             else None
         self.breaker = CircuitBreaker(settings.breakers)
-        self.budget = RetryBudget(settings.retry_budget, clock=clock) \
-            if settings.retry_budget else None
+        self.budget = _budget(settings, clock)
         self.endpoints: list[Endpoint] = []
         self.pools: dict[str, ConnectionPool] = {}
         self._tls = tls
@@ -214,8 +234,7 @@ class UpstreamCluster:
             self._apply_endpoints()
         self.breaker.config = settings.breakers
         if old.retry_budget != settings.retry_budget:
-            self.budget = RetryBudget(settings.retry_budget, clock=self.clock) \
-                if settings.retry_budget else None
+            self.budget = _budget(settings, self.clock)
         if (old.connect_timeout, old.max_streams_per_connection, old.idle_timeout) != \
                 (settings.connect_timeout, settings.max_streams_per_connection,
                  settings.idle_timeout):

@@ -115,16 +115,26 @@ class Backoff(_message.Message):
     def __init__(self, base_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., jitter: _Optional[_Union[Backoff.Jitter, str]] = ...) -> None: ...
 
 class RetryBudget(_message.Message):
-    __slots__ = ("retry_ratio", "min_retries_per_second", "ttl", "disabled")
+    __slots__ = ("kind", "retry_ratio", "min_retries_per_second", "ttl", "min_retry_concurrency", "disabled")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        RATE: _ClassVar[RetryBudget.Kind]
+        CONCURRENCY: _ClassVar[RetryBudget.Kind]
+    RATE: RetryBudget.Kind
+    CONCURRENCY: RetryBudget.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
     RETRY_RATIO_FIELD_NUMBER: _ClassVar[int]
     MIN_RETRIES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    MIN_RETRY_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     DISABLED_FIELD_NUMBER: _ClassVar[int]
+    kind: RetryBudget.Kind
     retry_ratio: float
     min_retries_per_second: int
     ttl: _duration_pb2.Duration
+    min_retry_concurrency: int
     disabled: bool
-    def __init__(self, retry_ratio: _Optional[float] = ..., min_retries_per_second: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., disabled: _Optional[bool] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[RetryBudget.Kind, str]] = ..., retry_ratio: _Optional[float] = ..., min_retries_per_second: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_retry_concurrency: _Optional[int] = ..., disabled: _Optional[bool] = ...) -> None: ...
 
 class OutlierDetection(_message.Message):
     __slots__ = ("consecutive_5xx", "consecutive_gateway_failure", "interval", "base_ejection_time", "max_ejection_time", "max_ejection_percent")

@@ -133,6 +133,17 @@ CLUSTER = "clusters:\n- name: orders\n"
     pytest.param(CLUSTER + "  retry_budget: {ttl: 61s}\n",
                  ["p.yaml: clusters[0].retry_budget.ttl: 61s is outside 1s..60s"],
                  id="budget-ttl-long"),
+    pytest.param(CLUSTER + "  retry_budget: {kind: CONCURRENCY, ttl: 5s,"
+                           " min_retries_per_second: 2}\n",
+                 ["p.yaml: clusters[0].retry_budget.ttl: applies to kind RATE only (a "
+                  "CONCURRENCY budget counts retries in progress, not per second)",
+                  "p.yaml: clusters[0].retry_budget.min_retries_per_second: applies to kind "
+                  "RATE only (a CONCURRENCY budget counts retries in progress, not per second)"],
+                 id="budget-concurrency-with-rate-fields"),
+    pytest.param(CLUSTER + "  retry_budget: {min_retry_concurrency: 4}\n",
+                 ["p.yaml: clusters[0].retry_budget.min_retry_concurrency: applies to kind "
+                  "CONCURRENCY only"],
+                 id="budget-rate-with-concurrency-field"),
     pytest.param(CLUSTER + "  outlier_detection: {max_ejection_percent: 101}\n",
                  ["p.yaml: clusters[0].outlier_detection.max_ejection_percent: 101 is over 100"],
                  id="ejection-percent"),

@@ -18,7 +18,11 @@ from sidecar.cluster import ClusterSettings, UpstreamCluster, settings_from
 from sidecar.metrics import SidecarMetrics
 from sidecar.outlier import OutlierDetectionConfig
 from sidecar.retry import Outcome, RetryOn, RetryPolicy
-from sidecar.retry_budget import RetryBudgetConfig
+from sidecar.retry_budget import (
+    ConcurrencyBudget,
+    ConcurrencyBudgetConfig,
+    RetryBudgetConfig,
+)
 
 E503 = Outcome(status=503)
 ADDRESSES = ["10.0.0.1:15006", "10.0.0.2:15006", "10.0.0.3:15006"]
@@ -203,3 +207,13 @@ def test_a_budget_change_replaces_the_budget() -> None:
     assert made.budget is not before and made.budget is not None
     made.update(settings(retry_budget={"disabled": True}))
     assert made.budget is None
+
+
+def test_envoys_concurrency_budget_is_chosen_by_kind() -> None:
+    chosen = settings(retry_budget={"kind": "CONCURRENCY", "retry_ratio": 0.5})
+    assert chosen.retry_budget == ConcurrencyBudgetConfig(budget_percent=50.0,
+                                                          min_retry_concurrency=3)
+    assert settings(retry_budget={"kind": "CONCURRENCY"}).retry_budget == \
+        ConcurrencyBudgetConfig(budget_percent=20.0, min_retry_concurrency=3)
+    made, _ = cluster(FakeClock(), retry_budget={"kind": "CONCURRENCY"})
+    assert isinstance(made.budget, ConcurrencyBudget)
