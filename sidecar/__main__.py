@@ -45,15 +45,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--app", type=_address, default=env("MESH_APP", "127.0.0.1:8080"),
                    help="the local app [MESH_APP]")
     p.add_argument("--app-protocol", choices=["h2c", "http1"],
-                   default=env("MESH_APP_PROTOCOL", "h2c"),
-                   help="what the app speaks [MESH_APP_PROTOCOL]")
+                   default=env("MESH_APP_PROTOCOL") or None,
+                   help="what the app speaks; unset: as the configuration's cluster for this "
+                        "service declares (app_protocol GRPC or HTTP1), else h2c "
+                        "[MESH_APP_PROTOCOL]")
     p.add_argument("--control-plane", type=_address, default=env("MESH_CONTROL_PLANE"),
                    help="the control plane's gRPC address [MESH_CONTROL_PLANE]")
     p.add_argument("--bootstrap-ca", type=Path, default=env("MESH_BOOTSTRAP_CA"),
                    help="the mesh CA certificate, to verify the control plane on first start "
                         "[MESH_BOOTSTRAP_CA]")
     p.add_argument("--join-token", default=env("MESH_JOIN_TOKEN", ""),
-                   help="one-time token for the first certificate (meshctl token create) "
+                   help="one-time token for the first certificate (meshctl token create); "
+                        "write --join-token=TOKEN, as a token may start with '-' "
                         "[MESH_JOIN_TOKEN]")
     p.add_argument("--cert-dir", type=Path, default=Path(env("MESH_CERT_DIR", ".mesh/sidecar")),
                    help="where the issued certificate and key are kept [MESH_CERT_DIR]")
@@ -93,7 +96,10 @@ async def main_async(options: SidecarOptions) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.app_protocol not in (None, "h2c", "http1"):  # from the environment: not checked
+        p.error(f"MESH_APP_PROTOCOL: want h2c or http1, got {args.app_protocol!r}")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = SidecarOptions(

@@ -1,7 +1,9 @@
 """Which headers cross the sidecar, which are dropped, and which the mesh sets itself.
 
 - Hop-by-hop headers (``connection``, ``keep-alive``, ``transfer-encoding``, ...) belong to one
-  connection and never travel on (RFC 9110 §7.6.1); HTTP/2 forbids them anyway.
+  connection and never travel on (RFC 9110 §7.6.1); HTTP/2 forbids them anyway. The one
+  exception is ``te: trailers``, the only ``te`` HTTP/2 allows (RFC 9113 §8.2.2): gRPC
+  servers refuse a call without it, so it travels on between HTTP/2 hops.
 - Mesh headers (``x-mesh-*``) and ``x-forwarded-client-cert`` are the mesh's to set. An app
   may not forge them: the outbound listener drops what the app sent (keeping only
   ``x-mesh-timeout-ms``, the app's way to set a deadline), and the inbound listener replaces
@@ -31,10 +33,14 @@ def is_grpc(headers: Headers) -> bool:
     return any(k == "content-type" and v.startswith("application/grpc") for k, v in headers)
 
 
+def _te_trailers(name: str, value: str) -> bool:
+    return name == "te" and value.strip().lower() == "trailers"
+
+
 def from_app(headers: Headers) -> Headers:
     """An app's request as the outbound sidecar forwards it (mesh headers are ours to set)."""
     return [(k, v) for k, v in headers
-            if k not in HOP_BY_HOP and k != XFCC and
+            if (k not in HOP_BY_HOP or _te_trailers(k, v)) and k != XFCC and
             (not k.startswith("x-mesh-") or k == TIMEOUT_HEADER)]
 
 
@@ -44,7 +50,8 @@ def from_peer(headers: Headers, *, client_cert: Headers) -> Headers:
     ``client_cert`` is the ``x-forwarded-client-cert`` the handshake proved; anything the
     caller sent under that name, or as ``x-forwarded-for``, is dropped.
     """
-    kept = [(k, v) for k, v in headers if k not in HOP_BY_HOP and k != XFCC and k != XFF]
+    kept = [(k, v) for k, v in headers
+            if (k not in HOP_BY_HOP or _te_trailers(k, v)) and k != XFCC and k != XFF]
     return kept + client_cert
 
 

@@ -116,14 +116,16 @@ class _Http1Exchange:
         self._response: aiohttp.ClientResponse | None = None
         self._headers_ready: asyncio.Future[Headers] = \
             asyncio.get_running_loop().create_future()
-        request_headers = {k: v for k, v in headers if not k.startswith(":")}
-        request_headers["host"] = values.get(":authority", "")
+        # A list, not a dict: a header sent twice (accept, cookie, ...) stays twice.
+        request_headers = [("host", values.get(":authority", "")),
+                           *((k, v) for k, v in headers
+                             if not k.startswith(":") and k not in HOP_BY_HOP)]
         self._task = asyncio.create_task(self._send(
             session, values.get(":method", "GET"), base + values.get(":path", "/"),
             request_headers, end_stream))
 
     async def _send(self, session: aiohttp.ClientSession, method: str, url: str,
-                    headers: dict[str, str], end_stream: bool) -> None:
+                    headers: Headers, end_stream: bool) -> None:
         async def body() -> AsyncIterator[bytes]:
             while (chunk := await self._body.get()) is not None:
                 yield chunk

@@ -9,7 +9,9 @@ Per request:
    caller sent as ``x-forwarded-client-cert`` or ``x-forwarded-for`` is dropped;
 4. **deadline**: the caller's remaining time (``grpc-timeout`` / ``x-mesh-timeout-ms``) bounds
    the app's answer too (504 / DEADLINE_EXCEEDED, and the app's stream is cancelled);
-5. **relay** to the app over h2c or HTTP/1.1, as the service declares.
+5. **relay** to the app over h2c or HTTP/1.1, as the service declares: the sidecar's
+   ``--app-protocol`` if given, else the ``app_protocol`` of the configuration's cluster named
+   after this service, else h2c.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from mesh.clock import Clock
 from mesh.grpc import StatusCode
 from mesh.http2 import ConnectionClosed, ErrorCode, Headers, Stream, StreamReset
 from mesh.identity import SpiffeId
+from mesh.proto.config_pb2 import Cluster
 from mesh.tls import peer_spiffe_id
 from sidecar import headers as mesh_headers
 from sidecar.config import LiveConfig
@@ -42,13 +45,25 @@ class App(Protocol):
 class Inbound:
     """Serves the mTLS listener; :meth:`handle` is the per-request entry point."""
 
-    def __init__(self, config: LiveConfig, metrics: SidecarMetrics, app: App, *,
-                 own_id: SpiffeId, clock: Clock) -> None:
+    def __init__(self, config: LiveConfig, metrics: SidecarMetrics, *, h2c: App, http1: App,
+                 protocol: int | None, own_id: SpiffeId, clock: Clock) -> None:
+        """``h2c`` and ``http1`` reach the same app; ``protocol`` (a ``Cluster.Protocol``)
+        says which to use, or None: as the configuration declares."""
         self.config = config
         self.metrics = metrics
-        self.app = app
+        self.h2c = h2c
+        self.http1 = http1
+        self.protocol = protocol
         self.own_id = str(own_id)
         self.clock = clock
+
+    def app(self) -> App:
+        """The app, spoken to as told, else as the service's cluster declares, else h2c."""
+        protocol = self.protocol
+        if protocol is None:
+            cluster = self.config.clusters.get(self.config.service)
+            protocol = cluster.settings.app_protocol if cluster is not None else Cluster.GRPC
+        return self.http1 if protocol == Cluster.HTTP1 else self.h2c
 
     async def handle(self, down: Stream) -> None:
         started = self.clock.now()
@@ -79,20 +94,19 @@ class Inbound:
         timeout = mesh_headers.caller_timeout(values)
         up: Upstream | None = None
         pump: asyncio.Task[None] | None = None
-        responding = False
+        responding = finished = False
         try:
             async with asyncio.timeout(timeout):
-                up = await self.app.open_stream(
+                up = await self.app().open_stream(
                     forwarded, end_stream=down.complete and not down.trailers)
                 if not (down.complete and not down.trailers):
                     pump = asyncio.create_task(_pump(down, up))
                 response = await up.receive_headers()
                 responding = True
                 await send_response(up, down, response)
+                finished = True
                 return int(dict(response).get(":status", "200"))
         except TimeoutError:
-            if up is not None:
-                up.reset(ErrorCode.CANCEL)
             if responding:  # too late for a status of our own
                 down.reset(ErrorCode.CANCEL)
                 return 504
@@ -112,6 +126,10 @@ class Inbound:
         finally:
             if pump is not None and not pump.done():
                 pump.cancel()
+            # Not answered in full (deadline, failure, or the caller reset the stream, which
+            # cancels this task): the app must stop working on it too.
+            if up is not None and not finished:
+                up.reset(ErrorCode.CANCEL)
 
 
 async def _pump(down: Stream, up: Upstream) -> None:

@@ -27,7 +27,7 @@ from mesh.clock import SYSTEM_CLOCK
 from mesh.grpc import Channel
 from mesh.http2 import Http2Connection, Server, serve
 from mesh.identity import SpiffeId
-from mesh.proto.config_pb2 import Endpoint
+from mesh.proto.config_pb2 import Cluster, Endpoint
 from mesh.proto.discovery_pb2 import Node
 from mesh.proto.resources import short_name
 from mesh.tls import client_context, server_context
@@ -38,7 +38,7 @@ from sidecar.config import LiveConfig
 from sidecar.discovery import DiscoveryClient
 from sidecar.http1 import Http1App, Http1Downstream
 from sidecar.identity import CertificateFiles, Rotation, bootstrap
-from sidecar.inbound import App, Inbound
+from sidecar.inbound import Inbound
 from sidecar.listener import Sniffer
 from sidecar.metrics import SidecarMetrics
 from sidecar.outbound import Outbound
@@ -48,6 +48,7 @@ from sidecar.registration import Registration
 log = logging.getLogger("sidecar")
 
 Address = tuple[str, int]
+APP_PROTOCOLS = {"h2c": Cluster.GRPC, "http1": Cluster.HTTP1}  # --app-protocol → the config's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,7 +61,7 @@ class SidecarOptions:
     admin: Address = ("127.0.0.1", 15000)
     advertise: str | None = None  # the address to register; default: the inbound host
     app: Address = ("127.0.0.1", 8080)
-    app_protocol: str = "h2c"  # or "http1"
+    app_protocol: str | None = None  # "h2c" or "http1"; None: as the configuration declares
     control_plane: Address | None = None
     bootstrap_ca: Path | None = None  # verifies the control plane before we have a cert
     join_token: str = ""
@@ -90,7 +91,8 @@ class Sidecar:
         self.registration: Registration | None = None
         self.rotation: Rotation | None = None
         self.static_loaded = False
-        self.app: App
+        self.h2c_app: ConnectionPool | None = None
+        self.http1_app: Http1App | None = None
         self._servers: list[asyncio.Server] = []
         self._inbound: Server | None = None
         self._admin: web.AppRunner | None = None
@@ -109,14 +111,19 @@ class Sidecar:
         identity = self.files.identity()
         if o.static_config is not None:
             for type_url, resources in static_config.load(o.static_config):
-                self.config.apply(type_url, resources)
+                try:
+                    self.config.apply(type_url, resources)
+                except ValueError as error:
+                    raise ValueError(f"{o.static_config}: {error}") from None
             self.static_loaded = True
         if o.control_plane is not None:
             self._join(identity)
-        self.app = (Http1App(*o.app) if o.app_protocol == "http1"
-                    else ConnectionPool(*o.app, ssl=None))
-        inbound = Inbound(self.config, self.metrics, self.app, own_id=identity,
-                          clock=self.clock)
+        # Both are lazy: only the one the service declares ever connects.
+        self.h2c_app = ConnectionPool(*o.app, ssl=None)
+        self.http1_app = Http1App(*o.app)
+        inbound = Inbound(self.config, self.metrics, h2c=self.h2c_app, http1=self.http1_app,
+                          protocol=APP_PROTOCOLS[o.app_protocol] if o.app_protocol else None,
+                          own_id=identity, clock=self.clock)
         self._inbound = await serve(inbound.handle, *o.inbound, ssl=self.server_tls)
         await self._listen_outbound()
         self._admin = web.AppRunner(make_admin(self.config, self.metrics, self.ready),
@@ -183,7 +190,8 @@ class Sidecar:
             await self.outbound.handle(down)
             return await down.finish()
 
-        self._h1 = web.Server(http1, access_log=None)
+        # A caller that hangs up cancels its request, and so the upstream stream.
+        self._h1 = web.Server(http1, access_log=None, handler_cancellation=True)
         h1 = self._h1
 
         def http2() -> Http2Connection:
@@ -228,7 +236,8 @@ class Sidecar:
             await self._admin.cleanup()
         for cluster in self.config.clusters.values():
             await cluster.close()
-        if isinstance(self.app, ConnectionPool | Http1App):
-            await self.app.close()
+        for app in (self.h2c_app, self.http1_app):
+            if app is not None:
+                await app.close()
         if self._cp_channel is not None:
             await self._cp_channel.close()

@@ -3,7 +3,9 @@
 The sidecar registers its service's endpoint (its own address and inbound port), then renews
 the lease with heartbeats at a third of the lease's TTL, reporting whether its app is ready.
 If the control plane answers NOT_FOUND — it restarted, or the lease lapsed while it was
-unreachable — the sidecar registers again. Other failures are retried with backoff; the
+unreachable — the sidecar registers again. Other failures are retried with backoff, but never
+less often than heartbeats: a control plane that comes back must hear from every live instance
+within a lease TTL (it waits that long before telling reconnecting sidecars who is there). The
 endpoint simply lapses if the sidecar is gone for longer than the TTL.
 """
 
@@ -65,11 +67,11 @@ class Registration:
                 if error.code in (StatusCode.PERMISSION_DENIED, StatusCode.UNAUTHENTICATED):
                     log.error("registration of %s refused: %s", self.service, error.message)
                 delays = delays or self._backoff()
-                await asyncio.sleep(next(delays))
+                await asyncio.sleep(min(next(delays), self.lease_ttl / 3))
             except (Http2Error, OSError) as error:
                 log.warning("control plane unreachable for registration: %s", error)
                 delays = delays or self._backoff()
-                await asyncio.sleep(next(delays))
+                await asyncio.sleep(min(next(delays), self.lease_ttl / 3))
 
     async def _renew(self) -> None:
         health = Endpoint.HEALTHY if self._ready() else Endpoint.UNHEALTHY

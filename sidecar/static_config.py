@@ -28,18 +28,37 @@ def load(path: Path) -> list[tuple[str, list[Message]]]:
     """The resources in ``path``, by type, in the order to apply them.
 
     Raises:
-        ValueError: the file does not parse, naming the file and the problem.
+        ValueError: the file cannot be read or does not parse, naming the file and the problem.
     """
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-        endpoints = data.pop("endpoints", {}) or {}
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the static configuration: "
+                         f"{error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: want a mapping of clusters, endpoints, routes and "
+                         f"authorization at the top, got {type(data).__name__}")
+    endpoints = data.pop("endpoints", None) or {}
+    if not isinstance(endpoints, dict):
+        raise ValueError(f"{path}: endpoints: want a mapping of cluster name to a list of "
+                         f"endpoints, got {type(endpoints).__name__}")
+    try:
         policy = ParseDict(data, MeshPolicy())
-        assignments = [
-            ClusterLoadAssignment(cluster_name=name,
-                                  endpoints=[ParseDict(e, Endpoint()) for e in listed or []])
-            for name, listed in endpoints.items()]
-    except (yaml.YAMLError, ParseError, AttributeError, TypeError) as error:
+    except ParseError as error:
         raise ValueError(f"{path}: {error}") from None
+    assignments = []
+    for name, listed in endpoints.items():
+        try:
+            assignments.append(ClusterLoadAssignment(
+                cluster_name=str(name),
+                endpoints=[ParseDict(e, Endpoint()) for e in listed or []]))
+        except (ParseError, AttributeError, TypeError) as error:
+            raise ValueError(f"{path}: endpoints.{name}: want a list of {{address, port, "
+                             f"weight}} entries: {error}") from None
     named = {c.name for c in policy.clusters}
     for assignment in assignments:  # as the control plane does: endpoints imply a cluster
         if assignment.cluster_name not in named:
