@@ -52,7 +52,9 @@ class JoinTokens:
     def create(self, identity: SpiffeId, ttl: float | None = None) -> str:
         """A new token for ``identity``; it is shown once and stored only as a digest."""
         self._forget_expired()
-        token = secrets.token_urlsafe(24)
+        # Hex, not urlsafe base64: a token starting with '-' would read as a flag on a
+        # command line (``--join-token -x...``).
+        token = secrets.token_hex(24)
         lifetime = self._ttl if ttl is None else ttl
         self._tokens[_digest(token)] = _Token(identity, self._clock.now() + lifetime)
         log.info("join token created for %s, valid %.0fs", identity, lifetime)

@@ -55,8 +55,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the mesh CA certificate, to verify the control plane on first start "
                         "[MESH_BOOTSTRAP_CA]")
     p.add_argument("--join-token", default=env("MESH_JOIN_TOKEN", ""),
-                   help="one-time token for the first certificate (meshctl token create); "
-                        "write --join-token=TOKEN, as a token may start with '-' "
+                   help="one-time token for the first certificate (meshctl token create) "
                         "[MESH_JOIN_TOKEN]")
     p.add_argument("--cert-dir", type=Path, default=Path(env("MESH_CERT_DIR", ".mesh/sidecar")),
                    help="where the issued certificate and key are kept [MESH_CERT_DIR]")
