@@ -1,7 +1,9 @@
 """Benchmark: ``mesh/http2`` against the bare ``h2`` loop and ``nghttpd`` (C), side by side.
 
 Each contestant serves a 100-byte response; ``h2load`` drives them in interleaved rounds (so
-the machine's noise falls on all alike) and the median req/s is reported with two ratios:
+the machine's noise falls on all alike) and the median req/s is reported with two ratios, and
+beside it the server's CPU time per request (from ``/proc``), which a busy machine disturbs far
+less than wall-clock rates:
 
 - mesh / bare: what the ``mesh/http2`` abstraction costs over the pure-Python ceiling
   (target: at least 0.90);
@@ -16,6 +18,7 @@ the machine's noise falls on all alike) and the median req/s is reported with tw
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import socket
@@ -36,6 +39,7 @@ class Contestant:
     command: list[str]
     port: int
     results: list[float] = field(default_factory=list)
+    cpu_per_request: list[float] = field(default_factory=list)  # seconds
     failures: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -65,6 +69,12 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
                     "-out", str(cert)], check=True, capture_output=True)
     return cert, key
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def h2load(port: int, requests: int, tls: bool) -> tuple[float, int]:
@@ -119,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                 h2load(c.port, min(2000, args.requests), args.tls)  # warm up
             for _ in range(args.rounds):
                 for c in contestants:
+                    assert c.process is not None
+                    before = cpu_seconds(c.process.pid)
                     rate, failed = h2load(c.port, args.requests, args.tls)
+                    c.cpu_per_request.append((cpu_seconds(c.process.pid) - before) / args.requests)
                     c.results.append(rate)
                     c.failures += failed
         finally:
@@ -129,17 +142,21 @@ def main(argv: list[str] | None = None) -> int:
                     c.process.wait(10)
 
     median = {c.name: statistics.median(c.results) for c in contestants}
+    cpu = {c.name: statistics.median(c.cpu_per_request) for c in contestants}
     mode = "h2 over TLS 1.3" if args.tls else "h2c"
     print(f"# HTTP/2 server, {mode}: h2load -n {args.requests} -c10 -m10, "
           f"{args.rounds} round(s), median req/s")
-    print(f"{'server':<16}{'req/s':>12}{'failed':>9}   rounds")
+    print(f"{'server':<16}{'req/s':>12}{'failed':>9}{'CPU us/req':>12}   rounds")
     for c in contestants:
         rounds = " ".join(f"{r:.0f}" for r in c.results)
-        print(f"{c.name:<16}{median[c.name]:>12.0f}{c.failures:>9}   {rounds}")
+        print(f"{c.name:<16}{median[c.name]:>12.0f}{c.failures:>9}{cpu[c.name] * 1e6:>12.1f}"
+              f"   {rounds}")
     mesh, bare, ref = median["mesh/http2"], median["bare h2 loop"], median["nghttpd (C)"]
     print(f"mesh/http2 / bare h2 loop = {mesh / bare:.3f}   (target >= 0.90)")
     print(f"bare h2 loop / nghttpd    = {bare / ref:.3f}")
     print(f"mesh/http2 / nghttpd      = {mesh / ref:.3f}")
+    print(f"by CPU per request: mesh/http2 / bare h2 loop = "
+          f"{cpu['bare h2 loop'] / cpu['mesh/http2']:.3f}")
     return 1 if any(c.failures for c in contestants) else 0
 
 

@@ -9,9 +9,10 @@ fit a proxy, and both are corrected here, in one place, by subclassing:
    GOAWAY(NO_ERROR) leaves the state machine open here, and :meth:`MeshH2Connection.send_goaway`
    announces a drain without closing. A GOAWAY with an error code still closes at once.
 2. **Bounded header blocks.** ``h2`` buffers up to 64 CONTINUATION frames of a header block
-   before it looks at the size, i.e. up to 64 × the frame size. :class:`BoundedFrameBuffer` cuts
-   a header block off as soon as its encoded size passes ``max_header_block_size`` — the defence
-   against the 2024 CONTINUATION flood — with GOAWAY(ENHANCE_YOUR_CALM).
+   before it looks at the size, i.e. up to 64 × the frame size, and calls a 65th frame a
+   PROTOCOL_ERROR. :class:`BoundedFrameBuffer` cuts a header block off as soon as its encoded
+   size passes ``max_header_block_size``, or its frames pass h2's 64 (empty frames grow no
+   block) — the defence against the 2024 CONTINUATION flood — with GOAWAY(ENHANCE_YOUR_CALM).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, Event
 from h2.exceptions import DenialOfServiceError
-from h2.frame_buffer import FrameBuffer
+from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
 from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, PushPromiseFrame
 
 _HEADER_FRAMES = (HeadersFrame, ContinuationFrame, PushPromiseFrame)
 
 
 class BoundedFrameBuffer(FrameBuffer):
-    """h2's frame buffer, refusing header blocks whose encoded size passes a limit."""
+    """h2's frame buffer, refusing header blocks past a size limit or h2's 64 frames."""
 
     def __init__(self, *, server: bool, max_header_block_size: int) -> None:
         super().__init__(server=server)
@@ -39,13 +40,14 @@ class BoundedFrameBuffer(FrameBuffer):
         # frame is bounded by the frame size and then by HPACK's header list limit. Checking
         # only while a block is pending keeps this off the per-frame hot path.
         if self._headers_buffer and isinstance(f, _HEADER_FRAMES):
+            frames = len(self._headers_buffer) + 1
             size = len(f.data) + sum(len(pending.data) for pending in self._headers_buffer)
-            if size > self.max_header_block_size:
-                frames = len(self._headers_buffer) + 1
+            if size > self.max_header_block_size or frames > CONTINUATION_BACKLOG:
                 self._headers_buffer = []
                 raise DenialOfServiceError(
                     f"header block of stream {f.stream_id} passed {self.max_header_block_size} "
-                    f"bytes after {frames} frames (CONTINUATION flood?)"
+                    f"bytes or {CONTINUATION_BACKLOG} frames: {size} bytes in "
+                    f"{frames} frames (CONTINUATION flood?)"
                 )
         return super()._update_header_buffer(f)
 

@@ -8,12 +8,15 @@ Each limit turns a known attack or mistake into a clean error on the offending c
   "bomb" stops as soon as it grows past the limit: GOAWAY(ENHANCE_YOUR_CALM).
 - ``max_header_block_size`` caps the *encoded* header block buffered across HEADERS +
   CONTINUATION frames; an endless CONTINUATION sequence (the 2024 "CONTINUATION flood",
-  VU#421644) is cut off at that many bytes: GOAWAY(ENHANCE_YOUR_CALM).
-- ``reset_burst`` / ``reset_rate`` is a token bucket of stream resets the peer may cause (by
-  RST_STREAM); "Rapid Reset" (CVE-2023-44487) opens and cancels streams faster than the refill
-  and gets GOAWAY(ENHANCE_YOUR_CALM). The defaults are nghttp2's (burst 1000, 33/s).
+  VU#421644) is cut off at that many bytes, or at 64 frames if they are empty:
+  GOAWAY(ENHANCE_YOUR_CALM).
+- ``reset_burst`` / ``reset_rate`` is a token bucket of stream resets the peer may cause: by
+  RST_STREAM ("Rapid Reset", CVE-2023-44487, opens and cancels streams faster than the
+  refill), or by frames we must answer with RST_STREAM ("MadeYouReset", CVE-2025-8671). Past
+  it: GOAWAY(ENHANCE_YOUR_CALM). The defaults are nghttp2's (burst 1000, 33/s).
+- ``max_frame_size`` is advertised in SETTINGS; a larger frame gets GOAWAY(FRAME_SIZE_ERROR).
 - ``stream_window`` / ``connection_window`` bound what a slow reader buffers: the peer may
-  send only that much before we have read it.
+  send only that much before we have read it; more gets GOAWAY(FLOW_CONTROL_ERROR).
 - ``max_write_buffer`` bounds what waits in our socket buffer for a peer that does not read
   (stream data waits politely, but PING/SETTINGS acks do not): past it the connection is
   aborted — the answer to PING and SETTINGS floods and to zero-window stalls.

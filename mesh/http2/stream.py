@@ -31,7 +31,7 @@ class StreamOwner(Protocol):
     ssl_object: ssl.SSLObject | None  # the TLS session, for the peer's certificate
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None: ...
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> int: ...
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> int: ...
     def reset_stream(self, stream_id: int, code: int) -> None: ...
     def acknowledge(self, stream_id: int, size: int) -> None: ...
     def stream_closed(self, stream: Stream) -> None: ...
@@ -146,12 +146,19 @@ class Stream:
     async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:
         """Send body bytes, waiting as the peer's flow-control window and the socket allow."""
         self._check_can_send()
+        if self._conn.write_paused:  # the socket is full already: add nothing to it yet
+            await self._conn.writable()
+            self._check_can_send()
+        remaining: bytes | memoryview = data
         while True:
-            sent = self._conn.send_data(self.id, data, end_stream)
-            if sent == len(data):
+            sent = self._conn.send_data(self.id, remaining, end_stream)
+            if sent == len(remaining):
                 break
-            data = data[sent:]
-            await self._wait_for_window()
+            remaining = memoryview(remaining)[sent:]  # what is left, without copying it
+            if self._conn.write_paused:
+                await self._conn.writable()
+            elif sent == 0:
+                await self._wait_for_window()
             self._check_can_send()
         if end_stream:
             self._close_send()
