@@ -1,1 +1,18 @@
-"""Demo services that show the mesh working: small programs that talk through their sidecar."""
+"""The demo: a small shop that runs on the mesh, the knobs that break it, the load that tests it.
+
+Glossary:
+    shop           ``frontend`` (HTTP/JSON) → ``orders`` → ``inventory`` and ``payments`` (gRPC,
+                   ``proto/shop.proto``); each calls the next only through its own sidecar.
+    service        what every shop service shares: flags (``DEMO_*``), lifecycle, the channel
+                   to its sidecar (:mod:`.service`).
+    faults         the knobs: added latency (fixed, lognormal, pareto), an error rate, a
+                   brownout, a crash (:mod:`.faults`, decided; :mod:`.admin`, served over HTTP).
+    open loop      requests leave on a fixed schedule, latency counts from when each was due:
+                   no coordinated omission (:mod:`.arrivals`, :mod:`.latency`, :mod:`.loadgen`).
+    backend load   what each backend actually served, from its sidecar's ``/metrics``
+                   (:mod:`.backend_load`).
+    local mesh     the whole shop on 127.0.10.x with a control plane and Prometheus, started and
+                   stopped by PID (:mod:`.topology`, :mod:`.local_mesh`, :mod:`.processes`,
+                   :mod:`.prometheus`); ``meshctl demo up``.
+    hello          the first demo: one gRPC greeter over mTLS, every call shape (:mod:`.hello`).
+"""

@@ -22,6 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from meshctl import demo, experiment, fault, load
+
 
 class ApiError(Exception):
     """The control plane answered with an error, or could not be reached."""
@@ -89,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("service")
     token.add_argument("--namespace", default="default")
     token.add_argument("--ttl", type=float)
+    for module in (demo, fault, load, experiment):  # meshctl/demo.py, fault.py, load.py, ...
+        module.register(sub)
     args = parser.parse_args(argv)
+    if hasattr(args, "run"):
+        return int(args.run(args))
     api = args.api
     try:
         match args.command:

@@ -1,0 +1,357 @@
+"""The local mesh: the whole shop on this machine, each instance on its own loopback address.
+
+``meshctl demo up`` (``scripts/demo``) runs :meth:`LocalMesh.up`, in this order:
+
+1. **PKI**: a fresh mesh CA in ``STATE/pki`` (keys 0600), as ``python -m certs init`` makes it;
+2. **control plane** on 127.0.10.1 with the demo policy (``demo_services/policy/shop.yaml``,
+   copied to ``STATE/policy/`` and hot-reloaded from there);
+3. **join tokens**: one single-use token per sidecar, from the operator API (``POST /tokens``),
+   handed over in the environment (never on a command line, where ``ps`` would show it);
+4. **every instance** (:mod:`demo_services.topology`): its app and its sidecar, which redeems the
+   token for a certificate, registers its address and subscribes to its configuration;
+5. **readiness**: every app answers ``/healthz``, every sidecar ``/ready``, and every sidecar
+   knows every endpoint of every service (the mesh has converged);
+6. **Prometheus** (Debian's ``prometheus``, when installed) scraping every sidecar and the
+   control plane;
+7. **a short load** through the load generator's sidecar, and its summary.
+
+Every process is recorded in ``STATE/state.json`` (PID and command line); Ctrl-C, SIGTERM or
+``meshctl demo down`` stop them all by PID (:mod:`demo_services.processes`) and remove the
+state; the logs stay in ``STATE/logs/`` for reading afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from certs import pki
+from demo_services import prometheus
+from demo_services.load_report import summary
+from demo_services.loadgen import HttpClient, LoadPlan, LoadResult, run_load
+from demo_services.processes import Record, alive, read_state, spawn, stop, tail, write_state
+from demo_services.topology import NAMESPACE, REPLICAS, TRUST_DOMAIN, Instance, Topology
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = ROOT / "demo_services" / "policy" / "shop.yaml"
+READY_TIMEOUT = 45.0  # seconds for the whole mesh to come up
+STOP_GRACE = 8.0  # seconds processes get to drain before SIGKILL
+OWNER_GRACE = 20.0  # seconds ``down`` waits for a running ``up`` to stop its mesh
+ORDER = '{"sku": "tea", "quantity": 1}'
+STATE_FILES = ("state.json", "pki", "sidecars", "policy", "prometheus")  # removed on stop
+
+
+class MeshError(Exception):
+    """The local mesh could not start or stop; the message says which part and why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshOptions:
+    state_dir: Path = Path(".mesh/demo")
+    net: str = "127.0.10"
+    load_rate: float = 40.0  # requests per second of the first load
+    load_duration: float = 5.0  # seconds (0: no load)
+    prometheus: str | None = None  # the binary, when installed
+    lease_ttl: float = 10.0
+
+
+def _log(started: float, text: str) -> None:
+    print(f"[{time.monotonic() - started:5.1f} s] {text}", flush=True)
+
+
+class LocalMesh:
+    """One local mesh: its processes, state file and addresses."""
+
+    def __init__(self, options: MeshOptions) -> None:
+        self.options = options
+        self.topology = Topology(net=options.net)
+        self.state_dir = options.state_dir
+        self.state_file = options.state_dir / "state.json"
+        self.records: list[Record] = []
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.started = time.monotonic()
+        self.owner: Record | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _save(self, status: str) -> None:
+        t = self.topology
+        write_state(self.state_file, {
+            "status": status, "net": t.net, "api": t.api, "control_plane": t.control_plane,
+            "prometheus": t.prometheus if self.options.prometheus else None,
+            "owner": self.owner.to_json() if self.owner else None,
+            "processes": [r.to_json() for r in self.records],
+            "instances": [{"name": i.name, "service": i.service, "ip": i.ip,
+                           "app": i.app, "app_admin": i.app_admin if i.app else None,
+                           "sidecar_admin": i.sidecar_admin, "outbound": i.outbound}
+                          for i in t.instances()],
+        })
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Record:
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        record, process = spawn(name, argv, log=self.state_dir / "logs" / f"{name}.log",
+                                env={**os.environ, "PYTHONPATH": path, **(env or {})})
+        self.records.append(record)
+        self.children[record.pid] = process
+        self._save("starting")
+        return record
+
+    # -- up ----------------------------------------------------------------------------------
+
+    async def up(self) -> LoadResult | None:
+        """Start everything, wait until it works, run the first load; raise MeshError if not."""
+        self._prepare()
+        t, py = self.topology, sys.executable
+        ca = pki.create_ca(trust_domain=TRUST_DOMAIN)
+        pki.write_ca(ca, self.state_dir / "pki")
+        policy = self.state_dir / "policy" / "shop.yaml"
+        policy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(POLICY, policy)
+        _log(self.started, f"mesh CA made in {self.state_dir / 'pki'}; starting the control "
+                           f"plane on {t.control_plane}")
+        self._start("controlplane", [py, "-m", "controlplane", "--pki-dir",
+                                     str(self.state_dir / "pki"), "--listen", t.control_plane,
+                                     "--api", t.api, "--policy", str(policy),
+                                     "--lease-ttl", str(self.options.lease_ttl)])
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
+            await self._wait("the control plane's API", lambda: _ok(http, f"http://{t.api}/status"))
+            tokens = {i.name: await _token(http, t.api, i.service) for i in t.instances()}
+            _log(self.started, f"control plane ready; {len(tokens)} join tokens made; starting "
+                               f"{len(t.instances())} sidecars and their apps")
+            for index, instance in enumerate(t.instances()):
+                self._start_instance(instance, tokens[instance.name], seed=index + 1)
+            await self._wait("every app", lambda: _all(
+                _ok(http, f"http://{i.app_admin}/healthz") for i in t.instances() if i.app))
+            await self._wait("every sidecar", lambda: _all(
+                _ok(http, f"http://{i.sidecar_admin}/ready") for i in t.instances()))
+            await self._wait("every sidecar to know every endpoint",
+                             lambda: _all(_converged(http, i) for i in t.instances()))
+            _log(self.started, "the mesh is up: every sidecar ready, every endpoint known")
+            if self.options.prometheus:
+                await self._start_prometheus(http)
+        self._save("ready")
+        if not self.options.load_duration:
+            return None
+        return await self.first_load()
+
+    def _prepare(self) -> None:
+        """Refuse to start over a running mesh; clear what a dead one left."""
+        state = read_state(self.state_file)
+        if state is not None:
+            if _any_alive(state):
+                raise MeshError(f"a demo mesh is already running (state in {self.state_file}); "
+                                f"stop it with: meshctl demo down")
+            remove_state(self.state_dir)
+            print(f"cleared the state of a mesh that is no longer running "
+                  f"({self.state_dir})", flush=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.state_dir / "logs"
+        if logs.is_dir():
+            for old in logs.glob("*.log"):
+                old.unlink()
+
+    def _start_instance(self, instance: Instance, token: str, *, seed: int) -> None:
+        py = sys.executable
+        if instance.app is not None:
+            argv = [py, "-m", f"demo_services.{instance.app}", "--listen", instance.app_address,
+                    "--admin", instance.app_admin, "--replica", instance.name,
+                    "--seed", str(seed)]
+            if instance.service in ("frontend", "orders"):
+                argv += ["--sidecar", instance.outbound]
+            self._start(f"app:{instance.name}", argv)
+        self._start(f"sidecar:{instance.name}", [
+            py, "-m", "sidecar", "--service", instance.service, "--namespace", NAMESPACE,
+            "--trust-domain", TRUST_DOMAIN, "--outbound", instance.outbound,
+            "--inbound", instance.inbound, "--admin", instance.sidecar_admin,
+            "--app", instance.app_address,
+            "--app-protocol", "http1" if instance.http1 else "h2c",
+            "--control-plane", self.topology.control_plane,
+            "--bootstrap-ca", str(self.state_dir / "pki" / "ca.crt"),
+            "--cert-dir", str(self.state_dir / "sidecars" / instance.name),
+            "--seed", str(seed)], env={"MESH_JOIN_TOKEN": token})
+
+    async def _start_prometheus(self, http: aiohttp.ClientSession) -> None:
+        assert self.options.prometheus is not None
+        t = self.topology
+        folder = self.state_dir / "prometheus"
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "prometheus.yml"
+        config.write_text(prometheus.config({i.name: i.sidecar_admin for i in t.instances()},
+                                            t.api))
+        self._start("prometheus", prometheus.argv(self.options.prometheus, str(config),
+                                                  str(folder / "data"), t.prometheus))
+        await self._wait("prometheus", lambda: _ok(http, f"http://{t.prometheus}/-/ready"))
+        _log(self.started, f"prometheus scraping {len(t.instances())} sidecars and the control "
+                           f"plane: http://{t.prometheus}/targets")
+
+    async def _wait(self, what: str, check: Callable[[], Awaitable[bool]]) -> None:
+        """Poll ``check`` until true; fail at once if a process died, or after the timeout."""
+        deadline = self.started + READY_TIMEOUT
+        while not await check():
+            for record in self.records:
+                code = self.children[record.pid].poll()
+                if code is not None:
+                    raise MeshError(f"{record.name} exited with status {code} while waiting for "
+                                    f"{what}; the end of {record.log}:\n{tail(record.log)}")
+            if time.monotonic() > deadline:
+                raise MeshError(f"gave up waiting for {what} after {READY_TIMEOUT:.0f} s; "
+                                f"the logs are in {self.state_dir / 'logs'}")
+            await asyncio.sleep(0.1)
+
+    async def first_load(self) -> LoadResult:
+        t = self.topology
+        loadgen = t.instance("loadgen")
+        _log(self.started, f"sending {self.options.load_rate:g} orders/s for "
+                           f"{self.options.load_duration:g} s through the mesh")
+        client = HttpClient(f"http://{loadgen.outbound}/orders", method="POST",
+                            body=ORDER.encode(), headers={"host": "frontend",
+                                                          "content-type": "application/json"},
+                            connections=16)
+        return await run_load(client, LoadPlan(rate=self.options.load_rate,
+                                               duration=self.options.load_duration),
+                              f"POST /orders via loadgen's sidecar {loadgen.outbound} "
+                              f"(Host: frontend)",
+                              backends={i.name: i.sidecar_admin for i in t.instances()},
+                              progress=sys.stdout if sys.stdout.isatty() else None)
+
+    # -- down --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every process this mesh started (apps and sidecars, then the control plane)."""
+        stop_records(self.records, self.children)
+        remove_state(self.state_dir)
+
+
+def stop_records(records: list[Record],
+                 children: dict[int, subprocess.Popen[bytes]] | None = None) -> list[str]:
+    """Stop apps and sidecars first (so sidecars can deregister), then the control plane."""
+    first = [r for r in records if r.name.startswith(("app:", "sidecar:"))]
+    rest = [r for r in records if r not in first]
+    return stop(first, grace=STOP_GRACE, children=children) + \
+        stop(rest, grace=STOP_GRACE, children=children)
+
+
+def remove_state(state_dir: Path) -> None:
+    """Remove what a mesh leaves in ``state_dir``, except its logs (only the names it writes)."""
+    for name in STATE_FILES:
+        path = state_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _records(state: dict[str, Any]) -> list[Record]:
+    return [Record.from_json(r) for r in state.get("processes", [])]
+
+
+def _any_alive(state: dict[str, Any]) -> bool:
+    owner = state.get("owner")
+    return any(alive(r) for r in _records(state)) or \
+        (isinstance(owner, dict) and alive(Record.from_json(owner)))
+
+
+def down(state_dir: Path) -> str:
+    """Stop the mesh whose state is in ``state_dir``; say what was done."""
+    state = read_state(state_dir / "state.json")
+    if state is None:
+        return f"no demo mesh is running (no state in {state_dir})"
+    done = []
+    owner = state.get("owner")
+    if isinstance(owner, dict):
+        record = Record.from_json(owner)
+        if alive(record):  # a foreground `demo up`: it stops its own mesh
+            stop([record], grace=OWNER_GRACE)
+            done.append(f"`meshctl demo up` (pid {record.pid}) stopped its mesh")
+    running = [r for r in _records(state) if alive(r)]
+    killed = stop_records(running)
+    remove_state(state_dir)
+    if running or not done:
+        done.append(f"stopped {len(running)} processes")
+    if killed:
+        done.append(f"{', '.join(killed)} did not stop in time and were killed")
+    return f"{'; '.join(done)}; logs kept in {state_dir / 'logs'}"
+
+
+# -- readiness checks ------------------------------------------------------------------------
+
+async def _ok(http: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with http.get(url) as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def _all(checks: Any) -> bool:
+    return all(await asyncio.gather(*checks))
+
+
+async def _converged(http: aiohttp.ClientSession, instance: Instance) -> bool:
+    """The sidecar knows every endpoint of every shop service, all healthy."""
+    try:
+        async with http.get(f"http://{instance.sidecar_admin}/clusters") as response:
+            clusters = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+    for service in ("frontend", "orders", "inventory", "payments"):
+        endpoints = clusters.get(service, {}).get("endpoints", [])
+        healthy = [e for e in endpoints if e["healthy"] and not e["ejected"]]
+        if len(healthy) != REPLICAS.get(service, 1):
+            return False
+    return True
+
+
+async def _token(http: aiohttp.ClientSession, api: str, service: str) -> str:
+    async with http.post(f"http://{api}/tokens",
+                         json={"service": service, "namespace": NAMESPACE}) as response:
+        data = await response.json()
+        if response.status != 200:
+            raise MeshError(f"the control plane refused a join token for {service}: {data}")
+        token: str = data["token"]
+        return token
+
+
+def print_summary(mesh: LocalMesh, result: LoadResult | None) -> None:
+    """The tables and pointers ``meshctl demo up`` ends with."""
+    t, state = mesh.topology, mesh.state_dir
+    rows = [["INSTANCE", "APP", "FAULT KNOBS", "SIDECAR ADMIN"]]
+    for i in t.instances():
+        rows.append([i.name, i.app_address if i.app else "-",
+                     f"http://{i.app_admin}/faults" if i.app else "-",
+                     f"http://{i.sidecar_admin}/clusters"])
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    print()
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    if result is not None:
+        print()
+        print(summary(result))
+    loadgen, orders = t.instance("loadgen"), t.instance("orders")
+    prom = f"http://{t.prometheus}/targets" if mesh.options.prometheus else \
+        "not installed (apt-get install prometheus, then demo up again)"
+    env = f"DEMO_STATE_DIR={state} " if state != Path(".mesh/demo") else ""
+    print(f"""
+The mesh is up. Where to look:
+  the shop       curl -s -H 'host: frontend' http://{loadgen.outbound}/products
+                 curl -s -H 'host: frontend' -d '{ORDER}' http://{loadgen.outbound}/orders
+  a sidecar      http://{orders.sidecar_admin}/clusters   (endpoints: in flight, latency, ejected)
+                 http://{orders.sidecar_admin}/config_dump   /metrics   /ready
+  control plane  meshctl --api {t.api} status     (also: services, endpoints inventory, policy)
+  the policy     {state / 'policy' / 'shop.yaml'} (edit it: sidecars have the change in a second)
+  prometheus     {prom}
+  more load      {env}meshctl load --rate 100 --duration 20
+  break things   {env}meshctl fault payments --replica 2 --crash
+                 {env}meshctl fault inventory --brownout 10 --error-rate 0.5 --latency 100ms
+  logs           {state / 'logs'}/
+Stop it with Ctrl-C here, or: {env}meshctl demo down""", flush=True)

@@ -1,0 +1,59 @@
+"""A Prometheus server for the demo: its scrape configuration, and how to ask it about targets.
+
+Prometheus pulls: every ``scrape_interval`` it GETs each target's ``/metrics`` and stores the
+samples, labelled with the target's ``instance``. The demo scrapes every sidecar's admin
+endpoint (``job="sidecar"``, one ``mesh_instance`` label per replica, so a graph can split
+``payments-1`` from ``payments-2``) and the control plane's operator API (``job="controlplane"``).
+``/api/v1/targets`` then says, per target, whether the last scrape worked (``health: up``).
+
+The local mesh runs Debian's ``prometheus`` binary when it is installed; the configuration is
+the same in the compose file.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import yaml
+
+SCRAPE_INTERVAL = "2s"  # short, so a demo's graphs move while a person watches
+
+
+def config(sidecars: dict[str, str], controlplane: str) -> str:
+    """The YAML configuration scraping ``sidecars`` (instance name → admin address)."""
+    document: dict[str, Any] = {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "scrape_configs": [
+            {"job_name": "sidecar",
+             "static_configs": [{"targets": [address], "labels": {"mesh_instance": name}}
+                                for name, address in sidecars.items()]},
+            {"job_name": "controlplane", "static_configs": [{"targets": [controlplane]}]},
+        ],
+    }
+    return "# Made by the demo: every sidecar and the control plane.\n" + \
+        yaml.safe_dump(document, sort_keys=False)
+
+
+def argv(binary: str, config_file: str, data_dir: str, listen: str) -> list[str]:
+    """The command line of a throwaway Prometheus server (its data goes with the demo)."""
+    return [binary, f"--config.file={config_file}", f"--storage.tsdb.path={data_dir}",
+            f"--web.listen-address={listen}", "--storage.tsdb.retention.time=1d",
+            "--log.level=warn"]
+
+
+def targets(address: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The active targets of the Prometheus server at ``address`` (``/api/v1/targets``).
+
+    Raises:
+        OSError: the server cannot be reached.
+        ValueError: it answered something other than a targets listing.
+    """
+    with urllib.request.urlopen(f"http://{address}/api/v1/targets?state=active",
+                                timeout=timeout) as response:
+        data = json.loads(response.read())
+    if data.get("status") != "success":
+        raise ValueError(f"prometheus at {address}: /api/v1/targets said {data}")
+    active: list[dict[str, Any]] = data["data"]["activeTargets"]
+    return active
