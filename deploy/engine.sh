@@ -74,6 +74,27 @@ host_snapshot() {
   awk '$2 ~ /docker|netns/ {print $2}' /proc/mounts
 }
 
+ENGINE_STARTED=0
+
+# Launch dockerd and wait until it answers.
+_dockerd() {
+  # No default docker0 bridge (compose makes its own network) and no ip_forward: containers on
+  # one bridge reach each other and this machine without the host routing anything. A session
+  # of its own, so a Ctrl-C in this terminal reaches compose-up's trap, not dockerd.
+  setsid dockerd --data-root "$STATE/data" --exec-root "$RUN/exec" --pidfile "$RUN/dockerd.pid" \
+      -H "$DOCKER_HOST" --bridge=none --ip-forward=false >>"$RUN/dockerd.log" 2>&1 &
+  echo $! >"$RUN/dockerd.bgpid"
+  local _
+  for _ in $(seq 1 120); do
+    "$DOCKER" info >/dev/null 2>&1 && return 0
+    engine_running || { tail -20 "$RUN/dockerd.log" >&2; die "dockerd exited (log: $RUN/dockerd.log)"; }
+    sleep 0.5
+  done
+  die "dockerd did not answer within 60 s (log: $RUN/dockerd.log)"
+}
+
+# Start dockerd (the host written down first) and close the way out. Sets ENGINE_STARTED=1
+# once there is something for engine_stop to undo.
 engine_start() {
   mkdir -p "$RUN"
   if engine_running; then
@@ -83,22 +104,12 @@ engine_start() {
     say "an earlier run did not finish: restoring the host it found first"
     engine_stop || die "the host could not be restored; see $RUN/host-diff.txt"
   fi
+  ENGINE_STARTED=1   # from here on, stopping means restoring what is written down next
+  : >"$RUN/dockerd.log"
   host_snapshot >"$RUN/host-before.txt"
   iptables-save >"$RUN/iptables-before.rules" 2>/dev/null
   ip6tables-save >"$RUN/ip6tables-before.rules" 2>/dev/null
-  # No default docker0 bridge (compose makes its own network) and no ip_forward: containers on
-  # one bridge reach each other and this machine without the host routing anything. A session
-  # of its own, so a Ctrl-C in this terminal reaches compose-up's trap, not dockerd.
-  setsid dockerd --data-root "$STATE/data" --exec-root "$RUN/exec" --pidfile "$RUN/dockerd.pid" \
-      -H "$DOCKER_HOST" --bridge=none --ip-forward=false >"$RUN/dockerd.log" 2>&1 &
-  echo $! >"$RUN/dockerd.bgpid"
-  local _
-  for _ in $(seq 1 120); do
-    "$DOCKER" info >/dev/null 2>&1 && break
-    engine_running || { tail -20 "$RUN/dockerd.log" >&2; die "dockerd exited (log: $RUN/dockerd.log)"; }
-    sleep 0.5
-  done
-  "$DOCKER" info >/dev/null 2>&1 || die "dockerd did not answer within 60 s (log: $RUN/dockerd.log)"
+  _dockerd
   local egress
   egress=$(ip route show default | awk '{print $5; exit}')
   if [ -n "$egress" ]; then
@@ -145,9 +156,17 @@ _undo_rules() {
 engine_stop() {
   [ -f "$RUN/host-before.txt" ] || { say "nothing to restore (no engine was started)"; return 0; }
   local pid
+  # Containers outlive a dockerd that was killed (their shims keep them running): start it
+  # again, so it can stop them.
+  if ! engine_running && pgrep -f -- "-address $RUN/exec/containerd/containerd.sock" >/dev/null; then
+    say "containers of a dead engine are still running: starting it again to stop them"
+    _dockerd
+  fi
   if engine_running; then
     pid=$(cat "$RUN/dockerd.bgpid")
-    "$DOCKER" ps -q 2>/dev/null | xargs -r "$DOCKER" rm -f >/dev/null 2>&1 || true
+    "$DOCKER" ps -aq 2>/dev/null | xargs -r "$DOCKER" rm -f >/dev/null 2>&1 || true
+    "$DOCKER" network prune --force >/dev/null 2>&1 || true
+    "$DOCKER" volume prune --force >/dev/null 2>&1 || true
     kill "$pid" 2>/dev/null || true
     local _
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done

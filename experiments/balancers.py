@@ -62,7 +62,7 @@ class Plan:
     warm: float  # seconds of load before measuring (the estimates settle)
 
 
-FULL = Plan(rate=150, seconds=15, warm=2)
+FULL = Plan(rate=100, seconds=15, warm=2)
 QUICK = Plan(rate=100, seconds=3, warm=1)
 
 

@@ -32,10 +32,12 @@ import asyncio
 import json
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from experiments.harness import (
+    ExperimentError,
     H2Client,
     Lab,
     Report,
@@ -107,6 +109,21 @@ def recovery_time(success: list[float], plan: Plan) -> float:
     return math.inf
 
 
+async def warm_up(client: H2Client, *, needed: int = 5, within: float = 15.0) -> None:
+    """Call until ``needed`` calls in a row succeed: connections open, pools see the new app.
+
+    Raises:
+        ExperimentError: the path did not work within ``within`` seconds.
+    """
+    deadline = time.monotonic() + within
+    streak = 0
+    while streak < needed:
+        if time.monotonic() > deadline:
+            raise ExperimentError(f"no {needed} successful calls in a row within {within:g} s")
+        response = await client.request("GET", "/warm-up")
+        streak = streak + 1 if response.status == 200 else 0
+
+
 async def run_policy(lab: Lab, policy: str, plan: Plan, ports: dict[str, int]) -> dict[str, Any]:
     backend_args = ["-m", "experiments.backend", "--replica",
                     f"backend={BACKEND}:{ports['backend']}", "--latency-ms", str(SERVICE_MS),
@@ -114,9 +131,9 @@ async def run_policy(lab: Lab, policy: str, plan: Plan, ports: dict[str, int]) -
                     "--error-rate", str(ERROR_RATE)]
     backend = lab.start(f"backend-{policy}", backend_args)
     await wait_port(backend, BACKEND, ports["backend"])
-    await asyncio.sleep(0.3)  # let the server sidecar's pool notice the restarted app
     client = H2Client(CLIENT, ports["outbound"], authority=policy)
     control = H2Client(BACKEND, ports["backend"], authority="backend")
+    await warm_up(client)
 
     async def call(index: int) -> tuple[bool, str]:
         async with asyncio.timeout(3.0):

@@ -57,10 +57,9 @@ def make_admin(config: LiveConfig, metrics: SidecarMetrics,
 
     @routes.get("/metrics")
     async def prometheus(_: web.Request) -> web.Response:
-        for name, cluster in config.clusters.items():
-            for address, endpoint in cluster.balancer.endpoints.items():
-                metrics.endpoint_active.labels(name, address).set(endpoint.active)
-                metrics.endpoint_latency.labels(name, address).set(endpoint.latency_estimate())
+        metrics.set_endpoints((name, address, endpoint.active, endpoint.latency_estimate())
+                              for name, cluster in config.clusters.items()
+                              for address, endpoint in cluster.balancer.endpoints.items())
         return web.Response(body=generate_latest(metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -5,6 +5,10 @@ inbound side); an *upstream* is where the call goes. Both are HTTP/2 streams —
 caller or app is adapted to look like one (:mod:`sidecar.http1`) — so relaying is the same
 everywhere: headers one way, then body chunks both ways as they come, then trailers. Flow
 control passes through: a chunk is read from one side only when the other side took the last.
+When the chunk just read is known to be the last (its END_STREAM has arrived too, and no
+trailers follow), it goes out carrying END_STREAM: one DATA frame per small body, as the
+peer sent it, not the body and then an empty frame to end it (``bench/sidecar_pair.py``: an
+extra frame per response costs each hop about as much as a header).
 
 *Local replies* are answers the sidecar gives itself (no route, no endpoint, overload,
 deadline): an HTTP status with a plain-text reason, or for gRPC a trailers-only response with
@@ -91,7 +95,16 @@ async def send_request_body(down: Downstream, up: Upstream, replay: Replay | Non
     while chunk := await down.read():
         if replay is not None:
             replay.add(chunk)
+        if down.complete and not down.trailers:
+            await up.send_data(chunk, end_stream=True)
+            return
         await up.send_data(chunk)
+    end_body(down, up)
+
+
+def end_body(down: Downstream, up: Upstream) -> None:
+    """End the request to ``up`` once ``down``'s body has been sent: with its trailers, or
+    with an empty DATA frame carrying END_STREAM."""
     if down.trailers:
         up.send_trailers(mesh_headers.response(down.trailers))
     else:
@@ -105,6 +118,9 @@ async def send_response(up: Upstream, down: Downstream, response_headers: Header
         return
     down.send_headers(mesh_headers.response(response_headers))
     while chunk := await up.read():
+        if up.complete and not up.trailers:
+            await down.send_data(chunk, end_stream=True)
+            return
         await down.send_data(chunk)
     if up.trailers:
         down.send_trailers(mesh_headers.response(up.trailers))

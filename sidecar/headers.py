@@ -10,12 +10,17 @@
   ``x-forwarded-client-cert`` with what the mTLS handshake proved.
 - ``x-forwarded-for`` from a caller is not trusted (it would let any caller claim any address
   and slip past IP allow-lists): the inbound listener drops it.
+- The remaining timeout (``grpc-timeout`` / ``x-mesh-timeout-ms``) differs on every request,
+  so it is sent :func:`unindexed`: kept out of HPACK's table of recently sent headers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ssl
+from typing import cast
+
+from hpack import NeverIndexedHeaderTuple
 
 from mesh.grpc.deadline import parse_timeout
 from mesh.http2 import Headers
@@ -35,6 +40,21 @@ def is_grpc(headers: Headers) -> bool:
 
 def _te_trailers(name: str, value: str) -> bool:
     return name == "te" and value.strip().lower() == "trailers"
+
+
+def unindexed(name: str, value: str) -> tuple[str, str]:
+    """The header ``name: value``, which HPACK must not add to the connection's dynamic table.
+
+    HPACK adds every header it sends as a literal to a table (4 KiB by default) so that the
+    next request can refer to it by index. A value new on every request gains nothing there;
+    worse, each one pushes the oldest entries out — the stable headers — which must then be
+    sent as literals again and re-added, and every lookup scans the table. Never-indexed is
+    HPACK's only non-indexing literal in ``hpack``; intermediaries keep it so (RFC 7541
+    §7.1.3), which suits a value no one should index. (``bench/sidecar_pair.py``: indexing
+    ``x-mesh-timeout-ms`` cost each hop about N µs of CPU per request.)
+    """
+    # NeverIndexedHeaderTuple is a tuple of the two values; hpack types it as bytes only.
+    return cast(tuple[str, str], NeverIndexedHeaderTuple(name, value))
 
 
 def from_app(headers: Headers) -> Headers:

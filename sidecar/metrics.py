@@ -1,19 +1,25 @@
 """The sidecar's Prometheus metrics, labelled by cluster (outbound) or by service (inbound).
 
-Label children are cached per cluster and status class so the per-request cost is a dict
-lookup and two increments (``labels()`` does far more work on every call).
+Label children are cached per cluster and status so the per-request cost is a dict lookup and
+two increments (``labels()`` does far more work on every call).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
+RESET = "reset"
+"""The ``code`` of a request the caller abandoned (reset the stream, or closed the connection)
+before its answer was complete: it has no status."""
 
 
-def status_class(status: int) -> str:
-    return f"{status // 100}xx"
+def status_class(status: int | str) -> str:
+    """The ``code`` label: ``2xx`` .. ``5xx``, or :data:`RESET`."""
+    return status if isinstance(status, str) else f"{status // 100}xx"
 
 
 class SidecarMetrics:
@@ -49,11 +55,14 @@ class SidecarMetrics:
         self.endpoint_latency = Gauge("mesh_sidecar_endpoint_latency_estimate_seconds",
                                       "Peak-EWMA latency estimate per endpoint",
                                       ["cluster", "endpoint"], registry=r)
-        self._requests: dict[tuple[str, str, int], Counter] = {}
+        self._requests: dict[tuple[str, str, int | str], Counter] = {}
         self._duration: dict[tuple[str, str], Histogram] = {}
+        self._endpoints: set[tuple[str, str]] = set()  # the gauges' (cluster, endpoint) labels
 
-    def request_done(self, direction: str, cluster: str, status: int, seconds: float) -> None:
-        key = (direction, cluster, status // 100)
+    def request_done(self, direction: str, cluster: str, status: int | str,
+                     seconds: float) -> None:
+        """Count a request that ended with HTTP ``status`` (or :data:`RESET`)."""
+        key = (direction, cluster, status)
         counter = self._requests.get(key)
         if counter is None:
             counter = self._requests[key] = self.requests.labels(direction, cluster,
@@ -63,3 +72,17 @@ class SidecarMetrics:
         if histogram is None:
             histogram = self._duration[key[:2]] = self.duration.labels(direction, cluster)
         histogram.observe(seconds)
+
+    def set_endpoints(self, endpoints: Iterable[tuple[str, str, int, float]]) -> None:
+        """Set the per-endpoint gauges from ``(cluster, endpoint, requests in flight, latency
+        estimate)``, and remove those of every endpoint not among them (it left its cluster,
+        or its cluster left the configuration)."""
+        current = set()
+        for cluster, endpoint, active, latency in endpoints:
+            self.endpoint_active.labels(cluster, endpoint).set(active)
+            self.endpoint_latency.labels(cluster, endpoint).set(latency)
+            current.add((cluster, endpoint))
+        for labels in self._endpoints - current:
+            self.endpoint_active.remove(*labels)
+            self.endpoint_latency.remove(*labels)
+        self._endpoints = current

@@ -41,11 +41,12 @@ from sidecar.forward import (
     Downstream,
     Replay,
     Upstream,
+    end_body,
     local_reply,
     send_request_body,
     send_response,
 )
-from sidecar.metrics import SidecarMetrics
+from sidecar.metrics import RESET, SidecarMetrics
 from sidecar.pool import ConnectFailure
 from sidecar.retry import Failure, Outcome, Retry, RetryPolicy, RetryState, Stop, StopReason
 
@@ -96,13 +97,14 @@ class Outbound:
             return
         call = _Call(self, down, cluster, policy, grpc, mesh_headers.from_app(request),
                      started + timeout)
-        try:
+        status: int | str = RESET  # unless run() returns: the caller reset the stream, which
+        try:  # cancels this task
             status = await call.run()
         finally:
             permit.release()
             call.state.close()
-        self.metrics.request_done("outbound", target.cluster, status,
-                                  self.clock.now() - started)
+            self.metrics.request_done("outbound", target.cluster, status,
+                                      self.clock.now() - started)
 
 
 class _Call:
@@ -126,7 +128,7 @@ class _Call:
         self.responding = False
         self.relaying: Upstream | None = None  # the stream whose response is being relayed
 
-    async def run(self) -> int:
+    async def run(self) -> int | str:
         """Carry the call to its end; return the HTTP status the caller got (for metrics)."""
         try:
             async with asyncio.timeout(self.deadline - self.clock.now()):
@@ -139,7 +141,7 @@ class _Call:
             if self.relaying is not None:  # cut short (deadline, caller gone): stop upstream
                 self.relaying.reset(ErrorCode.CANCEL)
 
-    async def _attempts(self) -> int:
+    async def _attempts(self) -> int | str:
         cluster, name = self.cluster, self.cluster.settings.name
         while True:
             endpoint = cluster.balancer.pick(None, self.state.tried)
@@ -161,7 +163,7 @@ class _Call:
                 retry = cluster.breaker.try_acquire(Limit.RETRIES)
                 if isinstance(retry, Overflow):
                     self.outbound.metrics.overflows.labels(name, retry.limit.value).inc()
-                    decision = Stop(reason=StopReason.BUDGET_EXHAUSTED)
+                    decision = Stop(reason=StopReason.CIRCUIT_BREAKER)
                 else:
                     self.outbound.metrics.retries.labels(name).inc()
                     if up is not None:
@@ -175,13 +177,27 @@ class _Call:
             if decision.reason not in (StopReason.NOT_RETRIABLE,):
                 self.outbound.metrics.retries_refused.labels(name, decision.reason.value).inc()
             if up is not None and response is not None:
-                self.responding = True
-                self.relaying = up
-                await send_response(up, self.down, response)
-                self.relaying = None
-                self._stop_pump()
-                return int(dict(response).get(":status", "200"))
+                return await self._relay(up, response, endpoint.address)
             return await self._failed(outcome, endpoint.address)
+
+    async def _relay(self, up: Upstream, response: Headers, address: str) -> int | str:
+        """Relay the response; return its status, or :data:`RESET` if the caller left."""
+        self.responding = True
+        self.relaying = up
+        try:
+            await send_response(up, self.down, response)
+        except (StreamReset, ConnectionClosed) as error:
+            if self.down.send_closed:  # the caller reset the stream
+                return RESET
+            # The upstream failed halfway through its answer: too late for a status of our
+            # own, so the caller's stream is reset too (else it would wait for the rest).
+            log.warning("cluster %s: %s failed while responding: %s",
+                        self.cluster.settings.name, address, error)
+            self.down.reset(ErrorCode.INTERNAL_ERROR)
+            return 502
+        self.relaying = None
+        self._stop_pump()
+        return int(dict(response).get(":status", "200"))
 
     async def _attempt(self, endpoint: Endpoint, attempt_deadline: float
                        ) -> tuple[Upstream | None, Outcome, Headers | None]:
@@ -193,12 +209,16 @@ class _Call:
         outcome: Outcome | None = None
         try:
             headers = self._headers_for_attempt()
-            body_done = self.down.complete and not self.replay.chunks
-            up = await self.cluster.open_stream(
-                endpoint.address, headers, end_stream=body_done and not self.down.trailers)
-            if not body_done:
+            headers_only = (self.down.complete and not self.replay.chunks and
+                            not self.down.trailers)
+            up = await self.cluster.open_stream(endpoint.address, headers,
+                                                end_stream=headers_only)
+            if not headers_only:
                 await self._send_body(up)
-            async with asyncio.timeout(attempt_deadline - self.clock.now()):
+            if attempt_deadline < self.deadline:  # a per-try timeout, shorter than the call's
+                async with asyncio.timeout(attempt_deadline - self.clock.now()):
+                    response = await up.receive_headers()
+            else:  # run()'s timeout is this attempt's too: one timer less per request
                 response = await up.receive_headers()
         except ConnectFailure:
             outcome = Outcome(failure=Failure.CONNECT_FAILURE)
@@ -230,18 +250,24 @@ class _Call:
 
     def _headers_for_attempt(self) -> Headers:
         remaining = max(self.deadline - self.clock.now(), 0.0)
-        timeout = (("grpc-timeout", format_timeout(remaining)) if self.grpc
-                   else (mesh_headers.TIMEOUT_HEADER, str(max(1, int(remaining * 1000)))))
+        timeout = (mesh_headers.unindexed("grpc-timeout", format_timeout(remaining))
+                   if self.grpc else
+                   mesh_headers.unindexed(mesh_headers.TIMEOUT_HEADER,
+                                          str(max(1, int(remaining * 1000)))))
         return [*self.request, timeout, (mesh_headers.ATTEMPT_HEADER, str(self.state.attempt))]
 
     async def _send_body(self, up: Upstream) -> None:
-        for chunk in self.replay.chunks:
+        """Send what the caller sent so far (kept in ``replay``), then the rest as it comes."""
+        chunks = self.replay.chunks
+        if self.down.complete and not self.down.trailers and chunks:
+            for chunk in chunks[:-1]:
+                await up.send_data(chunk)
+            await up.send_data(chunks[-1], end_stream=True)
+            return
+        for chunk in chunks:
             await up.send_data(chunk)
         if self.down.complete:
-            if self.down.trailers:
-                up.send_trailers(mesh_headers.response(self.down.trailers))
-            else:
-                up.end()
+            end_body(self.down, up)
             return
         self.pump = asyncio.create_task(self._pump(up))
 

@@ -175,6 +175,8 @@ class StopReason(Enum):
     RETRIES_EXHAUSTED = "retries-exhausted"  # num_retries retries were made
     DEADLINE = "deadline"  # the retry could not start before the overall deadline
     BUDGET_EXHAUSTED = "budget-exhausted"  # the retry budget has no room
+    CIRCUIT_BREAKER = "circuit-breaker"  # max_retries retries are in flight already (decided
+    # by the sidecar's circuit breaker after a Retry, never by RetryState)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
