@@ -228,7 +228,7 @@ class Http2Connection(asyncio.Protocol):
         if self._draining:
             self._h2.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
             return
-        stream = Stream(self, stream_id, headers)
+        stream = Stream(self, stream_id, headers, self._clock.now())
         self.streams[stream_id] = stream
         self.streams_opened += 1
         self._idle_since = None
@@ -257,10 +257,18 @@ class Http2Connection(asyncio.Protocol):
             stream.on_reset(code)
         # Every reset h2 reports was caused by the peer: its own RST_STREAM (Rapid Reset,
         # CVE-2023-44487), or a frame that h2 answered with one (MadeYouReset, CVE-2025-8671).
-        # Our own resets (Stream.reset) never come through here.
-        if not self.client_side and not self._resets.take():
+        # Our own resets (Stream.reset) never come through here. Only premature resets take a
+        # token: a stream that lived reset_min_lifetime held a concurrency slot that long, so
+        # such resets are already bounded by max_concurrent_streams — and they are how a
+        # proxy's per-try timeouts and deadlines cancel work, which must not close the
+        # connection (Envoy's "premature reset" idea).
+        if self.client_side:
+            return
+        premature = stream is None or \
+            self._clock.now() - stream.opened_at < self.limits.reset_min_lifetime
+        if premature and not self._resets.take():
             self.abort(ErrorCode.ENHANCE_YOUR_CALM,
-                       f"more than {self.limits.reset_burst} stream resets "
+                       f"more than {self.limits.reset_burst} premature stream resets "
                        f"(refill {self.limits.reset_rate}/s): rapid reset")
 
     def _on_goaway(self, code: int, last_stream_id: int, debug: bytes | None) -> None:

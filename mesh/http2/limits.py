@@ -10,10 +10,13 @@ Each limit turns a known attack or mistake into a clean error on the offending c
   CONTINUATION frames; an endless CONTINUATION sequence (the 2024 "CONTINUATION flood",
   VU#421644) is cut off at that many bytes, or at 64 frames if they are empty:
   GOAWAY(ENHANCE_YOUR_CALM).
-- ``reset_burst`` / ``reset_rate`` is a token bucket of stream resets the peer may cause: by
-  RST_STREAM ("Rapid Reset", CVE-2023-44487, opens and cancels streams faster than the
-  refill), or by frames we must answer with RST_STREAM ("MadeYouReset", CVE-2025-8671). Past
-  it: GOAWAY(ENHANCE_YOUR_CALM). The defaults are nghttp2's (burst 1000, 33/s).
+- ``reset_burst`` / ``reset_rate`` is a token bucket of premature stream resets the peer may
+  cause: by RST_STREAM ("Rapid Reset", CVE-2023-44487, opens and cancels streams faster than
+  the refill), or by frames we must answer with RST_STREAM ("MadeYouReset", CVE-2025-8671).
+  Past it: GOAWAY(ENHANCE_YOUR_CALM). The defaults are nghttp2's (burst 1000, 33/s). A reset
+  is premature when its stream lived less than ``reset_min_lifetime``; later resets are
+  bounded by ``max_concurrent_streams`` already, and are how callers' deadlines and a
+  proxy's per-try timeouts cancel work (a retry storm must not look like an attack).
 - ``max_frame_size`` is advertised in SETTINGS; a larger frame gets GOAWAY(FRAME_SIZE_ERROR).
 - ``stream_window`` / ``connection_window`` bound what a slow reader buffers: the peer may
   send only that much before we have read it; more gets GOAWAY(FLOW_CONTROL_ERROR).
@@ -43,6 +46,7 @@ class Limits:
     connection_window: int = 4 * MIB
     reset_burst: int = 1000
     reset_rate: float = 33.0
+    reset_min_lifetime: float = 0.1  # seconds; resets of older streams take no token
     max_write_buffer: int = 8 * MIB
     idle_timeout: float | None = 300.0
 
@@ -58,6 +62,9 @@ class Limits:
             if not 65_535 <= getattr(self, name) <= 2**31 - 1:
                 raise ValueError(f"Limits.{name} must be in [65535, 2**31-1], "
                                  f"got {getattr(self, name)}")
+        if self.reset_min_lifetime < 0:
+            raise ValueError(f"Limits.reset_min_lifetime must not be negative, "
+                             f"got {self.reset_min_lifetime}")
         if self.reset_rate <= 0:
             raise ValueError(f"Limits.reset_rate must be positive, got {self.reset_rate}")
         if self.idle_timeout is not None and self.idle_timeout <= 0:

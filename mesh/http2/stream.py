@@ -52,10 +52,12 @@ class Stream:
 
     __slots__ = ("_chunks", "_conn", "_error", "_headers_waiter", "_read_waiter",
                  "_recv_closed", "_send_closed", "_send_error", "_task", "_window_waiter",
-                 "headers", "id", "trailers")
+                 "headers", "id", "opened_at", "trailers")
 
-    def __init__(self, conn: StreamOwner, stream_id: int, headers: Headers | None = None) -> None:
+    def __init__(self, conn: StreamOwner, stream_id: int, headers: Headers | None = None,
+                 opened_at: float = 0.0) -> None:
         self.id = stream_id
+        self.opened_at = opened_at  # clock time; a server tells premature resets by it
         self.headers: Headers | None = headers
         self.trailers: Headers | None = None
         self._conn = conn

@@ -190,6 +190,31 @@ async def test_rapid_reset_gets_enhance_your_calm(
         assert offender.streams_opened == 24  # stream 49 came too late to cost anything
 
 
+async def test_resets_of_streams_that_lived_are_cancellations_not_an_attack(
+    start_server: StartServer, raw_peer: RawPeerFactory,
+) -> None:
+    # A proxy's per-try timeouts and callers' deadlines reset streams all day long. Each of
+    # those streams held a concurrency slot for a while, so they cost no token: three times
+    # the burst go by without a GOAWAY. A premature one after them still counts.
+    clock = FakeClock()
+    server = await start_server(limits=Limits(reset_burst=10, reset_rate=1.0), clock=clock)
+    peer = await raw_peer(server.port)
+    await peer.handshake()
+    f = peer.frames
+    for batch in range(3):
+        stream_ids = range(1 + 20 * batch, 21 + 20 * batch, 2)  # 10 streams
+        await peer.send(*[f.headers(sid, GET_HOLD) for sid in stream_ids])
+        await peer.round_trip()
+        clock.advance(0.25)  # a 250 ms per-try timeout
+        await peer.send(*[f.rst_stream(sid, ErrorCode.CANCEL) for sid in stream_ids])
+        assert not [frame for frame in await peer.round_trip()
+                    if isinstance(frame, GoAwayFrame)]
+    await peer.send(*[frame for sid in range(61, 83, 2) for frame in (
+        f.headers(sid, GET_HOLD), f.rst_stream(sid, ErrorCode.CANCEL))])  # 11 premature
+    goaway = await refused_with(peer, ErrorCode.ENHANCE_YOUR_CALM)
+    assert b"premature stream resets" in goaway.additional_data
+
+
 async def test_provoked_resets_count_as_resets_made_you_reset(
     start_server: StartServer, raw_peer: RawPeerFactory,
 ) -> None:
