@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -477,6 +478,10 @@ def main(name: str, title: str, run: Callable[[bool], Coroutine[Any, Any, Report
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help=f"where the table, JSON and plot go (default {RESULTS})")
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:  # found out before the run, not after
+        print(f"experiment {name}: the plots need matplotlib: pip install -e '.[experiments]'",
+              file=sys.stderr)
+        return 1
     from mesh.loop import run as run_loop
 
     started = time.monotonic()
