@@ -159,6 +159,8 @@ class DiscoveryServer:
             return
         state = subscription.types.get(request.type_url)
         if state is None or not request.response_nonce:
+            if state is not None and state.pending:  # a re-subscription drops what was in flight
+                self.unacked -= 1
             state = subscription.types[request.type_url] = TypeState()
             state.resource_names = list(request.resource_names)
             subscription.holds_config = subscription.holds_config or bool(request.version_info)
