@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -75,6 +76,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+GC_THRESHOLD = 10_000
+"""Net new container objects before a young-generation collection (CPython's default: 700)."""
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the request path, once the sidecar has started.
+
+    Forwarding makes almost no cyclic garbage, yet with the defaults the collector ran every
+    few dozen requests (100 requests in flight hold that many new objects) and, every few
+    thousand, scanned the whole heap — the ~50,000 objects of imports and configuration that
+    live as long as the process. ``bench/sidecar_pair.py`` measured 15 µs of CPU per request
+    and hop in collections. :func:`gc.freeze` moves what exists after start-up to a permanent
+    generation that collections skip (what Instagram does for its Python servers), and a
+    higher threshold lets the requests in flight come and go without a collection; cyclic
+    garbage (a failed call's traceback) is still collected, only less often.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, older, oldest)
+
+
 async def main_async(options: SidecarOptions) -> int:
     sidecar = Sidecar(options)
     try:
@@ -83,6 +106,7 @@ async def main_async(options: SidecarOptions) -> int:
         print(f"sidecar: {error}", file=sys.stderr)
         await sidecar.stop()
         return 2
+    tune_gc()
     print(f"sidecar {options.service}: ready to serve (admin http://{options.admin[0]}:"
           f"{options.admin[1]}/ready)", flush=True)
     stop = asyncio.Event()

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.duration_pb2 import Duration
@@ -35,6 +35,7 @@ from sidecar.balancers import (
     RingHashBalancer,
     RingHashConfig,
     RoundRobinBalancer,
+    hash_key,
 )
 from sidecar.circuit_breaker import (
     CircuitBreaker,
@@ -76,7 +77,7 @@ class ClusterSettings:
     least_request: LeastRequestConfig
     peak_ewma: PeakEwmaConfig
     ring_hash: RingHashConfig
-    hash_header: str
+    hash_header: str  # RING_HASH: the request header whose value is hashed; "" for none
     connect_timeout: float
     timeout: float
     retry_policy: RetryPolicy
@@ -129,17 +130,20 @@ def settings_from(cluster: Cluster) -> ClusterSettings:
     lr, ewma, ring = cluster.least_request, cluster.peak_ewma, cluster.ring_hash
     budget: RetryBudgetConfig | ConcurrencyBudgetConfig | None = None
     rb = cluster.retry_budget
+    # The scalars are ``optional`` in the proto, so a written 0 is told apart from "unset".
+    ratio = rb.retry_ratio if rb.HasField("retry_ratio") else 0.2
     if rb.disabled:
         pass
     elif rb.kind == RetryBudgetProto.CONCURRENCY:
         budget = ConcurrencyBudgetConfig(
-            budget_percent=100 * (rb.retry_ratio if rb.retry_ratio else 0.2),
-            min_retry_concurrency=rb.min_retry_concurrency or 3)
+            budget_percent=100 * ratio,
+            min_retry_concurrency=(rb.min_retry_concurrency
+                                   if rb.HasField("min_retry_concurrency") else 3))
     else:
         budget = RetryBudgetConfig(
-            retry_ratio=rb.retry_ratio if rb.retry_ratio else 0.2,
+            retry_ratio=ratio,
             min_retries_per_second=(rb.min_retries_per_second
-                                    if cluster.HasField("retry_budget") else 10),
+                                    if rb.HasField("min_retries_per_second") else 10),
             ttl=duration("ttl", rb, 10.0))
     outlier = None
     if cluster.HasField("outlier_detection"):
@@ -162,7 +166,7 @@ def settings_from(cluster: Cluster) -> ClusterSettings:
         peak_ewma=PeakEwmaConfig(decay=duration("decay", ewma, 10.0),
                                  default_rtt=duration("default_rtt", ewma, 0.030)),
         ring_hash=RingHashConfig(points_per_weight=ring.points_per_weight or 1024),
-        hash_header=ring.hash_header,
+        hash_header=ring.hash_header.lower(),  # HTTP/2 header names are lowercase
         connect_timeout=duration("connect_timeout", cluster, DEFAULT_CONNECT_TIMEOUT),
         timeout=duration("timeout", cluster, DEFAULT_TIMEOUT),
         retry_policy=(retry_policy_from(cluster.retry_policy)
@@ -240,6 +244,18 @@ class UpstreamCluster:
                  settings.idle_timeout):
             for address in list(self.pools):
                 self._drop_pool(address)  # new connections get the new settings
+
+    def hash_key(self, headers: Mapping[str, str]) -> int | None:
+        """A request's key on the ring: the hash of its ``hash_header`` value.
+
+        None — the balancer's random point — when the cluster does not hash or the request
+        lacks the header (Envoy too picks at random when no hash policy yields a hash).
+        """
+        header = self.settings.hash_header
+        if not header or self.settings.lb_policy != Cluster.RING_HASH:
+            return None
+        value = headers.get(header)
+        return None if value is None else hash_key(value)
 
     def set_endpoints(self, endpoints: list[Endpoint]) -> None:
         """The cluster's endpoints are now exactly ``endpoints``."""

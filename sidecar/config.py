@@ -4,6 +4,12 @@ Discovery (or a static file) delivers one resource type at a time; :meth:`LiveCo
 builds the new state for that type completely *before* swapping it in, so a bad update raises
 (the discovery client NACKs it) and leaves everything as it was. Requests read the current
 objects without locks: a swap is one assignment in the event loop's single thread.
+
+The router depends on two types — the routes, and the cluster names its fallback routes to —
+so it is rebuilt when either changes. Routes and clusters are accepted apart: the control plane
+removes a cluster before the routes that name it (make before break), and a route naming a
+cluster the sidecar lacks answers 503 "no cluster" until the next update (Envoy's behaviour)
+rather than holding up the update that removes the cluster with a NACK.
 """
 
 from __future__ import annotations
@@ -73,8 +79,7 @@ class LiveConfig:
         settings = {c.name: settings_from(c) for c in clusters}  # raises before any change
         if len(settings) != len(clusters):
             raise ValueError("two clusters share a name")
-        # Routes must still name existing clusters; check before swapping anything.
-        Router(self._routes, settings.keys())
+        router = Router(self._routes, settings.keys())  # the fallback must see new names
         updated: dict[str, UpstreamCluster] = {}
         for name, new in settings.items():
             cluster = self.clusters.get(name)
@@ -91,6 +96,7 @@ class LiveConfig:
             if name not in updated:
                 gone.retire()
         self.clusters = updated
+        self.router = router
 
     def _apply_endpoints(self, assignments: list[ClusterLoadAssignment]) -> None:
         by_name = {a.cluster_name: a for a in assignments}

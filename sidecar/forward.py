@@ -6,9 +6,9 @@ caller or app is adapted to look like one (:mod:`sidecar.http1`) — so relaying
 everywhere: headers one way, then body chunks both ways as they come, then trailers. Flow
 control passes through: a chunk is read from one side only when the other side took the last.
 When the chunk just read is known to be the last (its END_STREAM has arrived too, and no
-trailers follow), it goes out carrying END_STREAM: one DATA frame per small body, as the
-peer sent it, not the body and then an empty frame to end it (``bench/sidecar_pair.py``: an
-extra frame per response costs each hop about as much as a header).
+trailers follow), it goes out carrying END_STREAM: a small body stays one DATA frame, as the
+peer sent it, rather than the body and then an empty frame to end it — a frame that ``h2``
+would build, send, parse and dispatch again at every hop (``bench/sidecar_pair.py``).
 
 *Local replies* are answers the sidecar gives itself (no route, no endpoint, overload,
 deadline): an HTTP status with a plain-text reason, or for gRPC a trailers-only response with

@@ -5,22 +5,18 @@
   exception is ``te: trailers``, the only ``te`` HTTP/2 allows (RFC 9113 §8.2.2): gRPC
   servers refuse a call without it, so it travels on between HTTP/2 hops.
 - Mesh headers (``x-mesh-*``) and ``x-forwarded-client-cert`` are the mesh's to set. An app
-  may not forge them: the outbound listener drops what the app sent (keeping only
-  ``x-mesh-timeout-ms``, the app's way to set a deadline), and the inbound listener replaces
-  ``x-forwarded-client-cert`` with what the mTLS handshake proved.
+  may not forge them: the outbound listener drops what the app sent, and the inbound listener
+  replaces ``x-forwarded-client-cert`` with what the mTLS handshake proved. The app's deadline
+  (``grpc-timeout``, or ``x-mesh-timeout-ms``, the app's way to set one over HTTP) is read
+  first (:func:`caller_timeout`); what travels on is the time that remains of it.
 - ``x-forwarded-for`` from a caller is not trusted (it would let any caller claim any address
   and slip past IP allow-lists): the inbound listener drops it.
-- The remaining timeout (``grpc-timeout`` / ``x-mesh-timeout-ms``) differs on every request,
-  so it is sent :func:`unindexed`: kept out of HPACK's table of recently sent headers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ssl
-from typing import cast
-
-from hpack import NeverIndexedHeaderTuple
 
 from mesh.grpc.deadline import parse_timeout
 from mesh.http2 import Headers
@@ -42,26 +38,12 @@ def _te_trailers(name: str, value: str) -> bool:
     return name == "te" and value.strip().lower() == "trailers"
 
 
-def unindexed(name: str, value: str) -> tuple[str, str]:
-    """The header ``name: value``, which HPACK must not add to the connection's dynamic table.
-
-    HPACK adds every header it sends as a literal to a table (4 KiB by default) so that the
-    next request can refer to it by index. A value new on every request gains nothing there;
-    worse, each one pushes the oldest entries out — the stable headers — which must then be
-    sent as literals again and re-added, and every lookup scans the table. Never-indexed is
-    HPACK's only non-indexing literal in ``hpack``; intermediaries keep it so (RFC 7541
-    §7.1.3), which suits a value no one should index. (``bench/sidecar_pair.py``: indexing
-    ``x-mesh-timeout-ms`` cost each hop about N µs of CPU per request.)
-    """
-    # NeverIndexedHeaderTuple is a tuple of the two values; hpack types it as bytes only.
-    return cast(tuple[str, str], NeverIndexedHeaderTuple(name, value))
-
-
 def from_app(headers: Headers) -> Headers:
-    """An app's request as the outbound sidecar forwards it (mesh headers are ours to set)."""
+    """An app's request as the outbound sidecar forwards it, before it adds the remaining
+    timeout and the attempt (mesh headers are ours to set)."""
     return [(k, v) for k, v in headers
             if (k not in HOP_BY_HOP or _te_trailers(k, v)) and k != XFCC and
-            (not k.startswith("x-mesh-") or k == TIMEOUT_HEADER)]
+            k != "grpc-timeout" and not k.startswith("x-mesh-")]
 
 
 def from_peer(headers: Headers, *, client_cert: Headers) -> Headers:

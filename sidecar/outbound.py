@@ -47,12 +47,19 @@ from sidecar.forward import (
     send_response,
 )
 from sidecar.metrics import RESET, SidecarMetrics
+from sidecar.outlier import http_status_of
 from sidecar.pool import ConnectFailure
 from sidecar.retry import Failure, Outcome, Retry, RetryPolicy, RetryState, Stop, StopReason
 
 log = logging.getLogger("sidecar.outbound")
 
 REPLAY_LIMIT = 64 * 1024  # bytes of request body kept for retries (Envoy buffers 1 MiB)
+
+
+def _ok(outcome: Outcome) -> bool:
+    """A success for the balancer's latency estimate: below 500, and gRPC OK if gRPC."""
+    return outcome.status is not None and outcome.status < 500 and \
+        outcome.grpc_status in (None, StatusCode.OK)
 
 
 class Outbound:
@@ -78,7 +85,13 @@ class Outbound:
                               message=f"no route to {authority}{path}")
             self.metrics.request_done("outbound", "none", 404, self.clock.now() - started)
             return
-        cluster = self.config.clusters[target.cluster]
+        cluster = self.config.clusters.get(target.cluster)
+        if cluster is None:  # the route names a cluster not (yet, or any more) known
+            await local_reply(down, grpc=grpc, status=503, grpc_status=StatusCode.UNAVAILABLE,
+                              message=f"no cluster {target.cluster}")
+            self.metrics.request_done("outbound", target.cluster, 503,
+                                      self.clock.now() - started)
+            return
         settings = cluster.settings
         timeout = target.timeout or settings.timeout
         caller = mesh_headers.caller_timeout(values)
@@ -96,7 +109,8 @@ class Outbound:
                                       self.clock.now() - started)
             return
         call = _Call(self, down, cluster, policy, grpc, mesh_headers.from_app(request),
-                     started + timeout)
+                     values.get(":method", "GET"), started + timeout,
+                     key=cluster.hash_key(values))
         status: int | str = RESET  # unless run() returns: the caller reset the stream, which
         try:  # cancels this task
             status = await call.run()
@@ -111,22 +125,28 @@ class _Call:
     """One outbound request and its attempts."""
 
     def __init__(self, outbound: Outbound, down: Downstream, cluster: UpstreamCluster,
-                 policy: RetryPolicy, grpc: bool, request: Headers, deadline: float) -> None:
+                 policy: RetryPolicy, grpc: bool, request: Headers, method: str,
+                 deadline: float, *, key: int | None = None) -> None:
+        """``request`` is the caller's, as forwarded (:func:`~sidecar.headers.from_app`);
+        ``key`` its hash for a ring-hash cluster (None: a random point)."""
         self.outbound = outbound
         self.clock = outbound.clock
         self.down = down
         self.cluster = cluster
         self.grpc = grpc
-        self.request = [(k, v) for k, v in request
-                        if k not in ("grpc-timeout", mesh_headers.TIMEOUT_HEADER)]
-        self.method = dict(request).get(":method", "GET")
+        self.request = request
+        self.method = method
         self.deadline = deadline
-        self.state = RetryState(policy, method=self.method, grpc=grpc, deadline=deadline,
+        self.key = key
+        self.state = RetryState(policy, method=method, grpc=grpc, deadline=deadline,
                                 clock=self.clock, rng=outbound.rng, budget=cluster.budget)
         self.replay = Replay(REPLAY_LIMIT)
         self.pump: asyncio.Task[None] | None = None
         self.responding = False
         self.relaying: Upstream | None = None  # the stream whose response is being relayed
+        # A gRPC answer whose status is still to come in its trailers: its endpoint and latency
+        # to the response headers. Outlier detection and the balancer hear of it at the end.
+        self.unsettled: tuple[Endpoint, float] | None = None
 
     async def run(self) -> int | str:
         """Carry the call to its end; return the HTTP status the caller got (for metrics)."""
@@ -140,11 +160,12 @@ class _Call:
                 self.pump.cancel()
             if self.relaying is not None:  # cut short (deadline, caller gone): stop upstream
                 self.relaying.reset(ErrorCode.CANCEL)
+            self._settle(None)
 
     async def _attempts(self) -> int | str:
         cluster, name = self.cluster, self.cluster.settings.name
         while True:
-            endpoint = cluster.balancer.pick(None, self.state.tried)
+            endpoint = cluster.balancer.pick(self.key, self.state.tried)
             attempt_deadline = self.state.begin_attempt(endpoint.address if endpoint else None)
             if endpoint is None:
                 await local_reply(self.down, grpc=self.grpc, status=503,
@@ -155,7 +176,8 @@ class _Call:
                 up, outcome, response = await self._attempt(endpoint, attempt_deadline)
             except Overloaded as overloaded:  # max_pending_requests: answered at once
                 return await self._overloaded(overloaded.overflow)
-            cluster.record(endpoint.address, outcome)
+            if self.unsettled is None:
+                cluster.record(endpoint.address, outcome)
             decision = self.state.decide(outcome)
             if isinstance(decision, Retry) and self.replay.overflowed:
                 decision = Stop(reason=StopReason.NOT_RETRIABLE)  # the body is gone
@@ -168,6 +190,7 @@ class _Call:
                     self.outbound.metrics.retries.labels(name).inc()
                     if up is not None:
                         up.reset(ErrorCode.CANCEL)
+                    self._settle(None)
                     self._stop_pump()
                     try:
                         await asyncio.sleep(decision.delay)
@@ -177,18 +200,25 @@ class _Call:
             if decision.reason not in (StopReason.NOT_RETRIABLE,):
                 self.outbound.metrics.retries_refused.labels(name, decision.reason.value).inc()
             if up is not None and response is not None:
-                return await self._relay(up, response, endpoint.address)
+                return await self._relay(up, response, endpoint.address, outcome)
             return await self._failed(outcome, endpoint.address)
 
-    async def _relay(self, up: Upstream, response: Headers, address: str) -> int | str:
-        """Relay the response; return its status, or :data:`RESET` if the caller left."""
+    async def _relay(self, up: Upstream, response: Headers, address: str,
+                     outcome: Outcome) -> int | str:
+        """Relay the response; return its status, or :data:`RESET` if the caller left.
+
+        For gRPC the status is the HTTP one Envoy maps the final ``grpc-status`` to (an
+        UNAVAILABLE in the trailers counts as a 503), the same that outlier detection counts.
+        """
         self.responding = True
         self.relaying = up
         try:
             await send_response(up, self.down, response)
         except (StreamReset, ConnectionClosed) as error:
             if self.down.send_closed:  # the caller reset the stream
+                self._settle(None)
                 return RESET
+            self._settle(Outcome(failure=Failure.RESET))
             # The upstream failed halfway through its answer: too late for a status of our
             # own, so the caller's stream is reset too (else it would wait for the rest).
             log.warning("cluster %s: %s failed while responding: %s",
@@ -197,7 +227,21 @@ class _Call:
             return 502
         self.relaying = None
         self._stop_pump()
-        return int(dict(response).get(":status", "200"))
+        if self.unsettled is not None:
+            trailers = dict(up.trailers or ())
+            outcome = Outcome(status=200, grpc_status=code_of(trailers.get("grpc-status")))
+            self._settle(outcome)
+        return http_status_of(outcome)
+
+    def _settle(self, final: Outcome | None) -> None:
+        """Report an attempt whose gRPC status came in its trailers (None: it never came)."""
+        if self.unsettled is None:
+            return
+        endpoint, latency = self.unsettled
+        self.unsettled = None
+        endpoint.finish(latency, final is not None and _ok(final))
+        if final is not None:
+            self.cluster.record(endpoint.address, final)
 
     async def _attempt(self, endpoint: Endpoint, attempt_deadline: float
                        ) -> tuple[Upstream | None, Outcome, Headers | None]:
@@ -241,19 +285,20 @@ class _Call:
             grpc_status = code_of(values["grpc-status"]) if "grpc-status" in values else None
             outcome = Outcome(status=int(values.get(":status", "502")), grpc_status=grpc_status)
         assert outcome is not None
-        ok = outcome.status is not None and outcome.status < 500 and \
-            outcome.grpc_status in (None, StatusCode.OK)
-        endpoint.finish(self.clock.now() - started, ok)
+        if self.grpc and outcome.status == 200 and outcome.grpc_status is None:
+            # The status comes in the trailers: settled when the response ends (the call
+            # counts as in flight on the endpoint until then).
+            self.unsettled = (endpoint, self.clock.now() - started)
+            return up, outcome, response
+        endpoint.finish(self.clock.now() - started, _ok(outcome))
         if response is None and up is not None:
             up.reset(ErrorCode.CANCEL)
         return up, outcome, response
 
     def _headers_for_attempt(self) -> Headers:
         remaining = max(self.deadline - self.clock.now(), 0.0)
-        timeout = (mesh_headers.unindexed("grpc-timeout", format_timeout(remaining))
-                   if self.grpc else
-                   mesh_headers.unindexed(mesh_headers.TIMEOUT_HEADER,
-                                          str(max(1, int(remaining * 1000)))))
+        timeout = (("grpc-timeout", format_timeout(remaining)) if self.grpc
+                   else (mesh_headers.TIMEOUT_HEADER, str(max(1, int(remaining * 1000)))))
         return [*self.request, timeout, (mesh_headers.ATTEMPT_HEADER, str(self.state.attempt))]
 
     async def _send_body(self, up: Upstream) -> None:

@@ -80,11 +80,9 @@ class ConnectionPool:
         return self._with_room() is not None
 
     def _with_room(self) -> Http2Connection | None:
-        for connection in list(self.connections):
-            if connection.close_reason is not None:
-                self.connections.remove(connection)  # dead: forget it
-            elif (connection.available_streams > 0 and
-                  len(connection.streams) < self.max_streams_per_connection):
+        for connection in self.connections:
+            if (connection.available_streams > 0 and  # 0 once draining or closed
+                    len(connection.streams) < self.max_streams_per_connection):
                 return connection
         return None
 

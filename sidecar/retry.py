@@ -151,6 +151,8 @@ class RetryPolicy:
 
     def retriable(self, outcome: Outcome) -> bool:
         """True when ``retry_on`` names this outcome (whatever the method or budget)."""
+        if not self.retry_on:  # the default: every call's outcome is asked about
+            return False
         if outcome.failure is not None:
             return not self.retry_on.isdisjoint(_FAILURE_COVERED_BY[outcome.failure])
         status = outcome.status

@@ -10,6 +10,14 @@ that override the cluster's.
 Without a matching virtual host, a request whose authority names a known cluster goes there:
 apps call ``orders`` or ``orders:50051`` and the mesh works before anyone writes a route.
 
+Routes and clusters arrive as separate updates, so the router is rebuilt whenever either
+changes. A route may name a cluster the sidecar does not have (not yet, or not any more: the
+control plane removes a cluster before the routes that name it): as in Envoy, whose RDS does
+not validate cluster names by default, the route is kept and its requests are answered
+503 / UNAVAILABLE "no cluster" until the cluster arrives or the route goes. A static
+configuration, which has no later update to wait for, is checked up front
+(:meth:`Router.check_clusters`, Envoy's ``validate_clusters`` for static routes).
+
 Pure: the weighted choice takes the caller's ``random.Random``.
 """
 
@@ -79,13 +87,15 @@ class Router:
 
     def __init__(self, configurations: list[RouteConfiguration],
                  clusters: Collection[str]) -> None:
-        """Compile ``configurations``.
+        """Compile ``configurations``; ``clusters`` are the cluster names the sidecar has.
 
         Raises:
-            ValueError: a route names a cluster not in ``clusters``, has a bad regex, or
-                weights that do not add up to 100 (the sidecar NACKs such an update).
+            ValueError: a route names no cluster, has a bad regex, or weights that do not add
+                up to 100 (the sidecar NACKs such an update). A route naming a cluster not in
+                ``clusters`` is not an error here (see :meth:`check_clusters`).
         """
         self._clusters = frozenset(clusters)
+        self._unknown: list[tuple[str, str]] = []  # (route, cluster) for check_clusters
         self._hosts: dict[str, list[_CompiledRoute]] = {}
         for configuration in configurations:
             for host in configuration.virtual_hosts:
@@ -109,9 +119,8 @@ class Router:
             clusters = tuple(cumulative)
         else:
             raise ValueError(f"route {name}: names no cluster")
-        for cluster, _ in clusters:
-            if cluster not in self._clusters:
-                raise ValueError(f"route {name}: unknown cluster {cluster!r}")
+        self._unknown.extend((name, cluster) for cluster, _ in clusters
+                             if cluster not in self._clusters)
         specifier = match.WhichOneof("path_specifier")
         try:
             regex = re.compile(match.safe_regex) if specifier == "safe_regex" else None
@@ -130,9 +139,22 @@ class Router:
                           if action.HasField("retry_policy") else None),
         )
 
+    def check_clusters(self) -> None:
+        """Insist that every route names a known cluster (for a static configuration).
+
+        Raises:
+            ValueError: the first route that names an unknown cluster, and the cluster.
+        """
+        if self._unknown:
+            name, cluster = self._unknown[0]
+            raise ValueError(f"route {name}: unknown cluster {cluster!r}")
+
     def route(self, authority: str, path: str, headers: Mapping[str, str],
               rng: random.Random) -> RouteTarget | None:
-        """The target for a request, or None when nothing matches (the caller answers 404)."""
+        """The target for a request, or None when nothing matches (the caller answers 404).
+
+        The target's cluster may be one the sidecar does not have (the caller answers 503).
+        """
         authority = authority.lower()
         host = authority.rsplit(":", 1)[0] if ":" in authority else authority
         routes = self._hosts.get(authority) or self._hosts.get(host) or self._hosts.get("*")

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from mesh.proto.config_pb2 import ClusterLoadAssignment, Endpoint, MeshPolicy
 from mesh.proto.resources import AUTHORIZATION, CLUSTERS, ENDPOINTS, ROUTES
+from sidecar.router import Router
 
 
 def load(path: Path) -> list[tuple[str, list[Message]]]:
@@ -63,6 +64,11 @@ def load(path: Path) -> list[tuple[str, list[Message]]]:
     for assignment in assignments:  # as the control plane does: endpoints imply a cluster
         if assignment.cluster_name not in named:
             policy.clusters.add(name=assignment.cluster_name)
+            named.add(assignment.cluster_name)
+    try:  # no update will ever bring a missing cluster: refuse the file (Envoy does too)
+        Router(list(policy.routes), named).check_clusters()
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return [
         (CLUSTERS, list(policy.clusters)),
         (ENDPOINTS, list(assignments)),

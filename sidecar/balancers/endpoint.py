@@ -9,7 +9,9 @@ the endpoint and ``finish(latency, ok)`` when the call ends; nothing else change
 The latency estimate is Finagle's and Linkerd's *peak-sensitive EWMA* (``peak_ewma.py`` picks
 with it). A response slower than the estimate replaces it at once, so one slow response is
 enough to steer traffic away; a faster one pulls it down gradually, weighted by the time since
-the last response: ``w = exp(-elapsed / decay)``, ``estimate = estimate * w + rtt * (1 - w)``.
+the last response: ``w = exp(-elapsed / decay)``, ``estimate = estimate * w + rtt * (1 - w)``,
+where ``estimate`` is the value as decayed to now (below) — as in Finagle and tower, whose reads
+decay the estimate before a response is compared with it and blended in.
 A new endpoint starts from ``default_rtt`` rather than zero, so it is not flooded before anyone
 has measured it. Every endpoint keeps both signals whatever the cluster's balancer, so the
 admin page can show why a pick happened (in Istio issue 47804 least request silently lost its
@@ -114,12 +116,19 @@ class Endpoint:
             raise RuntimeError(f"endpoint {self.address}: finish() without a matching start()")
         self.active -= 1
         now = self._clock.now()
-        if latency > self._estimate:
-            self._estimate = latency  # peak-sensitive: a slower response counts at once
-        elif ok:
+        if ok:
+            # Decay first: a response is compared with the estimate as it stands now (what
+            # ``latency_estimate`` shows), not as it stood at the last response, or a fast
+            # answer after a quiet spell would pull the estimate *up* toward a stale peak.
             w = math.exp(-(now - self._stamp) / self._decay)
-            self._estimate = self._estimate * w + latency * (1.0 - w)
-        self._stamp = now
+            current = self._estimate * w
+            if latency > current:
+                self._estimate = latency  # peak-sensitive: a slower response counts at once
+            else:
+                self._estimate = current * w + latency * (1.0 - w)
+        elif latency > self._estimate:
+            self._estimate = latency  # a slow failure is still slow
+        self._stamp = now  # a failure holds the last measured estimate: no idle decay
 
     def latency_estimate(self) -> float:
         """The peak-EWMA latency in seconds, decayed toward zero for the time since a response."""

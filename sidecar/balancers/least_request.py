@@ -58,6 +58,8 @@ class LeastRequestBalancer(Balancer):
 
     def _choose(self, candidates: Sequence[Endpoint], available: Sequence[Endpoint],
                 key: int | None) -> Endpoint:
+        if len(available) == 1:  # no choice to make (a cluster of one: bench/sidecar_pair.py)
+            return available[0]
         if self._weighted(available):
             return self._schedule.pick(candidates, available, self._effective_weight)
         sample = self._rng.sample(candidates, min(self._config.choice_count, len(candidates)))

@@ -8,10 +8,11 @@ a call's key hashes to a point, and the call goes to the endpoint at the next po
 When an endpoint leaves, only the keys on its arcs move (to the next endpoints clockwise); when
 one joins, it takes over only the arcs in front of its own points: about 1/N of the keys.
 
-The caller passes the key as a 64-bit hash (``hash_key`` of a header value or of the caller's
-identity); a call without one goes to a random point. Unavailable endpoints are passed over on
-the way round, which is the same as leaving them off the ring, and so is an endpoint the call
-should avoid (Envoy, for a retry: "behave as if this host was not in the ring").
+The caller passes the key as a 64-bit hash: ``hash_key`` of the value of the request header the
+cluster names (``hash_header``: a user, a session, an object id). A call without one goes to a
+random point, as in Envoy when no hash policy yields a hash. Unavailable endpoints are passed
+over on the way round, which is the same as leaving them off the ring, and so is an endpoint
+the call should avoid (Envoy, for a retry: "behave as if this host was not in the ring").
 
 Where we differ from Envoy on purpose: Envoy spreads a ring of ``minimum_ring_size`` (1024) or
 more entries over the endpoints by normalised weight, so one endpoint joining changes every

@@ -97,3 +97,31 @@ async def test_calls_waiting_for_a_connection_are_capped_by_max_pending_requests
     text = await mesh.admin(client, "/metrics")
     assert metric(text, "mesh_sidecar_circuit_breaker_overflows_total", cluster="backend",
                   limit="max_pending_requests") == 8
+
+
+
+async def test_max_retries_refuses_retries_and_says_so(mesh: Mesh) -> None:
+    # Four calls fail at once and each may be retried once after a 1 s backoff, but
+    # max_retries 1 lets only one retry be in flight: the other three are refused at once,
+    # counted under the circuit breaker's own reason, not the retry budget's.
+    (failing,) = await mesh.replicas({"name": "failing", "fail_rate": 1.0})
+    client = await mesh.sidecar("client", {
+        "clusters": [{"name": "backend", "circuit_breakers": {"max_retries": 1},
+                      "retry_policy": {"retry_on": ["5xx"], "num_retries": 1,
+                                       "backoff": {"base_interval": "1s",
+                                                   "max_interval": "1s"}},
+                      "retry_budget": {"disabled": True}}],
+        "endpoints": {"backend": [failing.sidecar.endpoint_config]}}, client=True)
+
+    results = await drive(client, requests=4, concurrency=4)
+
+    assert [r.status for r in results] == [503] * 4
+    assert (await mesh.stats(failing))["requests"] == 4 + 1  # the one retry
+    text = await mesh.admin(client, "/metrics")
+    refused = {reason: metric(text, "mesh_sidecar_retries_refused_total", cluster="backend",
+                              reason=reason)
+               for reason in ("circuit-breaker", "budget-exhausted")}
+    assert refused == {"circuit-breaker": 3, "budget-exhausted": 0}
+    assert metric(text, "mesh_sidecar_circuit_breaker_overflows_total", cluster="backend",
+                  limit="max_retries") == 3
+    assert metric(text, "mesh_sidecar_retries_total", cluster="backend") == 1

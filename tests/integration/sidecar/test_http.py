@@ -27,6 +27,7 @@ from tests.integration.sidecar.conftest import (
     STRICT_TIMEOUT,
     W1_HOST,
     Mesh,
+    SidecarProcess,
     run_tool,
 )
 
@@ -218,3 +219,33 @@ async def test_a_caller_that_hangs_up_cancels_the_apps_request(mesh: Mesh,
 
     assert code == 28  # curl: operation timed out
     assert await _next_cancelled(mesh) == test_id
+
+
+async def test_a_caller_that_resets_its_stream_is_counted_as_reset(mesh: Mesh) -> None:
+    test_id = "reset-by-caller"
+
+    async def resets(sidecar: SidecarProcess, direction: str) -> float:
+        return await sidecar.metric("mesh_sidecar_requests_total", cluster="web", code="reset",
+                                    direction=direction)
+
+    before = (await resets(mesh.a, "outbound"), await resets(mesh.w1, "inbound"))
+    connection = await connect(A_HOST, OUTBOUND)
+    try:
+        stream = connection.open_stream([
+            (":method", "GET"), (":scheme", "http"), (":authority", "web"),
+            (":path", "/slow?ms=10000"), ("x-test-id", test_id)], end_stream=True)
+        for _ in range(100):  # until the app has the request, at most 5 s
+            if test_id in mesh.web.requests:
+                break
+            await asyncio.sleep(0.05)
+        stream.reset()  # RST_STREAM(CANCEL), the connection stays open
+
+        assert await _next_cancelled(mesh) == test_id
+        for _ in range(100):  # the metrics are counted as the cancellation unwinds
+            after = (await resets(mesh.a, "outbound"), await resets(mesh.w1, "inbound"))
+            if after == (before[0] + 1, before[1] + 1):
+                break
+            await asyncio.sleep(0.05)
+        assert after == (before[0] + 1, before[1] + 1)
+    finally:
+        await connection.shutdown(1.0)

@@ -97,11 +97,33 @@ def test_retry_settings_are_read() -> None:
         backoff=Backoff(base_interval=0.01, max_interval=1.0, jitter=Jitter.FULL))
 
 
-def test_a_budget_without_a_floor_is_allowed_and_one_may_be_switched_off() -> None:
-    # Present but with the floor left out: proto3 reads that as 0, and a written 0 means 0.
+def test_a_budget_block_fills_in_what_it_leaves_out_and_one_may_be_switched_off() -> None:
+    # The floor left out: the documented 10 per second, not proto3's 0.
     assert settings(retry_budget={"retry_ratio": 0.1}).retry_budget == RetryBudgetConfig(
-        retry_ratio=0.1, min_retries_per_second=0, ttl=10.0)
+        retry_ratio=0.1, min_retries_per_second=10, ttl=10.0)
+    assert settings(retry_budget={"ttl": "5s"}).retry_budget == RetryBudgetConfig(
+        retry_ratio=0.2, min_retries_per_second=10, ttl=5.0)
     assert settings(retry_budget={"disabled": True}).retry_budget is None
+
+
+def test_a_written_zero_in_a_budget_means_zero() -> None:
+    # No retries beyond the floor, or no floor: both valid, neither is "use the default".
+    assert settings(retry_budget={"retry_ratio": 0}).retry_budget == RetryBudgetConfig(
+        retry_ratio=0.0, min_retries_per_second=10, ttl=10.0)
+    assert settings(retry_budget={"min_retries_per_second": 0}).retry_budget == \
+        RetryBudgetConfig(retry_ratio=0.2, min_retries_per_second=0, ttl=10.0)
+    assert settings(retry_budget={"kind": "CONCURRENCY", "retry_ratio": 0,
+                                  "min_retry_concurrency": 0}).retry_budget == \
+        ConcurrencyBudgetConfig(budget_percent=0.0, min_retry_concurrency=0)
+
+
+def test_a_written_zero_survives_the_wire() -> None:
+    # What the control plane sends is serialised: presence must travel with the value.
+    sent = ParseDict({"name": "orders", "retry_budget": {"retry_ratio": 0,
+                                                         "min_retries_per_second": 0}}, Cluster())
+    received = Cluster.FromString(sent.SerializeToString())
+    assert settings_from(received).retry_budget == RetryBudgetConfig(
+        retry_ratio=0.0, min_retries_per_second=0, ttl=10.0)
 
 
 @pytest.mark.parametrize(("fields", "message"), [

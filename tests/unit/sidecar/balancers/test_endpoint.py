@@ -52,7 +52,8 @@ def test_a_faster_response_pulls_the_estimate_down_by_elapsed_time() -> None:
     endpoint.start()
     endpoint.finish(0.010, ok=True)
     w = math.exp(-1)
-    assert endpoint.latency_estimate() == pytest.approx(0.100 * w + 0.010 * (1 - w))
+    # Decayed to now first (100 ms * w), then blended with the response.
+    assert endpoint.latency_estimate() == pytest.approx(0.100 * w * w + 0.010 * (1 - w))
 
 
 def test_responses_in_quick_succession_barely_move_the_estimate() -> None:
@@ -71,9 +72,33 @@ def test_the_estimate_decays_toward_zero_while_idle_and_reading_changes_nothing(
     assert first == pytest.approx(0.100 * math.exp(-2))
     assert endpoint.latency_estimate() == first  # reading is not an observation
     endpoint.start()
-    endpoint.finish(0.050, ok=True)  # blends with the stored 100 ms, weighted by 20 s
+    endpoint.finish(0.010, ok=True)  # blends with the decayed 13.5 ms, weighted by 20 s
     w = math.exp(-2)
-    assert endpoint.latency_estimate() == pytest.approx(0.100 * w + 0.050 * (1 - w))
+    assert endpoint.latency_estimate() == pytest.approx(first * w + 0.010 * (1 - w))
+
+
+def test_a_fast_answer_after_a_quiet_spell_lowers_what_the_estimate_reads() -> None:
+    # The reviewer's numbers: 100 ms, then 10 s idle reads 36.8 ms; a 30 ms success must not
+    # raise it (blending with the stored 100 ms gave 55.8 ms).
+    clock = FakeClock()
+    endpoint = make(clock, decay=10.0, default_rtt=0.100)
+    clock.advance(10.0)
+    before = endpoint.latency_estimate()
+    assert before == pytest.approx(0.0368, abs=1e-4)
+    endpoint.start()
+    endpoint.finish(0.030, ok=True)
+    after = endpoint.latency_estimate()
+    assert 0.030 < after < before
+    assert after == pytest.approx(0.0325, abs=1e-4)
+
+
+def test_a_response_slower_than_the_decayed_estimate_is_a_new_peak() -> None:
+    clock = FakeClock()
+    endpoint = make(clock, decay=10.0, default_rtt=0.100)
+    clock.advance(10.0)  # reads 36.8 ms: 50 ms is slower than that, though faster than 100 ms
+    endpoint.start()
+    endpoint.finish(0.050, ok=True)
+    assert endpoint.latency_estimate() == 0.050
 
 
 def test_a_fast_failure_never_makes_an_endpoint_look_faster() -> None:
