@@ -232,9 +232,9 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> Report:
         "Client connections: the HTTP/1.1 client needs one per request in flight; gRPC "
         "multiplexes every call on one.",
         "A rate past what two Python sidecars carry on this machine shows as latency climbing "
-        "towards the 5 s call timeout. The gRPC client then cancels its late calls, and that "
-        "many cancellations on one connection trip the outbound listener's Rapid Reset guard "
-        "(GOAWAY ENHANCE_YOUR_CALM), which fails the calls still on it: the errors column.",
+        "towards the 5 s call timeout; the calls that reach it are cancelled (errors column). "
+        "Those cancellations come late in a stream's life, so the Rapid Reset guard, which "
+        "counts only premature resets (mesh/http2/limits.py), leaves the connection open.",
         "Numbers vary from run to run: the machine is shared and loaded.",
     ]
 
