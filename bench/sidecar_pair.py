@@ -60,8 +60,7 @@ clusters:
 - name: backend
   # the memory figure holds thousands of requests until all have arrived: lift the default
   # limit of 1024 and the 15 s timeout (slow to reach on a busy machine)
-  circuit_breakers: {{max_connections: 100000, max_pending_requests: 100000,
-                     max_requests: 100000}}
+  circuit_breakers: {{max_pending_requests: 100000, max_requests: 100000}}
   timeout: 300s
 routes:
 - name: bench

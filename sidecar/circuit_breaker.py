@@ -12,7 +12,6 @@ Despite the name these are not Hystrix's open / half-open / closed state machine
 reacting to failing endpoints is outlier detection's job (``outlier.py``).
 
     limit                  counts                                         Envoy's default
-    max_connections        connections open to the cluster's endpoints    1024
     max_pending_requests   requests waiting for a connection or stream    1024
     max_requests           requests in flight                             1024
     max_retries            retries in flight (including their backoff)   3
@@ -20,7 +19,8 @@ reacting to failing endpoints is outlier detection's job (``outlier.py``).
 ``try_acquire`` returns a ``Permit`` to ``release()`` when the thing it counts ends, or an
 ``Overflow`` naming the limit that tripped; code deep in a call that meets an overflow raises
 ``Overloaded`` to end the call with it. Envoy keeps a set of limits per priority; the mesh has
-one priority.
+one priority. Envoy's ``max_connections`` is left out: over HTTP/2 the pool opens a connection
+per ``max_streams_per_connection`` requests, so ``max_requests`` bounds connections already.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from enum import Enum
 class Limit(Enum):
     """What a permit counts; the value is the name of its limit in the configuration."""
 
-    CONNECTIONS = "max_connections"
     PENDING_REQUESTS = "max_pending_requests"
     REQUESTS = "max_requests"
     RETRIES = "max_retries"
@@ -42,7 +41,6 @@ class Limit(Enum):
 class CircuitBreakerConfig:
     """Envoy's ``CircuitBreakers.Thresholds``, with its defaults."""
 
-    max_connections: int = 1024
     max_pending_requests: int = 1024
     max_requests: int = 1024
     max_retries: int = 3

@@ -46,7 +46,7 @@ from sidecar.circuit_breaker import (
 )
 from sidecar.metrics import SidecarMetrics
 from sidecar.outlier import Ejected, OutlierDetectionConfig, OutlierDetector, Returned
-from sidecar.pool import ConnectionPool
+from sidecar.pool import DEFAULT_MAX_STREAMS, ConnectionPool
 from sidecar.retry import Outcome, RetryOn, RetryPolicy
 from sidecar.retry_budget import (
     Budget,
@@ -61,7 +61,6 @@ log = logging.getLogger("sidecar.cluster")
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_TIMEOUT = 15.0  # Envoy's route timeout
 DEFAULT_IDLE_TIMEOUT = 60.0
-DEFAULT_MAX_STREAMS = 100
 
 
 def seconds(duration: Duration) -> float:
@@ -174,7 +173,6 @@ def settings_from(cluster: Cluster) -> ClusterSettings:
         retry_budget=budget,
         outlier=outlier,
         breakers=CircuitBreakerConfig(
-            max_connections=cb.max_connections or 1024,
             max_pending_requests=cb.max_pending_requests or 1024,
             max_requests=cb.max_requests or 1024,
             max_retries=cb.max_retries or 3),

@@ -153,16 +153,14 @@ class OutlierDetection(_message.Message):
     def __init__(self, consecutive_5xx: _Optional[int] = ..., consecutive_gateway_failure: _Optional[int] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., base_ejection_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_ejection_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_ejection_percent: _Optional[int] = ...) -> None: ...
 
 class CircuitBreakers(_message.Message):
-    __slots__ = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
-    MAX_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("max_pending_requests", "max_requests", "max_retries")
     MAX_PENDING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
-    max_connections: int
     max_pending_requests: int
     max_requests: int
     max_retries: int
-    def __init__(self, max_connections: _Optional[int] = ..., max_pending_requests: _Optional[int] = ..., max_requests: _Optional[int] = ..., max_retries: _Optional[int] = ...) -> None: ...
+    def __init__(self, max_pending_requests: _Optional[int] = ..., max_requests: _Optional[int] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class ConnectionPool(_message.Message):
     __slots__ = ("max_streams_per_connection", "idle_timeout")

@@ -16,7 +16,7 @@ from sidecar.circuit_breaker import (
 
 def test_defaults_are_envoys() -> None:
     config = CircuitBreakerConfig()
-    assert [config.maximum(limit) for limit in Limit] == [1024, 1024, 1024, 3]
+    assert [config.maximum(limit) for limit in Limit] == [1024, 1024, 3]
 
 
 def test_permits_up_to_the_limit_then_an_overflow_naming_it() -> None:
@@ -45,21 +45,21 @@ def test_limits_are_independent() -> None:
     breaker = CircuitBreaker(CircuitBreakerConfig(max_pending_requests=0))
     overflow = breaker.try_acquire(Limit.PENDING_REQUESTS)
     assert isinstance(overflow, Overflow) and overflow.limit.value == "max_pending_requests"
-    assert isinstance(breaker.try_acquire(Limit.CONNECTIONS), Permit)
+    assert isinstance(breaker.try_acquire(Limit.RETRIES), Permit)
     assert isinstance(breaker.try_acquire(Limit.REQUESTS), Permit)
 
 
 def test_new_limits_apply_at_once_and_counts_carry_over() -> None:
     breaker = CircuitBreaker()
     for _ in range(5):
-        breaker.try_acquire(Limit.CONNECTIONS)
-    breaker.config = CircuitBreakerConfig(max_connections=5)
-    assert isinstance(breaker.try_acquire(Limit.CONNECTIONS), Overflow)
+        breaker.try_acquire(Limit.REQUESTS)
+    breaker.config = CircuitBreakerConfig(max_requests=5)
+    assert isinstance(breaker.try_acquire(Limit.REQUESTS), Overflow)
 
 
 def test_rejects_nonsense() -> None:
-    with pytest.raises(ValueError, match="max_connections -1"):
-        CircuitBreakerConfig(max_connections=-1)
+    with pytest.raises(ValueError, match="max_requests -1"):
+        CircuitBreakerConfig(max_requests=-1)
 
 
 def test_an_overflow_met_mid_call_is_raised_naming_the_limit() -> None:

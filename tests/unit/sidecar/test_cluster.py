@@ -64,8 +64,8 @@ def test_an_empty_cluster_gets_the_anchors_defaults() -> None:
     assert s.retry_budget == RetryBudgetConfig(retry_ratio=0.2, min_retries_per_second=10,
                                                ttl=10.0)  # Finagle / Linkerd
     assert s.outlier is None  # off unless configured, as in Envoy
-    assert s.breakers == CircuitBreakerConfig(max_connections=1024, max_pending_requests=1024,
-                                              max_requests=1024, max_retries=3)  # Envoy
+    assert s.breakers == CircuitBreakerConfig(max_pending_requests=1024, max_requests=1024,
+                                              max_retries=3)  # Envoy
 
 
 def test_outlier_detection_defaults_are_envoys() -> None:
