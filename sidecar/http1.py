@@ -191,6 +191,11 @@ class _Http1Exchange:
         self._ended = self._send_closed = True
 
 
+APP_CONNECTIONS = 64
+"""Connections to an HTTP/1.1 app, each carrying one request at a time; fewer than the listen
+backlog servers default to (asyncio 100, aiohttp 128)."""
+
+
 class Http1App:
     """The local HTTP/1.1 app as a pool of ``Upstream`` exchanges (keep-alive connections)."""
 
@@ -202,9 +207,14 @@ class Http1App:
     async def open_stream(self, headers: Headers, *, end_stream: bool = False
                           ) -> _Http1Exchange:
         if self._session is None:
+            # At most APP_CONNECTIONS connections: a burst of requests beyond them waits for
+            # a free one (within the caller's deadline) instead of connecting all at once and
+            # overflowing the app's listen backlog, whose dropped SYNs outlast the connect
+            # timeout (test_load.py: 400 requests at once, a few refused). The connect
+            # timeout covers making a connection, not waiting for one.
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout),
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+                connector=aiohttp.TCPConnector(limit=APP_CONNECTIONS, keepalive_timeout=30))
         return _Http1Exchange(self._session, self.base, headers, end_stream)
 
     async def close(self) -> None:
