@@ -34,7 +34,7 @@ from mesh.grpc.status import code_of
 from mesh.http2 import ConnectionClosed, ErrorCode, Headers, StreamRefused, StreamReset
 from sidecar import headers as mesh_headers
 from sidecar.balancers import Endpoint
-from sidecar.circuit_breaker import Limit, Overflow, Overloaded
+from sidecar.circuit_breaker import Limit, Overflow, Overloaded, Permit
 from sidecar.cluster import UpstreamCluster
 from sidecar.config import LiveConfig
 from sidecar.forward import (
@@ -147,6 +147,9 @@ class _Call:
         # A gRPC answer whose status is still to come in its trailers: its endpoint and latency
         # to the response headers. Outlier detection and the balancer hear of it at the end.
         self.unsettled: tuple[Endpoint, float] | None = None
+        # The latest retry's max_retries permit, held from its backoff until the call ends or
+        # the next retry takes over: the breaker counts retries in flight, as Envoy's does.
+        self.retry_permit: Permit | None = None
 
     async def run(self) -> int | str:
         """Carry the call to its end; return the HTTP status the caller got (for metrics)."""
@@ -156,6 +159,8 @@ class _Call:
         except TimeoutError:
             return await self._deadline_passed()
         finally:
+            if self.retry_permit is not None:
+                self.retry_permit.release()
             if self.pump is not None and not self.pump.done():
                 self.pump.cancel()
             if self.relaying is not None:  # cut short (deadline, caller gone): stop upstream
@@ -182,6 +187,9 @@ class _Call:
             if isinstance(decision, Retry) and self.replay.overflowed:
                 decision = Stop(reason=StopReason.NOT_RETRIABLE)  # the body is gone
             if isinstance(decision, Retry):
+                if self.retry_permit is not None:  # the retry before this one is over
+                    self.retry_permit.release()
+                    self.retry_permit = None
                 retry = cluster.breaker.try_acquire(Limit.RETRIES)
                 if isinstance(retry, Overflow):
                     self.outbound.metrics.overflows.labels(name, retry.limit.value).inc()
@@ -192,10 +200,8 @@ class _Call:
                         up.reset(ErrorCode.CANCEL)
                     self._settle(None)
                     self._stop_pump()
-                    try:
-                        await asyncio.sleep(decision.delay)
-                    finally:
-                        retry.release()
+                    self.retry_permit = retry
+                    await asyncio.sleep(decision.delay)
                     continue
             if decision.reason not in (StopReason.NOT_RETRIABLE,):
                 self.outbound.metrics.retries_refused.labels(name, decision.reason.value).inc()

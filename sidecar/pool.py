@@ -7,7 +7,8 @@ SETTINGS_MAX_CONCURRENT_STREAMS, or at our own ``max_streams_per_connection``
 (:data:`DEFAULT_MAX_STREAMS`), because ``h2`` gets slower as streams pile up on one connection.
 
 Requests that arrive while a connection is being opened wait for that one rather than each
-opening their own. A connection that received GOAWAY drains (its streams finish) and is
+opening their own — up to ``max_streams_per_connection`` of them; a bigger burst opens more
+connections side by side. A connection that received GOAWAY drains (its streams finish) and is
 replaced for new requests; a dead one is dropped. Idle connections close themselves after
 ``idle_timeout`` — shorter than the server's, so the client, not the server, decides when a
 connection is done (the "503 on a reused keep-alive connection" race).
@@ -20,17 +21,18 @@ import contextlib
 import logging
 import ssl as ssl_module
 from collections.abc import Callable
+from typing import cast
 
 from mesh.http2 import ConnectionClosed, Headers, Http2Connection, Limits, Stream, connect
 
 log = logging.getLogger("sidecar.pool")
 
-DEFAULT_MAX_STREAMS = 100
-"""Streams per connection before another is opened. Fewer would spread a load over more
-connections: in ``bench/sidecar_pair.py`` 25 gave about 1.3× the req/s at 100 streams in
-flight (both sidecars work at once on different connections' batches), but connections are
-opened one after another, so a burst of 5,000 streams then took 23 s instead of 4 s to reach
-the app."""
+DEFAULT_MAX_STREAMS = 25
+"""Streams per connection before another is opened. ``h2``'s cost per frame grows with the
+streams open on its connection, and the two sidecars of a hop work on different connections'
+batches at once: in ``bench/sidecar_pair.py`` 25 gave about 1.3× the req/s of 100 at 100
+streams in flight. A burst opens its connections side by side (see above); opened one after
+another, 5,000 streams took 23 s instead of 4 s to reach the app."""
 
 
 class ConnectFailure(Exception):
@@ -54,7 +56,9 @@ class ConnectionPool:
         self.connections_opened = 0
         self.connect_failures = 0
         self.streams_opened = 0
-        self._connecting: asyncio.Task[Http2Connection] | None = None
+        # Connections being opened, each with the number of requests waiting for it: a burst
+        # opens connections side by side, each awaited by up to max_streams_per_connection.
+        self._connecting: dict[asyncio.Task[Http2Connection], int] = {}
         self._on_connect = on_connect
 
     def __repr__(self) -> str:
@@ -75,9 +79,12 @@ class ConnectionPool:
                     continue  # it started draining just now: try another
                 self.streams_opened += 1
                 return stream
-            if self._connecting is None:
-                self._connecting = asyncio.create_task(self._connect())
-            connecting = self._connecting
+            connecting = next((task for task, waiting in self._connecting.items()
+                               if waiting < self.max_streams_per_connection), None)
+            if connecting is None:
+                connecting = asyncio.create_task(self._connect())
+                self._connecting[connecting] = 0
+            self._connecting[connecting] += 1
             try:
                 await asyncio.shield(connecting)
             except Exception as error:
@@ -104,7 +111,8 @@ class ConnectionPool:
                         error or type(error).__name__)
             raise
         finally:
-            self._connecting = None
+            self._connecting.pop(cast("asyncio.Task[Http2Connection]", asyncio.current_task()),
+                                 None)
         self.connections_opened += 1
         self.connections.append(connection)
         # Forgotten as soon as it closes (idle, GOAWAY drained, peer gone), so the pool's
@@ -124,9 +132,9 @@ class ConnectionPool:
 
     async def close(self, grace: float = 5.0) -> None:
         """Drain every connection (GOAWAY; streams in flight finish), then close."""
-        if self._connecting is not None:
-            self._connecting.cancel()
+        for connecting in list(self._connecting):
+            connecting.cancel()
             with contextlib.suppress(BaseException):
-                await self._connecting
+                await connecting
         await asyncio.gather(*(c.shutdown(grace) for c in self.connections))
         self.connections.clear()
