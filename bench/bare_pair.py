@@ -35,6 +35,7 @@ from h2.events import (
     WindowUpdated,
 )
 
+from mesh.address import host_port
 from mesh.loop import run
 from mesh.tls import client_context, server_context
 
@@ -159,12 +160,6 @@ def downstream_factory(upstream: tuple[str, int],
 _dials: set[asyncio.Task[None]] = set()  # keeps the connect tasks referenced until they end
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
-    return host, int(port)
-
 
 async def serve(listen: tuple[str, int], upstream: tuple[str, int],
                 listen_tls: ssl.SSLContext | None, upstream_tls: ssl.SSLContext | None) -> None:
@@ -178,8 +173,8 @@ async def serve(listen: tuple[str, int], upstream: tuple[str, int],
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--listen", type=_address, required=True)
-    parser.add_argument("--upstream", type=_address, required=True)
+    parser.add_argument("--listen", type=host_port, required=True)
+    parser.add_argument("--upstream", type=host_port, required=True)
     parser.add_argument("--listen-tls", action="store_true", help="accept mTLS (inbound hop)")
     parser.add_argument("--upstream-tls", action="store_true", help="dial mTLS (outbound hop)")
     parser.add_argument("--cert", help="this hop's certificate (PEM), for mTLS")

@@ -17,14 +17,8 @@ from certs.pki import create_ca, parse_validity, write_ca
 from controlplane.api import start_api
 from controlplane.policy import PolicyError
 from controlplane.server import ControlPlane
+from mesh.address import host_port
 from mesh.loop import run
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,9 +31,9 @@ def parser() -> argparse.ArgumentParser:
                    help="create the CA if the folder has none [MESH_INIT_PKI=1]")
     p.add_argument("--trust-domain", default=env("MESH_TRUST_DOMAIN", "cluster.local"),
                    help="trust domain of a CA made by --init-pki [MESH_TRUST_DOMAIN]")
-    p.add_argument("--listen", type=_address, default=env("MESH_CP_LISTEN", "127.0.0.1:15012"),
+    p.add_argument("--listen", type=host_port, default=env("MESH_CP_LISTEN", "127.0.0.1:15012"),
                    help="gRPC (mTLS) address [MESH_CP_LISTEN]")
-    p.add_argument("--api", type=_address, default=env("MESH_CP_API", "127.0.0.1:15014"),
+    p.add_argument("--api", type=host_port, default=env("MESH_CP_API", "127.0.0.1:15014"),
                    help="operator HTTP API address [MESH_CP_API]")
     p.add_argument("--policy", type=Path, default=env("MESH_POLICY") or None,
                    help="policy YAML file or folder, hot-reloaded [MESH_POLICY]")

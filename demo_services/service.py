@@ -29,6 +29,7 @@ from aiohttp import web
 
 from demo_services.admin import make_admin
 from demo_services.faults import Faults, Verdict
+from mesh.address import host_port
 from mesh.clock import SYSTEM_CLOCK
 from mesh.grpc import Channel, GrpcError, GrpcServer, StatusCode
 from mesh.http2 import serve
@@ -40,13 +41,6 @@ GRACE = 2.0  # seconds calls in flight get to finish on shutdown
 APP_PORT = 8080  # every service's default; each instance has its own address (or netns)
 ADMIN_PORT = 8081
 
-
-def address(text: str) -> Address:
-    """``HOST:PORT`` as a pair (argparse type)."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,14 +60,14 @@ def parser(service: str, *, calls_others: bool) -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(prog=f"python -m demo_services.{service}",
                                 description=f"The shop's {service} service.")
-    p.add_argument("--listen", type=address,
+    p.add_argument("--listen", type=host_port,
                    default=env("DEMO_LISTEN", f"127.0.0.1:{APP_PORT}"),
                    help="where the app listens (its sidecar's --app) [DEMO_LISTEN]")
-    p.add_argument("--admin", type=address,
+    p.add_argument("--admin", type=host_port,
                    default=env("DEMO_ADMIN", f"127.0.0.1:{ADMIN_PORT}"),
                    help="the fault-knob admin endpoint [DEMO_ADMIN]")
     if calls_others:
-        p.add_argument("--sidecar", type=address,
+        p.add_argument("--sidecar", type=host_port,
                        default=env("DEMO_SIDECAR", "127.0.0.1:15001"),
                        help="the local sidecar's outbound listener [DEMO_SIDECAR]")
     p.add_argument("--replica", default=env("DEMO_REPLICA", f"{service}@{socket.gethostname()}"),

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from demo_services.proto.hello_pb2 import HelloReply, HelloRequest
+from mesh.address import host_port
 from mesh.grpc import Cardinality, Channel, Context, GrpcServer
 from mesh.http2 import serve
 from mesh.loop import run
@@ -102,12 +103,6 @@ async def serve_chain(args: argparse.Namespace) -> None:
         await server.shutdown(grace=0.1)
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
-    return host, int(port)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.chain",
@@ -116,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hop-timeout", type=float, default=1.0,
                         help="mode timeouts: each call's own timeout, seconds")
     for tier in ("a", "b", "c"):
-        parser.add_argument(f"--{tier}", type=_address, required=True,
+        parser.add_argument(f"--{tier}", type=host_port, required=True,
                             help=f"where tier {tier.upper()} listens (h2c)")
-    parser.add_argument("--a-sidecar", type=_address, required=True,
+    parser.add_argument("--a-sidecar", type=host_port, required=True,
                         help="A's sidecar outbound listener (A calls b through it)")
-    parser.add_argument("--b-sidecar", type=_address, required=True,
+    parser.add_argument("--b-sidecar", type=host_port, required=True,
                         help="B's sidecar outbound listener (B calls c through it)")
     parser.add_argument("--stats", type=Path, required=True, help="where C's record goes")
     run(serve_chain(parser.parse_args(argv)))

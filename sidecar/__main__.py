@@ -15,15 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
+from mesh.address import host_port
 from mesh.loop import run
 from sidecar.proxy import Sidecar, SidecarOptions
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"want HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,22 +29,22 @@ def parser() -> argparse.ArgumentParser:
                    help="its namespace, part of its SPIFFE ID [MESH_NAMESPACE]")
     p.add_argument("--trust-domain", default=env("MESH_TRUST_DOMAIN", "cluster.local"),
                    help="the mesh's trust domain [MESH_TRUST_DOMAIN]")
-    p.add_argument("--outbound", type=_address, default=env("MESH_OUTBOUND", "127.0.0.1:15001"),
+    p.add_argument("--outbound", type=host_port, default=env("MESH_OUTBOUND", "127.0.0.1:15001"),
                    help="listener for the local app's calls, h2c or HTTP/1.1 [MESH_OUTBOUND]")
-    p.add_argument("--inbound", type=_address, default=env("MESH_INBOUND", "127.0.0.1:15006"),
+    p.add_argument("--inbound", type=host_port, default=env("MESH_INBOUND", "127.0.0.1:15006"),
                    help="mTLS listener for peer sidecars [MESH_INBOUND]")
-    p.add_argument("--admin", type=_address, default=env("MESH_ADMIN", "127.0.0.1:15000"),
+    p.add_argument("--admin", type=host_port, default=env("MESH_ADMIN", "127.0.0.1:15000"),
                    help="admin endpoint: /metrics /config_dump /clusters /ready [MESH_ADMIN]")
     p.add_argument("--advertise", default=env("MESH_ADVERTISE"),
                    help="address to register (default: the inbound host) [MESH_ADVERTISE]")
-    p.add_argument("--app", type=_address, default=env("MESH_APP", "127.0.0.1:8080"),
+    p.add_argument("--app", type=host_port, default=env("MESH_APP", "127.0.0.1:8080"),
                    help="the local app [MESH_APP]")
     p.add_argument("--app-protocol", choices=["h2c", "http1"],
                    default=env("MESH_APP_PROTOCOL") or None,
                    help="what the app speaks; unset: as the configuration's cluster for this "
                         "service declares (app_protocol GRPC or HTTP1), else h2c "
                         "[MESH_APP_PROTOCOL]")
-    p.add_argument("--control-plane", type=_address, default=env("MESH_CONTROL_PLANE"),
+    p.add_argument("--control-plane", type=host_port, default=env("MESH_CONTROL_PLANE"),
                    help="the control plane's gRPC address [MESH_CONTROL_PLANE]")
     p.add_argument("--bootstrap-ca", type=Path, default=env("MESH_BOOTSTRAP_CA"),
                    help="the mesh CA certificate, to verify the control plane on first start "
