@@ -11,6 +11,8 @@
 
 Protocol violations by the peer never surface as exceptions to the application: the connection
 answers them with GOAWAY and closes, and every stream on it fails with ``ConnectionClosed``.
+A malformed header block (:mod:`mesh.http2.fields`) spoils only its stream: that stream is reset
+with PROTOCOL_ERROR (``StreamReset`` saying what was malformed) and the others carry on.
 """
 
 from __future__ import annotations
@@ -69,9 +71,10 @@ class ConnectionClosed(Http2Error):
 class StreamReset(Http2Error):
     """The stream was reset with RST_STREAM before it completed."""
 
-    def __init__(self, stream_id: int, code: int, *, by_peer: bool) -> None:
+    def __init__(self, stream_id: int, code: int, *, by_peer: bool, reason: str = "") -> None:
         who = "peer" if by_peer else "us"
-        super().__init__(f"stream {stream_id} reset by {who} ({code_name(code)})")
+        super().__init__(f"stream {stream_id} reset by {who} ({code_name(code)})"
+                         + (f": {reason}" if reason else ""))
         self.stream_id = stream_id
         self.code = code
         self.by_peer = by_peer

@@ -177,12 +177,13 @@ class Stream:
         self._conn.send_data(self.id, b"", True)
         self._close_send()
 
-    def reset(self, code: int = ErrorCode.CANCEL) -> None:
-        """Abort the stream in both directions with RST_STREAM (no-op once it is closed)."""
+    def reset(self, code: int = ErrorCode.CANCEL, *, reason: str = "") -> None:
+        """Abort the stream in both directions with RST_STREAM (no-op once it is closed);
+        ``reason`` goes into the error that waiting readers and writers get."""
         if self._error is not None or (self._recv_closed and self._send_closed):
             return
         self._conn.reset_stream(self.id, code)
-        self._fail(StreamReset(self.id, code, by_peer=False))
+        self._fail(StreamReset(self.id, code, by_peer=False, reason=reason))
 
     @property
     def send_closed(self) -> bool:
