@@ -208,7 +208,7 @@ class Http2Connection(asyncio.Protocol):
         except MalformedHeaders as error:
             log.warning("resetting stream %d from %s: malformed request: %s", event.stream_id,
                         self.peer, error)
-            self._h2.reset_stream(event.stream_id, ErrorCode.PROTOCOL_ERROR)
+            self.reset_stream(event.stream_id, ErrorCode.PROTOCOL_ERROR)
             self._count_premature_reset()
             return
         self._on_request(event.stream_id, headers)
@@ -269,7 +269,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _on_request(self, stream_id: int, headers: Headers) -> None:
         if self._draining:
-            self._h2.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
+            self.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
             return
         stream = Stream(self, stream_id, headers, self._clock.now())
         self.streams[stream_id] = stream
@@ -385,7 +385,7 @@ class Http2Connection(asyncio.Protocol):
         try:
             self._h2.reset_stream(stream_id, code)
         except StreamClosedError:
-            return  # both sides ended it already (a malformed last block): nothing to send
+            return  # it is closed in h2 already (the peer reset it, or ended it): nothing to send
         self._schedule_flush()
 
     def acknowledge(self, stream_id: int, size: int) -> None:
@@ -587,10 +587,15 @@ class Http2Connection(asyncio.Protocol):
         # by bench/http2_server.py, batching is what keeps the abstraction near the bare loop.
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        # Called directly too (a batch is full, a lone stream ends): a scheduled flush still
+        # comes at the end of the turn and writes whatever was queued since.
         self._unflushed_data = 0
         self._unflushed_blocks = 0
         data = self._h2.data_to_send()

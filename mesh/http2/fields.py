@@ -10,10 +10,13 @@ Every header block a connection receives is checked here (:func:`received`) agai
   ``transfer-encoding``, ``upgrade``), and ``te`` only as ``trailers``;
 - pseudo-header fields are the defined ones, each at most once, all before the regular fields,
   and none in trailers. A request has ``:method``, ``:scheme`` and a non-empty ``:path``
-  (a plain CONNECT has neither of the last two; ``:protocol`` only comes with CONNECT), and
-  ``:authority`` or ``host`` — equal if both, ``host`` at most once. A response has
-  ``:status`` and no request pseudo-header field;
-- and, the mesh's own rule: names and values are UTF-8, as the text the mesh passes on.
+  (a plain CONNECT has neither of the last two, and has ``:authority``; ``:protocol`` only
+  comes with CONNECT), and ``:authority`` or ``host`` — equal if both, ``host`` at most once.
+  A response has ``:status`` and no request pseudo-header field;
+- and, the mesh's own rule: names and values are UTF-8, as the text the mesh passes on (a
+  value in Latin-1 "obs-text" is refused, not passed on garbled).
+
+Informational (1xx) responses are not checked: the connection drops them unread.
 
 A block that breaks a rule is *malformed*: a stream error (RFC 9113 §8.1.1), so the connection
 resets that stream with PROTOCOL_ERROR and goes on serving its others. Split ``cookie`` fields
@@ -24,10 +27,12 @@ byte of every name and value, about 10 µs a block here — two blocks received 
 each hop, a tenth of a sidecar's time at one stream in ``bench/sidecar_pair.py``. The same
 rules in one loop with two regular expressions take about a fifth of that.
 
-Blocks the mesh sends go through :func:`for_sending`: names lowercased, connection-specific
-fields dropped, and credentials (``authorization``, ``proxy-authorization``, short cookies)
-marked never-indexed, so HPACK keeps them out of its tables (RFC 7541 §7.1.3) — what ``h2``'s
-outbound normalization does, without its second pass of checks on what the mesh builds itself.
+Blocks the mesh sends go through :func:`for_sending`: names lowercased, values stripped of
+surrounding whitespace, connection-specific fields dropped, and credentials (``authorization``,
+``proxy-authorization``, short cookies) marked never-indexed, so HPACK keeps them out of its
+tables (RFC 7541 §7.1.3) — what ``h2``'s outbound normalization does. Its second pass, checking
+the pseudo-header fields of what we send, is left out: the mesh builds those itself, from
+blocks checked on the way in.
 """
 
 from __future__ import annotations
@@ -74,9 +79,11 @@ def received(raw: list[tuple[bytes, bytes]], block: Block) -> Headers:
         text = _checked.get(field)
         if text is None:
             text = _check_field(*field)
-            if len(_checked) >= _CHECKED_MAX:
-                _checked.clear()
-            _checked[field] = text
+            if len(field[0]) + len(field[1]) <= _CHECKED_SIZE and \
+                    field[0] not in _NOT_REMEMBERED:
+                if len(_checked) >= _CHECKED_MAX:
+                    _checked.clear()
+                _checked[field] = text
         headers.append(text)
     pseudo: dict[str, str] = {}
     for name, value in headers:
@@ -100,22 +107,34 @@ def received(raw: list[tuple[bytes, bytes]], block: Block) -> Headers:
 
 # Fields already checked, as text. Most fields of a block repeat from block to block (HPACK
 # exists because they do), and a hit costs a sixth of checking the field again: 8 µs less per
-# request at each hop of bench/sidecar_pair.py. Cleared when full, so it stays small even when
-# a peer sends nothing but new values.
+# request at each hop of bench/sidecar_pair.py. Only small fields, and no credentials (they
+# should not outlive their request), so it holds at most _CHECKED_MAX × _CHECKED_SIZE bytes of
+# fields (1 MiB); cleared when full, whatever a peer sends.
 _checked: dict[tuple[bytes, bytes], tuple[str, str]] = {}
 _CHECKED_MAX = 4096
+_CHECKED_SIZE = 256
+_NOT_REMEMBERED = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
 
 
 def _check_field(name: bytes, value: bytes) -> tuple[str, str]:
     if _NAME.fullmatch(name) is None:
-        raise MalformedHeaders(f"invalid field name {name!r}")
+        raise MalformedHeaders(f"invalid field name {_show(name)}")
+    shown = "(hidden)" if name in _NOT_REMEMBERED else _show(value)  # no credentials in logs
     if _VALUE.fullmatch(value) is None:
-        raise MalformedHeaders(f"field {name.decode()} has an invalid value {value!r} "
+        raise MalformedHeaders(f"field {_show(name)} has an invalid value {shown} "
                                f"(NUL, CR, LF, or a space or tab at either end)")
     try:
         return name.decode(), value.decode()
     except UnicodeDecodeError:
-        raise MalformedHeaders(f"field {name.decode()} is not UTF-8: {value!r}") from None
+        raise MalformedHeaders(f"field {_show(name)} is not UTF-8: {shown}") from None
+
+
+def _show(raw: bytes | str, limit: int = 40) -> str:
+    """``raw`` for an error message, quoted: escaped, and cut short (it may be huge, or a
+    secret)."""
+    shown = repr(raw[:limit])
+    shown = shown[2:-1] if isinstance(raw, bytes) else shown[1:-1]
+    return f"'{shown}" + ("…'" if len(raw) > limit else "'")
 
 
 def _special_fields(headers: Headers, special: Headers) -> Headers:
@@ -127,7 +146,7 @@ def _special_fields(headers: Headers, special: Headers) -> Headers:
         if name in CONNECTION_SPECIFIC:
             raise MalformedHeaders(f"connection-specific field {name}")
         if name == "te" and value.lower() != "trailers":
-            raise MalformedHeaders(f"te: {value} (only 'trailers' is allowed)")
+            raise MalformedHeaders(f"te: {_show(value)} (only 'trailers' is allowed)")
     cookies = [value for name, value in special if name == "cookie"]
     if len(cookies) < 2:
         return headers
@@ -144,18 +163,20 @@ def _check_request(pseudo: dict[str, str], hosts: list[str]) -> None:
     if method == "CONNECT" and ":protocol" not in pseudo:  # a tunnel: RFC 9113 §8.5
         if ":scheme" in pseudo or ":path" in pseudo:
             raise MalformedHeaders("CONNECT with :scheme or :path")
+        if ":authority" not in pseudo:
+            raise MalformedHeaders("CONNECT without :authority")
     else:
         if ":protocol" in pseudo and method != "CONNECT":
             raise MalformedHeaders(f"{method} with :protocol (only CONNECT may have one)")
-        if ":scheme" not in pseudo or ":path" not in pseudo:
-            raise MalformedHeaders(f"request without {':scheme' if ':path' in pseudo else ':path'}")
+        if missing := [name for name in (":scheme", ":path") if name not in pseudo]:
+            raise MalformedHeaders(f"request without {' and '.join(missing)}")
         if not pseudo[":path"]:
             raise MalformedHeaders("empty :path")
     if len(hosts) > 1:
         raise MalformedHeaders("more than one host field")
     authority = pseudo.get(":authority")
     if hosts and authority is not None and authority != hosts[0]:
-        raise MalformedHeaders(f":authority {authority} and host {hosts[0]} differ")
+        raise MalformedHeaders(f":authority {_show(authority)} and host {_show(hosts[0])} differ")
     if not hosts and authority is None:
         raise MalformedHeaders("request without :authority or host")
 
@@ -172,7 +193,7 @@ def for_sending(headers: Headers) -> list[HeaderTuple | tuple[str, str]]:
     fields, credentials never indexed."""
     fields: list[HeaderTuple | tuple[str, str]] = []
     for name, value in headers:
-        name = name.lower()
+        name, value = name.lower(), value.strip(" \t")
         if name in CONNECTION_SPECIFIC:
             continue
         if name in _NEVER_INDEXED or (name == "cookie" and len(value) < _SHORT_COOKIE):

@@ -89,30 +89,34 @@ class MeshH2Connection(H2Connection):
         return [], [event]
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
-        # h2 4.x's H2Connection._receive_frame, less its trace log line (see the docstring).
+        # h2's H2Connection._receive_frame without its trace line (see the module docstring);
+        # tests/unit/mesh/http2/test_h2_state.py checks that it is h2's otherwise.
         events: list[Event]
         try:
             frames, events = self._frame_dispatch_table[frame.__class__](frame)
         except StreamClosedError as e:
-            # Closed by RST_STREAM: a stream error, answered with RST_STREAM; else re-raised
-            # as a connection error.
-            if not self._stream_is_closed_by_reset(e.stream_id):
+            # Closed by RST_STREAM: a stream error (answered with RST_STREAM); else a
+            # connection error.
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                events = e._events
+            else:
                 raise
-            reset = RstStreamFrame(e.stream_id)
-            reset.error_code = e.error_code
-            self._prepare_for_sending([reset])
-            events = e._events
-            return events
         except StreamIDTooLowError as e:
-            # A frame for a stream that is gone: a stream error if it was reset, a connection
+            # A frame for a stream that is gone: a stream error if it was reset; a connection
             # error if it ended (STREAM_CLOSED) or was closed implicitly (PROTOCOL_ERROR).
             if self._stream_is_closed_by_reset(e.stream_id):
-                reset = RstStreamFrame(e.stream_id)
-                reset.error_code = ErrorCodes.STREAM_CLOSED
-                self._prepare_for_sending([reset])
-                return []
-            if self._stream_is_closed_by_end(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([f])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
                 raise StreamClosedError(e.stream_id) from e
-            raise
-        self._prepare_for_sending(frames)
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+
         return events

@@ -15,7 +15,7 @@ from h2.events import RequestReceived
 from hpack.struct import NeverIndexedHeaderTuple
 from hyperframe.frame import RstStreamFrame
 
-from mesh.http2 import ErrorCode, Limits, Server, StreamReset, connect
+from mesh.http2 import ErrorCode, Limits, Server, StreamReset, connect, fields
 from mesh.http2.fields import Block, MalformedHeaders, for_sending, received
 from tests.unit.mesh.http2.wire import RawPeer, request_headers
 
@@ -63,24 +63,24 @@ def without(name: bytes) -> list[tuple[bytes, bytes]]:
 
 
 @pytest.mark.parametrize(("block", "kind", "message"), [
-    pytest.param([*REQUEST, (b"", b"x")], Block.REQUEST, "invalid field name b''", id="empty-name"),
-    pytest.param([*REQUEST, (b"Accept", b"x")], Block.REQUEST, "invalid field name b'Accept'",
+    pytest.param([*REQUEST, (b"", b"x")], Block.REQUEST, "invalid field name ''", id="empty-name"),
+    pytest.param([*REQUEST, (b"Accept", b"x")], Block.REQUEST, "invalid field name 'Accept'",
                  id="uppercase"),
     pytest.param([*REQUEST, (b"x y", b"1")], Block.REQUEST, "invalid field name", id="space"),
     pytest.param([*REQUEST, (b"x:y", b"1")], Block.REQUEST, "invalid field name", id="colon"),
     pytest.param([*REQUEST, (b"x\xff", b"1")], Block.REQUEST, "invalid field name", id="8bit"),
-    pytest.param([*REQUEST, (b"x", b"a\r\nb: c")], Block.REQUEST, "field x has an invalid value",
-                 id="crlf-value"),
+    pytest.param([*REQUEST, (b"x", b"a\r\nb: c")], Block.REQUEST,
+                 "field 'x' has an invalid value 'a\\\\r\\\\nb: c'", id="crlf-value"),
     pytest.param([*REQUEST, (b"x", b"a\0")], Block.REQUEST, "invalid value", id="nul-value"),
     pytest.param([*REQUEST, (b"x", b" a")], Block.REQUEST, "invalid value", id="leading-space"),
     pytest.param([*REQUEST, (b"x", b"a\t")], Block.REQUEST, "invalid value", id="trailing-tab"),
-    pytest.param([*REQUEST, (b"x", b"\xff")], Block.REQUEST, "field x is not UTF-8",
-                 id="not-utf8"),
+    pytest.param([*REQUEST, (b"x", b"\xff")], Block.REQUEST,
+                 "field 'x' is not UTF-8: '\\\\xff'", id="not-utf8"),
     pytest.param([*REQUEST, (b"connection", b"close")], Block.REQUEST,
                  "connection-specific field connection", id="connection"),
     pytest.param([*REQUEST, (b"transfer-encoding", b"chunked")], Block.REQUEST,
                  "connection-specific field transfer-encoding", id="transfer-encoding"),
-    pytest.param([*REQUEST, (b"te", b"gzip")], Block.REQUEST, "te: gzip", id="te"),
+    pytest.param([*REQUEST, (b"te", b"gzip")], Block.REQUEST, "te: 'gzip'", id="te"),
     pytest.param([(b":path", b"/again"), *REQUEST], Block.REQUEST,
                  "pseudo-header field :path twice", id="duplicate-pseudo"),
     pytest.param([(b":method", b"GET"), (b"accept", b"*/*"), *REQUEST[1:4]], Block.REQUEST,
@@ -94,12 +94,16 @@ def without(name: bytes) -> list[tuple[bytes, bytes]]:
     pytest.param(without(b":method"), Block.REQUEST, "request without :method", id="no-method"),
     pytest.param(without(b":path"), Block.REQUEST, "request without :path", id="no-path"),
     pytest.param(without(b":scheme"), Block.REQUEST, "request without :scheme", id="no-scheme"),
+    pytest.param([(b":method", b"GET"), (b":authority", b"a")], Block.REQUEST,
+                 "request without :scheme and :path", id="no-scheme-no-path"),
+    pytest.param([(b":method", b"CONNECT"), (b"host", b"db:5432")], Block.REQUEST,
+                 "CONNECT without :authority", id="connect-without-authority"),
     pytest.param([(b":path", b""), *without(b":path")], Block.REQUEST, "empty :path",
                  id="empty-path"),
     pytest.param(without(b":authority"), Block.REQUEST, "without :authority or host",
                  id="no-authority"),
     pytest.param([*REQUEST, (b"host", b"elsewhere")], Block.REQUEST,
-                 ":authority orders:8080 and host elsewhere differ", id="host-mismatch"),
+                 ":authority 'orders:8080' and host 'elsewhere' differ", id="host-mismatch"),
     pytest.param([*without(b":authority"), (b"host", b"a"), (b"host", b"a")], Block.REQUEST,
                  "more than one host field", id="two-hosts"),
     pytest.param([(b":method", b"CONNECT"), (b":authority", b"db"), (b":path", b"/")],
@@ -120,9 +124,31 @@ def test_a_malformed_block_is_refused_saying_what_is_wrong(
         received(block, kind)
 
 
+def test_an_error_shows_a_long_value_cut_short_and_a_credential_not_at_all() -> None:
+    with pytest.raises(MalformedHeaders) as refused:
+        received([*REQUEST, (b"x-note", b"\x1b[31m" + b"s" * 5000 + b" ")], Block.REQUEST)
+    shown = "'\\x1b[31m" + "s" * 35 + "…'"  # the first 40 bytes, escaped
+    assert str(refused.value) == (f"field 'x-note' has an invalid value {shown} "
+                                  "(NUL, CR, LF, or a space or tab at either end)")
+    with pytest.raises(MalformedHeaders) as refused:
+        received([*REQUEST, (b"authorization", b"Bearer secret ")], Block.REQUEST)
+    assert "secret" not in str(refused.value) and "(hidden)" in str(refused.value)
+
+
+def test_only_small_fields_without_credentials_are_remembered() -> None:
+    fields._checked.clear()
+    big = (b"x-big", b"v" * 300)
+    received([*REQUEST, big, (b"authorization", b"Bearer abc"), (b"cookie", b"a=1")],
+             Block.REQUEST)
+    assert set(fields._checked) == set(REQUEST)
+    for i in range(fields._CHECKED_MAX + 10):  # a peer that sends nothing but new values
+        received([*REQUEST, (b"x-id", str(i).encode())], Block.REQUEST)
+    assert len(fields._checked) <= fields._CHECKED_MAX
+
+
 def test_fields_for_sending_are_lowercase_without_connection_fields_and_credentials_hidden(
 ) -> None:
-    prepared = for_sending([(":status", "200"), ("X-Trace", "1"), ("connection", "close"),
+    prepared = for_sending([(":status", "200"), ("X-Trace", " 1\t"), ("connection", "close"),
                             ("authorization", "Bearer abc"), ("cookie", "id=1"),
                             ("cookie", "session=" + "x" * 40)])
     assert prepared == [(":status", "200"), ("x-trace", "1"), ("authorization", "Bearer abc"),
@@ -199,6 +225,34 @@ async def test_a_malformed_request_resets_only_its_stream(
     assert reset.error_code == ErrorCode.PROTOCOL_ERROR
     await peer.send(f.headers(7, request_headers("GET", "/echo"), end_stream=True))
     assert (await peer.response(7)).status == "200"
+
+
+async def test_a_malformed_request_reset_by_the_peer_in_the_same_read_is_no_crash(
+    server: Server, raw_peer: RawPeerFactory,
+) -> None:
+    """HEADERS that are malformed and the peer's own RST_STREAM for them, in one read: h2 has
+    closed the stream by the time the mesh resets it."""
+    peer = await raw_peer(server.port)
+    await peer.handshake()
+    f = peer.frames
+    await peer.send(f.headers(1, [*request_headers("GET", "/echo"), ("te", "gzip")]),
+                    f.rst_stream(1, ErrorCode.CANCEL))
+    await peer.send(f.headers(3, request_headers("GET", "/echo"), end_stream=True))
+    assert (await peer.response(3)).status == "200"
+
+
+async def test_malformed_request_trailers_reset_that_stream_only(
+    server: Server, raw_peer: RawPeerFactory,
+) -> None:
+    peer = await raw_peer(server.port)
+    await peer.handshake()
+    f = peer.frames
+    await peer.send(f.headers(1, request_headers("POST", "/echo")), f.data(1, b"body"),
+                    f.headers(1, [(":path", "/late")], end_stream=True))
+    assert (await peer.response(1)).reset_code == ErrorCode.PROTOCOL_ERROR
+    await peer.send(f.headers(3, request_headers("POST", "/echo")),
+                    f.data(3, b"fine", end_stream=True))
+    assert (await peer.response(3)).body == b"fine"
 
 
 async def test_a_flood_of_malformed_requests_closes_the_connection(
