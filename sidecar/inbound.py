@@ -25,6 +25,7 @@ from typing import Protocol
 
 from mesh.clock import Clock
 from mesh.grpc import StatusCode
+from mesh.grpc.status import code_of
 from mesh.http2 import ConnectionClosed, ErrorCode, Headers, Stream, StreamReset
 from mesh.http2.stream import StreamOwner
 from mesh.identity import SpiffeId
@@ -34,7 +35,9 @@ from sidecar import headers as mesh_headers
 from sidecar.config import LiveConfig
 from sidecar.forward import Upstream, local_reply, send_request_body, send_response
 from sidecar.metrics import RESET, SidecarMetrics
+from sidecar.outlier import http_status_of
 from sidecar.pool import ConnectFailure
+from sidecar.retry import Outcome
 
 log = logging.getLogger("sidecar.inbound")
 
@@ -136,7 +139,7 @@ class Inbound:
                 responding = True
                 await send_response(up, down, response)
                 finished = True
-                return int(dict(response).get(":status", "200"))
+                return final_status(response, up.trailers, grpc=grpc)
         except TimeoutError:
             if responding:  # too late for a status of our own
                 down.reset(ErrorCode.CANCEL)
@@ -163,6 +166,18 @@ class Inbound:
             # cancels this task): the app must stop working on it too.
             if up is not None and not finished:
                 up.reset(ErrorCode.CANCEL)
+
+
+def final_status(response: Headers, trailers: Headers | None, *, grpc: bool) -> int:
+    """The status a relayed answer is counted as: for gRPC, the HTTP status Envoy maps its
+    ``grpc-status`` to (in the trailers, or in a trailers-only answer's headers) — the same
+    the outbound side counts — else the HTTP status."""
+    values = dict(response)
+    status = int(values.get(":status", "200"))
+    if not grpc or status != 200:
+        return status
+    grpc_status = dict(trailers).get("grpc-status") if trailers else values.get("grpc-status")
+    return http_status_of(Outcome(status=status, grpc_status=code_of(grpc_status)))
 
 
 async def _pump(down: Stream, up: Upstream) -> None:

@@ -67,8 +67,15 @@ async def chat_that_fails_late(stub: Any) -> tuple[list[str], grpc.StatusCode]:
     return replies, grpc.StatusCode.OK
 
 
+async def inbound_requests(mesh: Mesh, code: str) -> float:
+    return await mesh.b.metric("mesh_sidecar_requests_total", direction="inbound",
+                               cluster="greeter", code=code)
+
+
 async def test_an_unavailable_in_the_trailers_counts_as_a_failure(
-        outcomes: SidecarProcess) -> None:
+        outcomes: SidecarProcess, mesh: Mesh) -> None:
+    # B's counts before: B serves the other tests of this package too.
+    b_failed, b_ok = await inbound_requests(mesh, "5xx"), await inbound_requests(mesh, "2xx")
     async with grpc.aio.insecure_channel(f"{O_HOST}:{OUTBOUND}",
                                          options=[("grpc.default_authority", "greeter")]) as ch:
         stub = hello_pb2_grpc.GreeterStub(ch)
@@ -94,6 +101,9 @@ async def test_an_unavailable_in_the_trailers_counts_as_a_failure(
                                  cluster="greeter", code="5xx") == CONSECUTIVE + 1
     assert await outcomes.metric("mesh_sidecar_requests_total", direction="outbound",
                                  cluster="greeter", code="2xx") == 1
+    # B, on the inbound side, counts the same calls as O did, less the one O refused itself.
+    assert await inbound_requests(mesh, "5xx") - b_failed == CONSECUTIVE
+    assert await inbound_requests(mesh, "2xx") - b_ok == 1
     status, text = await outcomes.admin("/clusters")
     assert status == 200, text
     (endpoint,) = json.loads(text)["greeter"]["endpoints"]
