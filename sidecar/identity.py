@@ -5,6 +5,10 @@ certificate is bought with a one-time join token over TLS that authenticates the
 (the sidecar has no certificate to show yet); later ones are renewed over mTLS with the current
 certificate, at 70 % of its lifetime (Linkerd's rule).
 
+A sidecar may start before its control plane can be reached (containers start in any order):
+the first certificate is then tried for again, with backoff and jitter, for as long as it
+takes; only a refused token ends the attempt.
+
 Rotation never drops a connection: the same ``SSLContext`` objects load the new certificate,
 so new handshakes present it and established connections carry on.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,15 +29,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.pki import make_csr
-from mesh.grpc import Channel
+from mesh.grpc import Channel, GrpcError, StatusCode
 from mesh.identity import SpiffeId, parse
 from mesh.proto.registry_pb2 import SignCertificateRequest, SignCertificateResponse
 from mesh.tls import bootstrap_context, client_context, peer_spiffe_id
+from sidecar.backoff import Backoff
 
 log = logging.getLogger("sidecar.identity")
 
 SIGN = "/mesh.v1.Identity/SignCertificate"
 RENEW_AT = 0.7  # of the certificate's lifetime
+JOIN_BACKOFF = Backoff(base_interval=0.5, max_interval=10.0)  # first certificate, retried
+_TRY_AGAIN = frozenset({StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +87,31 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 
 async def bootstrap(host: str, port: int, bootstrap_ca: Path, files: CertificateFiles,
-                    request_id: SpiffeId, join_token: str) -> None:
-    """The first certificate, for a join token."""
-    channel = Channel(host, port, ssl=bootstrap_context(bootstrap_ca), authority="controlplane")
-    try:
-        await obtain(channel, files, request_id, join_token)
-    finally:
-        await channel.close()
+                    request_id: SpiffeId, join_token: str, *, backoff: Backoff = JOIN_BACKOFF,
+                    rng: random.Random | None = None) -> None:
+    """The first certificate, for a join token; tried for again while the control plane
+    cannot be reached.
+
+    Raises:
+        GrpcError: the control plane refused (an unknown, used or expired token).
+    """
+    delays = backoff.delays(rng or random.Random())
+    while True:
+        channel = Channel(host, port, ssl=bootstrap_context(bootstrap_ca),
+                          authority="controlplane")
+        try:
+            await obtain(channel, files, request_id, join_token)
+            break
+        except GrpcError as error:
+            if error.code not in _TRY_AGAIN:
+                raise
+            reason = error
+        finally:
+            await channel.close()
+        delay = next(delays)
+        log.warning("cannot join the mesh yet: control plane %s:%d: %s; trying again in %.1fs",
+                    host, port, reason, delay)
+        await asyncio.sleep(delay)
     log.info("joined the mesh as %s (certificate until %s)", files.identity(),
              files.not_after().isoformat())
 

@@ -213,3 +213,67 @@ async def _until(check: object, *, what: str, timeout: float = 20.0) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+LATE_HOST, LATE_CP_HOST = "127.0.20.23", "127.0.20.24"
+
+
+async def test_a_sidecar_started_before_its_control_plane_is_reachable_joins_later(
+        pair: Pair, tmp_path: Path) -> None:
+    """Nothing listens yet at the control-plane address the sidecar is given: it keeps trying
+    for its first certificate, with backoff, and joins once a forwarder to the control plane
+    opens there."""
+    sidecar = spawn_sidecar(
+        "late", LATE_HOST, tmp_path, "--service", "late",
+        "--control-plane", f"{LATE_CP_HOST}:15012",
+        "--bootstrap-ca", str(pair.cp.work / "pki/ca.crt"),
+        f"--join-token={await join_token('late')}", "--cert-dir", str(tmp_path / "late"))
+    pipes: list[asyncio.StreamWriter] = []
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(CP_HOST, 15012)
+        pipes.extend((writer, up_writer))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer),
+                             return_exceptions=True)
+
+    async def tried_twice() -> bool:
+        return sidecar.log_text().count("cannot join the mesh yet") >= 2
+
+    async def joined() -> bool:
+        return "joined the mesh as spiffe://cluster.local/ns/default/sa/late" in \
+            sidecar.log_text()
+
+    with stopping([sidecar]):
+        await _until(tried_twice, what="two attempts to join")
+        assert sidecar.alive(), sidecar.log_text()
+        assert "Connect call failed" in sidecar.log_text() or \
+            "refused" in sidecar.log_text(), sidecar.log_text()
+        forwarder = await asyncio.start_server(forward, LATE_CP_HOST, 15012)
+        try:
+            await _until(joined, what="the sidecar to join")
+            assert (tmp_path / "late" / "cert.pem").exists()
+        finally:
+            forwarder.close()
+            for writer in pipes:
+                writer.close()
+
+
+async def test_a_refused_join_token_ends_the_sidecar_at_once(pair: Pair, tmp_path: Path) -> None:
+    sidecar = spawn_sidecar(
+        "bogus", LATE_HOST, tmp_path, "--service", "bogus", "--control-plane", CP_GRPC,
+        "--bootstrap-ca", str(pair.cp.work / "pki/ca.crt"), "--join-token=not-a-token",
+        "--cert-dir", str(tmp_path / "bogus"))
+    with stopping([sidecar]):
+        code = await asyncio.to_thread(sidecar.process.wait, 20)
+    assert code != 0
+    assert "cannot join the mesh yet" not in sidecar.log_text()  # no retry: the token is bad
+    assert "token" in sidecar.log_text().lower(), sidecar.log_text()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
