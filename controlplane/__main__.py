@@ -15,6 +15,7 @@ from pathlib import Path
 
 from certs.pki import create_ca, parse_validity, write_ca
 from controlplane.api import start_api
+from controlplane.operator import OperatorCredentialError
 from controlplane.policy import PolicyError
 from controlplane.server import ControlPlane
 from mesh.address import host_port
@@ -35,6 +36,10 @@ def parser() -> argparse.ArgumentParser:
                    help="gRPC (mTLS) address [MESH_CP_LISTEN]")
     p.add_argument("--api", type=host_port, default=env("MESH_CP_API", "127.0.0.1:15014"),
                    help="operator HTTP API address [MESH_CP_API]")
+    p.add_argument("--operator-token-file", type=Path,
+                   default=env("MESH_OPERATOR_TOKEN_FILE") or None,
+                   help="the operator API's bearer token, made (mode 0600) if absent; default "
+                        "operator.token in the PKI folder [MESH_OPERATOR_TOKEN_FILE]")
     p.add_argument("--policy", type=Path, default=env("MESH_POLICY") or None,
                    help="policy YAML file or folder, hot-reloaded [MESH_POLICY]")
     p.add_argument("--lease-ttl", type=float, default=float(env("MESH_LEASE_TTL", "10")),
@@ -52,7 +57,11 @@ async def main_async(args: argparse.Namespace) -> int:
         write_ca(create_ca(trust_domain=args.trust_domain), args.pki_dir)
     try:
         cp = ControlPlane(args.pki_dir, lease_ttl=args.lease_ttl,
-                          cert_validity=args.cert_validity, policy_path=args.policy)
+                          cert_validity=args.cert_validity, policy_path=args.policy,
+                          operator_token_file=args.operator_token_file)
+    except OperatorCredentialError as error:
+        print(f"controlplane: {error}", file=sys.stderr)
+        return 2
     except PolicyError as error:
         print(f"controlplane: policy rejected:\n{error}", file=sys.stderr)
         return 2

@@ -1,10 +1,16 @@
 """The operator API (HTTP/JSON, loopback by default): what ``meshctl`` reads and writes.
 
+Every request needs ``Authorization: Bearer <operator token>`` (:mod:`controlplane.operator`)
+except ``GET /metrics`` and ``GET /healthz``; without it the answer is 401 and says what is
+missing. Every accepted change (a policy applied, a join token minted) is one line of the
+``controlplane.audit`` log: what, for whom, by which credential, from where.
+
+    GET  /healthz              200 "ok" (no credential needed: a liveness probe)
     GET  /status               policy version, last rejection, convergence (time from the
                                last change to the last ACK), every discovery stream with its
                                per-type sent / ACKed versions and NACKs (``?streams=0``: none)
-    GET  /services             services with instance counts
-    GET  /endpoints/{service}  the endpoints of one service
+    GET  /services             services (with their namespace) and instance counts
+    GET  /endpoints/{service}  the endpoints of one service (``?namespace=``: of one namespace)
     GET  /policy               the policy in force, as YAML
     POST /policy               apply a YAML policy (400 with every problem when rejected)
     POST /tokens               {"service": ..., "namespace": ..., "ttl": s} → a join token
@@ -13,6 +19,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -21,14 +29,49 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controlplane.policy import PolicyError, to_yaml
 from controlplane.server import ControlPlane
-from mesh.identity import SpiffeId
+from mesh.identity import DEFAULT_NAMESPACE, SpiffeId
 from mesh.proto.config_pb2 import Endpoint
 from mesh.proto.resources import short_name
+
+audit = logging.getLogger("controlplane.audit")
+log = logging.getLogger("controlplane.api")
+
+OPEN_PATHS = frozenset({"/metrics", "/healthz"})  # read-only, no credential needed
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_app(cp: ControlPlane) -> web.Application:
     """The aiohttp application serving ``cp``."""
     routes = web.RouteTableDef()
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
+            return await handler(request)
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            reason, problem = "no_credential", "no operator credential was presented"
+        elif not cp.operator.accepts(presented.strip()):
+            reason, problem = "wrong_credential", "the operator token presented is not this " \
+                                                  "control plane's"
+        else:
+            request["operator"] = cp.operator.fingerprint
+            return await handler(request)
+        cp.metrics.refused("OperatorAPI", reason)
+        log.warning("%s %s from %s refused: %s", request.method, request.path,
+                    request.remote, problem)
+        return web.json_response(
+            {"error": f"{problem}: the operator API needs 'Authorization: Bearer <operator "
+                      f"token>' (the token is in {cp.operator_token_file}; meshctl reads it "
+                      f"from there)"},
+            status=401, headers={"WWW-Authenticate": 'Bearer realm="asyncmesh operator API"'})
+
+    def by(request: web.Request) -> str:
+        return f"by operator token {request['operator']} from {request.remote}"
+
+    @routes.get("/healthz")
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
 
     @routes.get("/status")
     async def status(request: web.Request) -> web.Response:
@@ -62,21 +105,25 @@ def make_app(cp: ControlPlane) -> web.Application:
     @routes.get("/services")
     async def services(_: web.Request) -> web.Response:
         rows = []
-        for service in sorted(set(cp.registry.services()) |
-                              {c.name for c in cp.policy.current[1].clusters}):
-            endpoints = cp.registry.endpoints(service)
+        declared = {(c.namespace or DEFAULT_NAMESPACE, c.name)
+                    for c in cp.policy.current[1].clusters}
+        for namespace, service in sorted(set(cp.registry.services()) | declared):
+            endpoints = cp.registry.endpoints(namespace, service)
             healthy = sum(1 for e in endpoints if e.health == Endpoint.HEALTHY)
-            rows.append({"service": service, "instances": len(endpoints), "healthy": healthy})
+            rows.append({"service": service, "namespace": namespace,
+                         "instances": len(endpoints), "healthy": healthy})
         return web.json_response(rows)
 
     @routes.get("/endpoints/{service}")
     async def endpoints(request: web.Request) -> web.Response:
         service = request.match_info["service"]
+        namespace = request.query.get("namespace")
         rows: list[dict[str, Any]] = []
         for instance in cp.registry.instances():
-            if instance.service == service:
+            if instance.service == service and namespace in (None, instance.namespace):
                 row = MessageToDict(instance.endpoint, preserving_proto_field_name=True,
                                     always_print_fields_with_no_presence=True)
+                row["namespace"] = instance.namespace
                 row["owner"] = str(instance.owner)
                 row["lease_remaining_s"] = round(instance.expires_at - cp.clock.now(), 2)
                 rows.append(row)
@@ -94,20 +141,25 @@ def make_app(cp: ControlPlane) -> web.Application:
         try:
             cp.policy.apply_text(await request.text(), source)
         except PolicyError as error:
+            audit.info("policy from %s rejected %s", source, by(request))
             return web.json_response({"error": str(error)}, status=400)
-        return web.json_response({"version": cp.policy.current[0]})
+        version = cp.policy.current[0]
+        audit.info("policy version %d applied from %s %s", version, source, by(request))
+        return web.json_response({"version": version})
 
     @routes.post("/tokens")
     async def create_token(request: web.Request) -> web.Response:
-        body = await request.json()
         try:
+            body = await request.json()
             identity = SpiffeId(trust_domain=cp.trust_domain,
-                                namespace=str(body.get("namespace", "default")),
+                                namespace=str(body.get("namespace", DEFAULT_NAMESPACE)),
                                 service=str(body["service"]))
-        except (KeyError, ValueError) as error:
-            return web.json_response({"error": f"bad token request: {error}"}, status=400)
-        ttl = float(body["ttl"]) if "ttl" in body else None
+            ttl = float(body["ttl"]) if "ttl" in body else None
+        except (KeyError, ValueError, TypeError, AttributeError) as error:
+            return web.json_response({"error": f"bad token request: {error!r}"}, status=400)
         token = cp.tokens.create(identity, ttl)
+        audit.info("join token minted for %s (valid %.0fs) %s", identity,
+                   cp.tokens.ttl if ttl is None else ttl, by(request))
         return web.json_response({"token": token, "identity": str(identity)})
 
     @routes.get("/metrics")
@@ -115,7 +167,7 @@ def make_app(cp: ControlPlane) -> web.Application:
         return web.Response(body=generate_latest(cp.metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    app = web.Application(middlewares=[authenticate])
     app.add_routes(routes)
     return app
 

@@ -11,6 +11,12 @@ from Envoy's xDS protocol:
   ``error_detail``, a NACK: record it, log it, count it — and do *not* push in reply;
 - push only when the sidecar's view of a type changed, in make-before-break order.
 
+Identity: a stream is served only to a caller that proved a mesh identity with its client
+certificate (the server checks that before calling :meth:`DiscoveryServer.serve`). The node a
+request names must be that identity: a ``node.service`` or ``node.namespace`` that differs
+from the certificate's ends the stream with PERMISSION_DENIED, saying both; empty fields are
+filled in from the certificate. What a stream receives is computed from the proven identity.
+
 A burst of changes (ten registrations in one event-loop turn) wakes each stream once, and each
 stream sends whatever is current when it runs: bursts coalesce by construction.
 
@@ -30,13 +36,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from controlplane.errors import DiscoveryError
 from controlplane.snapshot import Snapshot
 from mesh.clock import Clock
-from mesh.grpc import Context
+from mesh.grpc import StatusCode
 from mesh.identity import SpiffeId
 from mesh.proto.discovery_pb2 import DiscoveryRequest, DiscoveryResponse, Node
 from mesh.proto.resources import ORDER, short_name
-from mesh.tls import peer_spiffe_id
 
 log = logging.getLogger("controlplane.discovery")
 
@@ -66,7 +72,7 @@ class Subscription:
     id: int
     node: Node
     peer: str
-    identity: SpiffeId | None  # proved by the client certificate
+    identity: SpiffeId  # proved by the client certificate
     connected_at: float
     types: dict[str, TypeState] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -80,6 +86,7 @@ class DiscoveryObserver:
     def acked(self, type_url: str, latency: float) -> None: ...
     def nacked(self, type_url: str, node: Node, reason: str) -> None: ...
     def converged(self, seconds: float) -> None: ...
+    def refused(self, call: str, reason: str) -> None: ...
 
 
 class DiscoveryServer:
@@ -114,12 +121,15 @@ class DiscoveryServer:
             self.changed_at = None
             self._observer.converged(self.last_convergence)
 
-    async def stream_resources(self, requests: AsyncIterator[DiscoveryRequest],
-                               context: Context) -> AsyncIterator[DiscoveryResponse]:
-        """The bidirectional ``StreamResources`` handler."""
-        identity = peer_spiffe_id(context.ssl_object) if context.ssl_object else None
-        subscription = Subscription(next(self._ids), Node(), str(context.peer), identity,
-                                    self._clock.now())
+    async def serve(self, requests: AsyncIterator[DiscoveryRequest], identity: SpiffeId,
+                    peer: str) -> AsyncIterator[DiscoveryResponse]:
+        """One ``StreamResources`` call from ``peer``, which proved ``identity``.
+
+        Raises:
+            DiscoveryError: a request claimed a node that is not ``identity``.
+        """
+        node = Node(service=identity.service, namespace=identity.namespace)
+        subscription = Subscription(next(self._ids), node, peer, identity, self._clock.now())
         self.subscriptions[subscription.id] = subscription
         reader = asyncio.create_task(self._read(requests, subscription))
         try:
@@ -152,7 +162,7 @@ class DiscoveryServer:
 
     def _on_request(self, subscription: Subscription, request: DiscoveryRequest) -> None:
         if request.HasField("node"):
-            subscription.node = request.node
+            subscription.node = self._proven(request.node, subscription)
         if request.type_url not in ORDER:
             log.warning("stream %d asked for unknown type %r", subscription.id,
                         request.type_url)
@@ -182,6 +192,27 @@ class DiscoveryServer:
             self.unacked -= 1
             self._settled()
 
+    def _proven(self, claimed: Node, subscription: Subscription) -> Node:
+        """``claimed``, checked against the certificate and completed from it.
+
+        Raises:
+            DiscoveryError: PERMISSION_DENIED when the claim is not the proven identity.
+        """
+        identity = subscription.identity
+        for name, proven in (("service", identity.service), ("namespace", identity.namespace)):
+            value = getattr(claimed, name)
+            if value and value != proven:
+                self._observer.refused("StreamResources", "node_mismatch")
+                message = (f"node {claimed.id!r} claims {name} {value!r}, but its certificate "
+                           f"proves {identity} ({name} {proven!r})")
+                log.warning("stream %d from %s refused: %s", subscription.id, subscription.peer,
+                            message)
+                raise DiscoveryError(StatusCode.PERMISSION_DENIED, message, "node_mismatch")
+        node = Node()
+        node.CopyFrom(claimed)
+        node.service, node.namespace = identity.service, identity.namespace
+        return node
+
     def _due(self, subscription: Subscription) -> list[DiscoveryResponse]:
         snapshot = self._snapshot()
         responses = []
@@ -189,7 +220,8 @@ class DiscoveryServer:
             state = subscription.types.get(type_url)
             if state is None:
                 continue
-            resources = snapshot.view(type_url, subscription.node).only(state.resource_names)
+            resources = snapshot.view(type_url, subscription.identity).only(
+                state.resource_names)
             if resources.version == state.sent_version and state.sent_nonce:
                 continue
             was_pending = state.pending

@@ -46,7 +46,7 @@ class JoinTokens:
 
     def __init__(self, clock: Clock, *, ttl: float = DEFAULT_TOKEN_TTL) -> None:
         self._clock = clock
-        self._ttl = ttl
+        self.ttl = ttl
         self._tokens: dict[str, _Token] = {}
 
     def create(self, identity: SpiffeId, ttl: float | None = None) -> str:
@@ -55,7 +55,7 @@ class JoinTokens:
         # Hex, not urlsafe base64: a token starting with '-' would read as a flag on a
         # command line (``--join-token -x...``).
         token = secrets.token_hex(24)
-        lifetime = self._ttl if ttl is None else ttl
+        lifetime = self.ttl if ttl is None else ttl
         self._tokens[_digest(token)] = _Token(identity, self._clock.now() + lifetime)
         log.info("join token created for %s, valid %.0fs", identity, lifetime)
         return token
@@ -69,10 +69,11 @@ class JoinTokens:
         entry = self._tokens.pop(_digest(token), None)
         if entry is None:
             raise IdentityError(StatusCode.PERMISSION_DENIED,
-                                "join token unknown or already used (tokens are single use)")
+                                "join token unknown or already used (tokens are single use)",
+                                "token_unknown_or_used")
         if self._clock.now() >= entry.expires_at:
             raise IdentityError(StatusCode.PERMISSION_DENIED,
-                                f"join token for {entry.identity} expired")
+                                f"join token for {entry.identity} expired", "token_expired")
         return entry.identity
 
     def __len__(self) -> int:
@@ -115,7 +116,8 @@ class CertificateIssuer:
             end = min(now + self.validity, ca_cert.not_valid_after_utc)
             certificate = sign_csr(self.ca, csr, identity, end - now, now=now)
         except ValueError as error:
-            raise IdentityError(StatusCode.INVALID_ARGUMENT, f"CSR refused: {error}") from None
+            raise IdentityError(StatusCode.INVALID_ARGUMENT, f"CSR refused: {error}",
+                                "bad_csr") from None
         log.info("issued certificate for %s until %s", identity,
                  certificate.not_valid_after_utc.isoformat())
         return IssuedCertificate(certificate.public_bytes(Encoding.PEM), self.ca_pem,

@@ -22,6 +22,10 @@ class ControlPlaneMetrics(DiscoveryObserver):
         self.handshakes_failed = Counter("mesh_controlplane_tls_handshakes_failed",
                                          "TLS handshakes that failed (a certificate from "
                                          "another CA or expired, not TLS, cut off)", registry=r)
+        self.refused_calls = Counter("mesh_controlplane_refused",
+                               "gRPC calls refused (no or bad certificate, a node claim the "
+                               "certificate does not prove, a spent join token...), by call "
+                               "and reason", ["call", "reason"], registry=r)
         self.pushes = Counter("mesh_controlplane_pushes", "DiscoveryResponses sent", ["type"],
                               registry=r)
         self.acks = Counter("mesh_controlplane_acks", "ACKs received", ["type"], registry=r)
@@ -56,3 +60,6 @@ class ControlPlaneMetrics(DiscoveryObserver):
 
     def converged(self, seconds: float) -> None:
         self.convergence_seconds.observe(seconds)
+
+    def refused(self, call: str, reason: str) -> None:
+        self.refused_calls.labels(call, reason).inc()

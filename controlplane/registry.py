@@ -1,11 +1,15 @@
 """The registry: which instances of which service are alive, where, and whether they are ready.
 
 Registration is authenticated, because a registry anyone can write to lets a compromised pod
-register fake endpoints and intercept traffic. Three checks, in order:
+register fake endpoints and intercept traffic. Services are namespaced: an instance registers
+``<service>`` in ``<namespace>``. Three checks, in order:
 
 1. the caller proved a SPIFFE ID with its client certificate (mTLS), else UNAUTHENTICATED;
-2. that ID may register the service: by default only ``.../sa/<service>`` registers
-   ``<service>``; a policy's ``registration`` grants can widen it; else PERMISSION_DENIED;
+2. that ID may register the service: by default only
+   ``spiffe://<td>/ns/<namespace>/sa/<service>`` registers ``<service>`` in ``<namespace>``
+   (the same account name in another namespace is another workload); a policy's
+   ``registration`` grants can widen it, naming full SPIFFE IDs or ``…/ns/<ns>/sa/*``; else
+   PERMISSION_DENIED;
 3. the address registered is the caller's own source address, so a workload cannot point
    others' traffic at a third party; else PERMISSION_DENIED.
 
@@ -23,8 +27,9 @@ from dataclasses import dataclass
 from controlplane.errors import RegistrationError
 from mesh.clock import Clock
 from mesh.grpc import StatusCode
-from mesh.identity import SpiffeId
+from mesh.identity import DEFAULT_NAMESPACE, SpiffeId, matches
 from mesh.proto.config_pb2 import Endpoint, RegistrationGrant
+from mesh.proto.resources import instance_name
 
 log = logging.getLogger("controlplane.registry")
 
@@ -36,6 +41,7 @@ class Instance:
     """One registered instance and its lease."""
 
     id: str
+    namespace: str
     service: str
     endpoint: Endpoint
     owner: SpiffeId
@@ -57,13 +63,15 @@ class Registry:
 
     # -- queries -----------------------------------------------------------------------------
 
-    def endpoints(self, service: str) -> list[Endpoint]:
-        """The endpoints of ``service``, in a stable order."""
-        found = [i.endpoint for i in self._instances.values() if i.service == service]
+    def endpoints(self, namespace: str, service: str) -> list[Endpoint]:
+        """The endpoints of ``service`` in ``namespace``, in a stable order."""
+        found = [i.endpoint for i in self._instances.values()
+                 if i.service == service and i.namespace == namespace]
         return sorted(found, key=lambda e: (e.address, e.port, e.instance))
 
-    def services(self) -> list[str]:
-        return sorted({i.service for i in self._instances.values()})
+    def services(self) -> list[tuple[str, str]]:
+        """Every (namespace, service) with at least one instance."""
+        return sorted({(i.namespace, i.service) for i in self._instances.values()})
 
     def instances(self) -> list[Instance]:
         return sorted(self._instances.values(), key=lambda i: (i.service, i.id))
@@ -75,39 +83,45 @@ class Registry:
     # -- commands ----------------------------------------------------------------------------
 
     def register(self, service: str, endpoint: Endpoint, caller: SpiffeId | None,
-                 caller_address: str) -> Instance:
-        """Add an instance of ``service`` at ``endpoint`` for ``caller``.
+                 caller_address: str, namespace: str = "") -> Instance:
+        """Add an instance of ``service`` in ``namespace`` at ``endpoint`` for ``caller``.
+
+        Args:
+            namespace: the service's namespace; empty: the caller's own.
 
         Raises:
             RegistrationError: the caller is unauthenticated, not allowed to register
-                ``service``, or registers an address other than its own.
+                ``service`` in ``namespace``, or registers an address other than its own.
         """
         who = self._authenticated(caller, f"register {service!r}")
-        if not self._may_register(who, service):
+        namespace = namespace or who.namespace
+        if not self._may_register(who, namespace, service):
             raise self._refuse(StatusCode.PERMISSION_DENIED,
-                               f"{who} may not register service {service!r} (only "
-                               f"{self._trust_domain}/ns/*/sa/{service} or a registration "
-                               f"grant in the policy may)")
+                               f"{who} may not register service {service!r} in namespace "
+                               f"{namespace!r} (only spiffe://{self._trust_domain}/ns/"
+                               f"{namespace}/sa/{service} or a registration grant in the "
+                               f"policy may)", "not_allowed")
         if endpoint.address != caller_address:
             raise self._refuse(StatusCode.PERMISSION_DENIED,
                                f"{who} may register its own address {caller_address} only, "
-                               f"not {endpoint.address}")
+                               f"not {endpoint.address}", "not_own_address")
         if not 0 < endpoint.port < 65536:
-            raise self._refuse(StatusCode.INVALID_ARGUMENT, f"port {endpoint.port} is invalid")
+            raise self._refuse(StatusCode.INVALID_ARGUMENT, f"port {endpoint.port} is invalid",
+                               "bad_port")
         # The id names the endpoint, so registering it again (a sidecar restarting, or
         # re-registering after a control-plane restart) replaces the old lease in place.
-        instance_id = f"{service}@{endpoint.address}:{endpoint.port}"
+        instance_id = instance_name(namespace, service, endpoint.address, endpoint.port)
         previous = self._instances.get(instance_id)
         if previous is not None and previous.owner != who:
             raise self._refuse(StatusCode.PERMISSION_DENIED,
                                f"{endpoint.address}:{endpoint.port} is registered by "
-                               f"{previous.owner}, not {who}")
+                               f"{previous.owner}, not {who}", "not_owner")
         registered = Endpoint()
         registered.CopyFrom(endpoint)
         registered.instance = instance_id
         if not registered.weight:
             registered.weight = 1
-        instance = Instance(instance_id, service, registered, who,
+        instance = Instance(instance_id, namespace, service, registered, who,
                             self._clock.now() + self.lease_ttl)
         self._instances[instance_id] = instance
         if previous is not None and previous.endpoint == registered:
@@ -149,18 +163,20 @@ class Registry:
     def _authenticated(self, caller: SpiffeId | None, action: str) -> SpiffeId:
         if caller is None:
             raise self._refuse(StatusCode.UNAUTHENTICATED,
-                               f"cannot {action}: no client certificate (mTLS required)")
+                               f"cannot {action}: no client certificate (mTLS required)",
+                               "no_certificate")
         if caller.trust_domain != self._trust_domain:
             raise self._refuse(StatusCode.PERMISSION_DENIED,
                                f"cannot {action}: {caller} is outside trust domain "
-                               f"{self._trust_domain!r}")
+                               f"{self._trust_domain!r}", "foreign_trust_domain")
         return caller
 
-    def _may_register(self, who: SpiffeId, service: str) -> bool:
-        if who.service == service:
+    def _may_register(self, who: SpiffeId, namespace: str, service: str) -> bool:
+        if who.service == service and who.namespace == namespace:
             return True
-        return any(grant.service == service and
-                   ("*" in grant.principals or who.principal in grant.principals)
+        return any(grant.service == service
+                   and (grant.namespace or DEFAULT_NAMESPACE) == namespace
+                   and any(matches(pattern, who) for pattern in grant.identities)
                    for grant in self._grants())
 
     def _owned(self, instance_id: str, caller: SpiffeId | None, action: str) -> Instance:
@@ -169,18 +185,19 @@ class Registry:
         if instance is None:
             raise self._refuse(StatusCode.NOT_FOUND,
                                f"no instance {instance_id!r} (its lease may have lapsed: "
-                               f"register again)")
+                               f"register again)", "unknown_instance")
         if instance.owner != who:
             raise self._refuse(StatusCode.PERMISSION_DENIED,
                                f"{who} may not {action} {instance_id}, registered by "
-                               f"{instance.owner}")
+                               f"{instance.owner}", "not_owner")
         return instance
 
-    def _refuse(self, code: StatusCode, message: str) -> RegistrationError:
+    def _refuse(self, code: StatusCode, message: str, reason: str) -> RegistrationError:
         log.warning("registration refused (%s): %s", code.name, message)
-        return RegistrationError(code, message)
+        return RegistrationError(code, message, reason)
 
     def _changed(self) -> None:
         self.version += 1
         for listener in self._listeners:
             listener()
+

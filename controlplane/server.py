@@ -1,11 +1,17 @@
 """The control plane assembled: identity, registry, policy and discovery behind gRPC + mTLS.
 
-    gRPC (mTLS, client certificate optional so a new sidecar can present a join token;
-          handshakes run by :mod:`controlplane.listener`, which logs each one refused)
-        /mesh.v1.Identity/SignCertificate          join token or current cert → new cert
-        /mesh.v1.Registry/Register|Heartbeat|Deregister
-        /mesh.v1.AggregatedDiscoveryService/StreamResources
-    HTTP (operator API, loopback by default): see :mod:`controlplane.api`
+    gRPC (TLS; handshakes run by :mod:`controlplane.listener`, which logs each one refused)
+        /mesh.v1.Identity/SignCertificate          join token, or the current certificate
+                                                   (renewal) → new certificate
+        /mesh.v1.Registry/Register|Heartbeat|Deregister         mesh certificate required
+        /mesh.v1.AggregatedDiscoveryService/StreamResources     mesh certificate required
+    HTTP (operator API, loopback by default, operator token required): :mod:`controlplane.api`
+
+The listener makes client certificates *optional*, for one reason only: a new sidecar has no
+certificate yet and trades a join token for its first. Every other call is refused with
+UNAUTHENTICATED unless the caller proved a mesh SPIFFE ID with a certificate of the mesh CA
+(a certificate of another CA, or an expired one, fails the handshake itself). Each refusal is
+logged with the peer's address and counted in ``mesh_controlplane_refused`` by call and reason.
 
 Every change to the policy or the registry builds one new snapshot (lazily, on the first
 stream that asks) and wakes every discovery stream.
@@ -16,15 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from certs.pki import issue_workload, load_ca, write_workload
 from controlplane.discovery import DiscoveryServer
-from controlplane.errors import IdentityError, RegistrationError
+from controlplane.errors import AuthenticationError, ControlPlaneError, IdentityError
 from controlplane.identity import CertificateIssuer, JoinTokens
 from controlplane.listener import TlsListener
 from controlplane.metrics import ControlPlaneMetrics
+from controlplane.operator import TOKEN_FILE, OperatorToken
 from controlplane.policy import PolicyStore
 from controlplane.registry import Registry
 from controlplane.snapshot import Snapshot, build
@@ -32,8 +41,7 @@ from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.grpc import Cardinality, Context, GrpcServer, StatusCode
 from mesh.http2 import Server
 from mesh.identity import SpiffeId
-from mesh.proto.config_pb2 import ClusterLoadAssignment
-from mesh.proto.discovery_pb2 import DiscoveryRequest
+from mesh.proto.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 from mesh.proto.registry_pb2 import (
     DeregisterRequest,
     DeregisterResponse,
@@ -48,11 +56,17 @@ from mesh.tls import peer_spiffe_id, server_context
 
 log = logging.getLogger("controlplane")
 
+T = TypeVar("T")
+
 CONTROL_PLANE_NAMESPACE = "mesh-system"
 
 
 def caller_identity(context: Context) -> SpiffeId | None:
-    """The SPIFFE ID the caller proved with its client certificate, if it presented one."""
+    """The SPIFFE ID the caller proved with its client certificate, if it presented one.
+
+    Raises:
+        ValueError: the certificate (of the mesh CA) holds no valid mesh SPIFFE ID.
+    """
     return peer_spiffe_id(context.ssl_object) if context.ssl_object is not None else None
 
 
@@ -66,12 +80,18 @@ class ControlPlane:
 
     def __init__(self, pki_dir: Path, *, clock: Clock = SYSTEM_CLOCK, lease_ttl: float = 10.0,
                  cert_validity: timedelta = timedelta(hours=1), token_ttl: float = 600.0,
-                 policy_path: Path | None = None) -> None:
+                 policy_path: Path | None = None,
+                 operator_token_file: Path | None = None) -> None:
+        """Raises:
+            OperatorCredentialError: the operator token file cannot be used.
+        """
         self.pki_dir = pki_dir
         self.ca = load_ca(pki_dir)
         self.trust_domain = self.ca.trust_domain
         self.clock = clock
         self.metrics = ControlPlaneMetrics()
+        self.operator_token_file = operator_token_file or pki_dir / TOKEN_FILE
+        self.operator = OperatorToken.load_or_create(self.operator_token_file)
         self.tokens = JoinTokens(clock, ttl=token_ttl)
         self.issuer = CertificateIssuer(self.ca, validity=cert_validity)
         self.policy = PolicyStore(on_reject=lambda _: self.metrics.policy_rejections.inc())
@@ -95,10 +115,7 @@ class ControlPlane:
         """The current snapshot, rebuilt only when the policy or the registry changed."""
         key = (self.policy.current[0], self.registry.version)
         if self._snapshot is None or self._snapshot[0] != key:
-            endpoints = {}
-            for service in self.registry.services():
-                endpoints[service] = ClusterLoadAssignment(
-                    cluster_name=service, endpoints=self.registry.endpoints(service))
+            endpoints = {key: self.registry.endpoints(*key) for key in self.registry.services()}
             self._snapshot = (key, build(self.policy.current[1], endpoints))
         return self._snapshot[1]
 
@@ -122,8 +139,45 @@ class ControlPlane:
                    self._deregister)
         server.add("/mesh.v1.AggregatedDiscoveryService/StreamResources",
                    Cardinality.STREAM_STREAM, DiscoveryRequest.FromString,
-                   self.discovery.stream_resources)
+                   self._stream_resources)
         return server
+
+    def _authenticate(self, context: Context, call: str) -> SpiffeId:
+        """The mesh identity the caller proved with its client certificate.
+
+        Raises:
+            AuthenticationError: UNAUTHENTICATED, the caller proved none.
+        """
+        try:
+            identity = caller_identity(context)
+        except ValueError as error:
+            identity, reason, problem = None, "bad_certificate", str(error)
+        else:
+            reason, problem = "no_certificate", "no client certificate was presented"
+            if identity is not None and identity.trust_domain != self.trust_domain:
+                reason, problem = "foreign_trust_domain", f"{identity} is outside trust " \
+                                                          f"domain {self.trust_domain!r}"
+                identity = None
+        if identity is not None:
+            return identity
+        message = (f"{call} needs a certificate of the mesh CA (mTLS): {problem}; only "
+                   f"SignCertificate with a join token may be called without one")
+        raise self._refused(call, context, AuthenticationError(StatusCode.UNAUTHENTICATED,
+                                                               message, reason))
+
+    def _refused(self, call: str, context: Context,
+                 error: ControlPlaneError) -> ControlPlaneError:
+        """Log and count a refusal; return it to be raised."""
+        self.metrics.refused(call, error.reason)
+        log.warning("%s from %s refused (%s): %s", call, caller_address(context),
+                    error.code.name, error.message)
+        return error
+
+    async def _stream_resources(self, requests: AsyncIterator[DiscoveryRequest],
+                                context: Context) -> AsyncIterator[DiscoveryResponse]:
+        identity = self._authenticate(context, "StreamResources")
+        async for response in self.discovery.serve(requests, identity, str(context.peer)):
+            yield response
 
     async def _sign_certificate(self, request: SignCertificateRequest,
                                 context: Context) -> SignCertificateResponse:
@@ -131,27 +185,33 @@ class ControlPlane:
             if request.join_token:
                 identity = self.tokens.redeem(request.join_token)
             else:
-                current = caller_identity(context)
-                if current is None:
-                    raise IdentityError(StatusCode.UNAUTHENTICATED,
-                                        "a certificate needs a join token, or the current "
-                                        "certificate presented over mTLS to renew")
-                identity = current
+                identity = self._authenticate(context, "SignCertificate")
             issued = self.issuer.issue(request.csr_pem, identity)
-        except IdentityError as error:
+        except ControlPlaneError as error:
             self.metrics.certificates.labels(error.code.name.lower()).inc()
-            log.warning("certificate refused for %s: %s", caller_address(context), error)
+            if isinstance(error, IdentityError):
+                self._refused("SignCertificate", context, error)
             raise
         self.metrics.certificates.labels("issued").inc()
         return SignCertificateResponse(certificate_pem=issued.certificate_pem,
                                        ca_pem=issued.ca_pem,
                                        not_after_unix=int(issued.not_after.timestamp()))
 
+    def _as_caller(self, call: str, context: Context,
+                      action: Callable[[SpiffeId], T]) -> T:
+        """Run ``action`` for the caller's proven identity; log and count its refusal."""
+        identity = self._authenticate(context, call)
+        try:
+            return action(identity)
+        except ControlPlaneError as error:
+            raise self._refused(call, context, error) from None
+
     async def _register(self, request: RegisterRequest, context: Context) -> RegisterResponse:
         try:
-            instance = self.registry.register(request.service, request.endpoint,
-                                              caller_identity(context), caller_address(context))
-        except RegistrationError:
+            instance = self._as_caller("Register", context, lambda identity: (
+                self.registry.register(request.service, request.endpoint, identity,
+                                       caller_address(context), request.namespace)))
+        except ControlPlaneError:
             self.metrics.registrations.labels("refused").inc()
             raise
         self.metrics.registrations.labels("accepted").inc()
@@ -159,12 +219,14 @@ class ControlPlane:
                                 lease_ttl_ms=int(self.registry.lease_ttl * 1000))
 
     async def _heartbeat(self, request: HeartbeatRequest, context: Context) -> HeartbeatResponse:
-        self.registry.heartbeat(request.instance, request.health, caller_identity(context))
+        self._as_caller("Heartbeat", context, lambda identity: (
+            self.registry.heartbeat(request.instance, request.health, identity)))
         return HeartbeatResponse(lease_ttl_ms=int(self.registry.lease_ttl * 1000))
 
     async def _deregister(self, request: DeregisterRequest,
                           context: Context) -> DeregisterResponse:
-        self.registry.deregister(request.instance, caller_identity(context))
+        self._as_caller("Deregister", context, lambda identity: (
+            self.registry.deregister(request.instance, identity)))
         return DeregisterResponse()
 
     # -- running -----------------------------------------------------------------------------

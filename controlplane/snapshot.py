@@ -1,8 +1,15 @@
 """The snapshot: every resource a sidecar should have, built from the policy and the registry.
 
 One snapshot is built per change (not per subscriber) and then *viewed* per sidecar: clusters,
-endpoints and routes are the same for everyone; authorization policies go only to the sidecar
-of the service they protect. Each type's version is a digest of its resources, so "did this
+endpoints and routes are the same for everyone; authorization policies go only to the sidecars
+of the service they protect — chosen by the identity a sidecar *proved* with its certificate,
+never by what its discovery request claims.
+
+A cluster's endpoints are the instances registered for its name in its namespace (``default``
+unless the cluster says). A service that registered instances but has no cluster in the policy
+gets a default cluster, so a mesh works before anyone writes a policy: named ``<service>`` in
+the ``default`` namespace and ``<service>.<namespace>`` in any other (as a Kubernetes short DNS
+name reads from ``default``). Each type's version is a digest of its resources, so "did this
 sidecar's view change?" is a string comparison, and an unchanged view is never pushed again.
 
 Types are sent in make-before-break order: clusters, then their endpoints, then the routes that
@@ -17,13 +24,14 @@ from dataclasses import dataclass
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 
+from mesh.identity import DEFAULT_NAMESPACE, SpiffeId
 from mesh.proto.config_pb2 import (
     AuthorizationPolicy,
     Cluster,
     ClusterLoadAssignment,
+    Endpoint,
     MeshPolicy,
 )
-from mesh.proto.discovery_pb2 import Node
 from mesh.proto.resources import AUTHORIZATION, CLUSTERS, ENDPOINTS, ROUTES
 
 
@@ -54,8 +62,8 @@ class Snapshot:
     routes: Resources
     authorization: tuple[AuthorizationPolicy, ...]
 
-    def view(self, type_url: str, node: Node) -> Resources:
-        """What the sidecar ``node`` should hold of ``type_url``."""
+    def view(self, type_url: str, identity: SpiffeId) -> Resources:
+        """What the sidecar that proved ``identity`` should hold of ``type_url``."""
         if type_url == CLUSTERS:
             return self.clusters
         if type_url == ENDPOINTS:
@@ -63,21 +71,24 @@ class Snapshot:
         if type_url == ROUTES:
             return self.routes
         if type_url == AUTHORIZATION:
-            mine = [p for p in self.authorization if p.service == node.service]
+            mine = [p for p in self.authorization if p.service == identity.service
+                    and (p.namespace or DEFAULT_NAMESPACE) == identity.namespace]
             return _pack(AUTHORIZATION, [(f"{p.service}/{i}", p) for i, p in enumerate(mine)])
         raise KeyError(f"unknown resource type {type_url!r}")
 
 
-def build(policy: MeshPolicy, endpoints: dict[str, ClusterLoadAssignment]) -> Snapshot:
-    """The snapshot for ``policy`` and the registry's ``endpoints`` by service.
-
-    A service that registered instances but has no cluster in the policy gets a default
-    cluster, so a mesh works before anyone writes a policy.
-    """
+def build(policy: MeshPolicy, endpoints: dict[tuple[str, str], list[Endpoint]]) -> Snapshot:
+    """The snapshot for ``policy`` and the registry's ``endpoints`` by (namespace, service)."""
     clusters: dict[str, Cluster] = {c.name: c for c in policy.clusters}
-    for service in endpoints:
-        clusters.setdefault(service, Cluster(name=service))
-    assignments = [endpoints.get(name) or ClusterLoadAssignment(cluster_name=name)
+    served = {(c.namespace or DEFAULT_NAMESPACE, c.name): c.name for c in policy.clusters}
+    for namespace, service in sorted(endpoints):
+        if (namespace, service) not in served:
+            name = default_cluster_name(namespace, service)
+            if name not in clusters:  # else the policy's cluster of that name (another namespace)
+                clusters[name] = Cluster(name=name, namespace=namespace)
+                served[namespace, service] = name
+    found = {name: endpoints.get(key, []) for key, name in served.items()}
+    assignments = [ClusterLoadAssignment(cluster_name=name, endpoints=found.get(name, []))
                    for name in sorted(clusters)]
     return Snapshot(
         clusters=_pack(CLUSTERS, [(name, clusters[name]) for name in sorted(clusters)]),
@@ -85,6 +96,11 @@ def build(policy: MeshPolicy, endpoints: dict[str, ClusterLoadAssignment]) -> Sn
         routes=_pack(ROUTES, [(r.name, r) for r in policy.routes]),
         authorization=tuple(policy.authorization),
     )
+
+
+def default_cluster_name(namespace: str, service: str) -> str:
+    """The cluster a registered service gets when the policy has none for it."""
+    return service if namespace == DEFAULT_NAMESPACE else f"{service}.{namespace}"
 
 
 def _pack(type_url: str, named: list[tuple[str, Message]]) -> Resources:

@@ -16,8 +16,14 @@ or worse, a policy every sidecar accepts and that routes nowhere. The rules:
                     first would win silently); each route a path specifier (prefix, path or
                     safe_regex) that starts with '/' or compiles, lower-case header names, and a
                     cluster — or weighted clusters adding up to 100 — that the policy declares
-    principals      ``<trust-domain>/ns/<namespace>/sa/<service>`` or ``*``, in authorization
-                    rules and registration grants; paths exact or a prefix ending in '*'
+    namespaces      of clusters, authorization policies and registration grants: a SPIFFE
+                    path segment (letters, digits, '.', '-', '_'); unset means ``default``
+    principals      ``<trust-domain>/ns/<namespace>/sa/<service>`` or ``*`` in authorization
+                    rules; paths exact or a prefix ending in '*'
+    registration    a grant opens one service of one namespace to identities named in full:
+                    ``spiffe://<td>/ns/<ns>/sa/<service>`` or ``spiffe://<td>/ns/<ns>/sa/*``,
+                    never ``*`` or a bare account name (the same name in another namespace is
+                    another workload)
 
 Authorization for a service that the policy declares no cluster for is accepted: a service
 exists as soon as its instances register (the snapshot gives it a default cluster), and the
@@ -53,6 +59,8 @@ RETRY_ON = ("connect-failure", "refused-stream", "reset", "5xx", "gateway-error"
 
 TOP_LEVEL = ("clusters", "routes", "authorization", "registration")
 PRINCIPAL_SHAPE = "'<trust-domain>/ns/<namespace>/sa/<service>' or '*'"
+GRANTED_SHAPE = ("'spiffe://<td>/ns/<namespace>/sa/<service>' or "
+                 "'spiffe://<td>/ns/<namespace>/sa/*'")
 _NAME = re.compile(r"[A-Za-z0-9._-]+")  # a service name is also a SPIFFE path segment
 MIN_BUDGET_TTL, MAX_BUDGET_TTL = 1.0, 60.0  # seconds, as the sidecar's retry budget enforces
 
@@ -119,6 +127,7 @@ def check(policy: MeshPolicy, origins: Origins) -> list[Problem]:
         else:
             clusters[cluster.name] = where
             declared[cluster.name] = cluster
+        _namespace(cluster.namespace, report)
         timeout = cluster.timeout if cluster.HasField("timeout") else None
         if cluster.HasField("retry_policy"):
             _retry_policy(cluster.retry_policy, "retry_policy", timeout, "timeout", report)
@@ -176,6 +185,7 @@ def check(policy: MeshPolicy, origins: Origins) -> list[Problem]:
         report, _ = entry("authorization", i)
         if not authorization.service:
             report("service", "an authorization policy needs the service it protects")
+        _namespace(authorization.namespace, report)
         for r, rule in enumerate(authorization.rules):
             _principals(list(rule.principals), f"rules[{r}].principals", report)
             for p, path in enumerate(rule.paths):
@@ -189,10 +199,23 @@ def check(policy: MeshPolicy, origins: Origins) -> list[Problem]:
         report, _ = entry("registration", i)
         if not grant.service:
             report("service", "a registration grant needs the service it opens")
-        if not grant.principals:
-            report("principals", "a registration grant needs at least one principal")
-        _principals(list(grant.principals), "principals", report)
+        _namespace(grant.namespace, report)
+        if not grant.identities:
+            report("identities", "a registration grant needs at least one identity")
+        for n, granted in enumerate(grant.identities):
+            pattern = granted[:-1] + "x" if granted.endswith("/sa/*") else granted
+            try:
+                parse_spiffe_id(pattern)
+            except ValueError:
+                report(f"identities[{n}]", f"{granted!r} is not a SPIFFE ID (want "
+                                           f"{GRANTED_SHAPE}: an account name alone would "
+                                           f"match that name in every namespace)")
     return problems
+
+
+def _namespace(namespace: str, report: Report) -> None:
+    if namespace and not _NAME.fullmatch(namespace):
+        report("namespace", f"{namespace!r} may hold only letters, digits, '.', '-' and '_'")
 
 
 def _retry_policy(policy: RetryPolicy, at: str, timeout: Duration | None, timeout_name: str,

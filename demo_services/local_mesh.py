@@ -4,9 +4,11 @@
 
 1. **PKI**: a fresh mesh CA in ``STATE/pki`` (keys 0600), as ``python -m certs init`` makes it;
 2. **control plane** on 127.0.10.1 with the demo policy (``demo_services/policy/shop.yaml``,
-   copied to ``STATE/policy/`` and hot-reloaded from there);
-3. **join tokens**: one single-use token per sidecar, from the operator API (``POST /tokens``),
-   handed over in the environment (never on a command line, where ``ps`` would show it);
+   copied to ``STATE/policy/`` and hot-reloaded from there); it makes the operator token in
+   ``STATE/pki/operator.token`` (0600), where ``meshctl`` finds it;
+3. **join tokens**: one single-use token per sidecar, minted with the operator token from the
+   operator API (``POST /tokens``), handed over in the environment (never on a command line,
+   where ``ps`` would show it);
 4. **every instance** (:mod:`demo_services.topology`): its app and its sidecar, which redeems the
    token for a certificate, registers its address and subscribes to its configuration;
 5. **readiness**: every app answers ``/healthz``, every sidecar ``/ready``, and every sidecar
@@ -124,8 +126,10 @@ class LocalMesh:
                                      "--api", t.api, "--policy", str(policy),
                                      "--lease-ttl", str(self.options.lease_ttl)])
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
-            await self._wait("the control plane's API", lambda: _ok(http, f"http://{t.api}/status"))
-            tokens = {i.name: await _token(http, t.api, i.service) for i in t.instances()}
+            await self._wait("the control plane's API", lambda: _ok(http, f"http://{t.api}/healthz"))
+            operator = (self.state_dir / "pki" / "operator.token").read_text().strip()
+            tokens = {i.name: await _token(http, t.api, operator, i.service)
+                      for i in t.instances()}
             _log(self.started, f"control plane ready; {len(tokens)} join tokens made; starting "
                                f"{len(t.instances())} sidecars and their apps")
             for index, instance in enumerate(t.instances()):
@@ -312,9 +316,11 @@ async def _converged(http: aiohttp.ClientSession, instance: Instance) -> bool:
     return True
 
 
-async def _token(http: aiohttp.ClientSession, api: str, service: str) -> str:
+async def _token(http: aiohttp.ClientSession, api: str, operator: str, service: str) -> str:
+    """A join token for ``service``, minted with the ``operator`` token."""
     async with http.post(f"http://{api}/tokens",
-                         json={"service": service, "namespace": NAMESPACE}) as response:
+                         json={"service": service, "namespace": NAMESPACE},
+                         headers={"Authorization": f"Bearer {operator}"}) as response:
         data = await response.json()
         if response.status != 200:
             raise MeshError(f"the control plane refused a join token for {service}: {data}")

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 SCHEME = "spiffe://"
+DEFAULT_NAMESPACE = "default"  # a service, policy or grant that names no namespace is in it
 SHAPE = "spiffe://<trust-domain>/ns/<namespace>/sa/<service>"
 MAX_LENGTH = 2048  # bytes; the SPIFFE ID spec's limit for the whole URI
 
@@ -83,6 +84,14 @@ def parse(uri: str) -> SpiffeId:
         if problem:
             raise invalid(f"{field} {value!r} {problem}")
     return SpiffeId(trust_domain=trust_domain, namespace=namespace, service=service)
+
+
+def matches(pattern: str, identity: SpiffeId) -> bool:
+    """Whether ``identity`` is ``pattern``: a SPIFFE ID, or ``spiffe://<td>/ns/<ns>/sa/*`` for
+    every service account of one namespace."""
+    if pattern.endswith("/sa/*"):
+        return str(identity).startswith(pattern[:-1])
+    return str(identity) == pattern
 
 
 def check_trust_domain(trust_domain: str) -> str:

@@ -7,7 +7,11 @@
     meshctl apply -f FILE                 apply a policy file (every problem shown if rejected)
     meshctl token create SERVICE [--namespace NS] [--ttl SECONDS]
 
-The API address comes from ``--api`` or ``MESH_CP_API`` (default 127.0.0.1:15014).
+The API address comes from ``--api`` or ``MESH_CP_API`` (default 127.0.0.1:15014). Every
+command sends the operator token, found by itself: the file ``MESH_OPERATOR_TOKEN_FILE``
+names, else the first ``operator.token`` there is in ``$MESH_PKI_DIR``, the local demo's
+``.mesh/demo/pki`` (``$DEMO_STATE_DIR/pki``), ``.mesh/compose`` (copied there by
+``scripts/compose-up``) and ``.mesh/pki`` (the control plane's default PKI folder).
 """
 
 from __future__ import annotations
@@ -29,9 +33,32 @@ class ApiError(Exception):
     """The control plane answered with an error, or could not be reached."""
 
 
+TOKEN_FILE = "operator.token"
+
+
+def operator_token_file() -> Path | None:
+    """Where the operator token is, by the search order in this module's docstring."""
+    named = os.environ.get("MESH_OPERATOR_TOKEN_FILE")
+    if named:
+        return Path(named)
+    folders = [os.environ.get("MESH_PKI_DIR"),
+               f"{os.environ.get('DEMO_STATE_DIR') or demo.DEFAULT_STATE_DIR}/pki",
+               ".mesh/compose", ".mesh/pki"]
+    for folder in folders:
+        if folder and (Path(folder) / TOKEN_FILE).is_file():
+            return Path(folder) / TOKEN_FILE
+    return None
+
+
 def call(api: str, method: str, path: str, body: bytes | None = None) -> Any:
-    """One request to the operator API; JSON answers are decoded."""
+    """One request to the operator API, with the operator token; JSON answers are decoded."""
     request = urllib.request.Request(f"http://{api}{path}", data=body, method=method)
+    token_file = operator_token_file()
+    if token_file is not None:
+        try:
+            request.add_header("Authorization", f"Bearer {token_file.read_text().strip()}")
+        except OSError as error:
+            raise ApiError(f"cannot read the operator token: {error}") from None
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             data = response.read()
@@ -40,6 +67,9 @@ def call(api: str, method: str, path: str, body: bytes | None = None) -> Any:
         detail = error.read().decode(errors="replace")
         with contextlib.suppress(ValueError):
             detail = json.loads(detail).get("error", detail)
+        if error.code == 401:
+            detail += (f"\n(meshctl sent the token in {token_file})" if token_file else
+                       "\n(meshctl found no operator token: set MESH_OPERATOR_TOKEN_FILE)")
         raise ApiError(f"{method} {path}: HTTP {error.code}\n{detail}") from None
     except OSError as error:
         raise ApiError(f"cannot reach the control plane at {api}: {error}") from None
@@ -102,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             case "status":
                 print(status(api))
             case "services":
-                print(table(call(api, "GET", "/services"), ["service", "instances", "healthy"]))
+                print(table(call(api, "GET", "/services"),
+                            ["service", "namespace", "instances", "healthy"]))
             case "endpoints":
                 rows = call(api, "GET", f"/endpoints/{args.service}")
-                print(table(rows, ["instance", "address", "port", "weight", "zone", "health",
-                                   "owner", "lease_remaining_s"]))
+                print(table(rows, ["instance", "namespace", "address", "port", "weight", "zone",
+                                   "health", "owner", "lease_remaining_s"]))
             case "policy":
                 print(call(api, "GET", "/policy"), end="")
             case "apply":

@@ -29,7 +29,7 @@ from mesh.http2 import Http2Connection, Server, serve
 from mesh.identity import SpiffeId
 from mesh.proto.config_pb2 import Cluster, Endpoint
 from mesh.proto.discovery_pb2 import Node
-from mesh.proto.resources import short_name
+from mesh.proto.resources import instance_name, short_name
 from mesh.tls import client_context, server_context
 from sidecar import static_config
 from sidecar.admin import make_admin
@@ -64,7 +64,8 @@ class SidecarOptions:
     app_protocol: str | None = None  # "h2c" or "http1"; None: as the configuration declares
     control_plane: Address | None = None
     bootstrap_ca: Path | None = None  # verifies the control plane before we have a cert
-    join_token: str = ""
+    join_token: str = ""  # from the environment: a command line is public
+    join_token_file: Path | None = None  # holds the join token; used instead of join_token
     cert_dir: Path = Path(".mesh/sidecar")
     static_config: Path | None = None
     cert: Path | None = None  # static mode: our certificate, key and the mesh CA
@@ -144,12 +145,23 @@ class Sidecar:
         files = CertificateFiles(o.cert_dir / "cert.pem", o.cert_dir / "key.pem",
                                  o.cert_dir / "ca.pem")
         if not files.cert.exists():
-            if not o.join_token or o.bootstrap_ca is None:
-                raise ValueError("first start with a control plane needs --join-token and "
-                                 "--bootstrap-ca (the mesh CA that signs the control plane)")
+            token = o.join_token
+            if o.join_token_file is not None:
+                try:
+                    token = o.join_token_file.read_text().strip()
+                except OSError as error:
+                    raise ValueError(f"--join-token-file {o.join_token_file}: "
+                                     f"{error.strerror}; the first certificate needs it") from None
+                if not token:
+                    raise ValueError(f"--join-token-file {o.join_token_file} is empty; the "
+                                     f"first certificate needs a join token")
+            if not token or o.bootstrap_ca is None:
+                raise ValueError("first start with a control plane needs a join token "
+                                 "(--join-token-file or MESH_JOIN_TOKEN) and --bootstrap-ca "
+                                 "(the mesh CA that signs the control plane)")
             wanted = SpiffeId(trust_domain=o.trust_domain, namespace=o.namespace,
                               service=o.service)
-            await bootstrap(*o.control_plane, o.bootstrap_ca, files, wanted, o.join_token)
+            await bootstrap(*o.control_plane, o.bootstrap_ca, files, wanted, token)
         self.files = files
 
     def _join(self, identity: SpiffeId) -> None:
@@ -164,10 +176,11 @@ class Sidecar:
         backoff = functools.partial(Backoff(base_interval=0.1, max_interval=5.0).delays,
                                     self.rng)
         endpoint = Endpoint(address=o.advertise or o.inbound[0], port=o.inbound[1])
-        self.registration = Registration(channel, o.service, endpoint, ready=lambda: True,
-                                         backoff=backoff)
-        node = Node(id=f"{o.service}@{endpoint.address}:{endpoint.port}", service=o.service,
-                    namespace=identity.namespace)
+        self.registration = Registration(channel, o.service, identity.namespace, endpoint,
+                                         ready=lambda: True, backoff=backoff)
+        node = Node(id=instance_name(identity.namespace, o.service, endpoint.address,
+                                     endpoint.port),
+                    service=o.service, namespace=identity.namespace)
         self.discovery = DiscoveryClient(channel, node, self._apply, backoff=backoff)
         self.rotation = Rotation(*o.control_plane, self.files,
                                  [self.server_tls, self.client_tls])

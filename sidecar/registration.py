@@ -35,9 +35,10 @@ REGISTRY = "/mesh.v1.Registry/"
 class Registration:
     """Registers once, renews forever, registers again when forgotten."""
 
-    def __init__(self, channel: Channel, service: str, endpoint: Endpoint, *,
+    def __init__(self, channel: Channel, service: str, namespace: str, endpoint: Endpoint, *,
                  ready: Callable[[], bool], backoff: Callable[[], Iterator[float]]) -> None:
         self.service = service
+        self.namespace = namespace
         self.endpoint = endpoint
         self.instance: str | None = None
         self.lease_ttl = 10.0
@@ -79,8 +80,9 @@ class Registration:
             endpoint = Endpoint()
             endpoint.CopyFrom(self.endpoint)
             endpoint.health = health
-            response = await self._register(RegisterRequest(service=self.service,
-                                                            endpoint=endpoint), timeout=5.0)
+            request = RegisterRequest(service=self.service, namespace=self.namespace,
+                                      endpoint=endpoint)
+            response = await self._register(request, timeout=5.0)
             self.instance = response.instance
             self.lease_ttl = response.lease_ttl_ms / 1000 or self.lease_ttl
             self.registered.set()

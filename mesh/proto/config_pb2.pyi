@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "lb_policy", "least_request", "peak_ewma", "ring_hash", "connect_timeout", "timeout", "retry_policy", "retry_budget", "outlier_detection", "circuit_breakers", "pool", "app_protocol")
+    __slots__ = ("name", "namespace", "lb_policy", "least_request", "peak_ewma", "ring_hash", "connect_timeout", "timeout", "retry_policy", "retry_budget", "outlier_detection", "circuit_breakers", "pool", "app_protocol")
     class LbPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         LEAST_REQUEST: _ClassVar[Cluster.LbPolicy]
@@ -31,6 +31,7 @@ class Cluster(_message.Message):
     GRPC: Cluster.Protocol
     HTTP1: Cluster.Protocol
     NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LB_POLICY_FIELD_NUMBER: _ClassVar[int]
     LEAST_REQUEST_FIELD_NUMBER: _ClassVar[int]
     PEAK_EWMA_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +45,7 @@ class Cluster(_message.Message):
     POOL_FIELD_NUMBER: _ClassVar[int]
     APP_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     name: str
+    namespace: str
     lb_policy: Cluster.LbPolicy
     least_request: LeastRequest
     peak_ewma: PeakEwma
@@ -56,7 +58,7 @@ class Cluster(_message.Message):
     circuit_breakers: CircuitBreakers
     pool: ConnectionPool
     app_protocol: Cluster.Protocol
-    def __init__(self, name: _Optional[str] = ..., lb_policy: _Optional[_Union[Cluster.LbPolicy, str]] = ..., least_request: _Optional[_Union[LeastRequest, _Mapping]] = ..., peak_ewma: _Optional[_Union[PeakEwma, _Mapping]] = ..., ring_hash: _Optional[_Union[RingHash, _Mapping]] = ..., connect_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., circuit_breakers: _Optional[_Union[CircuitBreakers, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., app_protocol: _Optional[_Union[Cluster.Protocol, str]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., lb_policy: _Optional[_Union[Cluster.LbPolicy, str]] = ..., least_request: _Optional[_Union[LeastRequest, _Mapping]] = ..., peak_ewma: _Optional[_Union[PeakEwma, _Mapping]] = ..., ring_hash: _Optional[_Union[RingHash, _Mapping]] = ..., connect_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., circuit_breakers: _Optional[_Union[CircuitBreakers, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., app_protocol: _Optional[_Union[Cluster.Protocol, str]] = ...) -> None: ...
 
 class LeastRequest(_message.Message):
     __slots__ = ("choice_count", "active_request_bias")
@@ -280,7 +282,7 @@ class WeightedClusters(_message.Message):
     def __init__(self, clusters: _Optional[_Iterable[_Union[WeightedClusters.ClusterWeight, _Mapping]]] = ...) -> None: ...
 
 class AuthorizationPolicy(_message.Message):
-    __slots__ = ("service", "action", "rules")
+    __slots__ = ("service", "namespace", "action", "rules")
     class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ALLOW: _ClassVar[AuthorizationPolicy.Action]
@@ -288,12 +290,14 @@ class AuthorizationPolicy(_message.Message):
     ALLOW: AuthorizationPolicy.Action
     DENY: AuthorizationPolicy.Action
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     service: str
+    namespace: str
     action: AuthorizationPolicy.Action
     rules: _containers.RepeatedCompositeFieldContainer[AuthorizationRule]
-    def __init__(self, service: _Optional[str] = ..., action: _Optional[_Union[AuthorizationPolicy.Action, str]] = ..., rules: _Optional[_Iterable[_Union[AuthorizationRule, _Mapping]]] = ...) -> None: ...
+    def __init__(self, service: _Optional[str] = ..., namespace: _Optional[str] = ..., action: _Optional[_Union[AuthorizationPolicy.Action, str]] = ..., rules: _Optional[_Iterable[_Union[AuthorizationRule, _Mapping]]] = ...) -> None: ...
 
 class AuthorizationRule(_message.Message):
     __slots__ = ("principals", "paths")
@@ -304,12 +308,14 @@ class AuthorizationRule(_message.Message):
     def __init__(self, principals: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegistrationGrant(_message.Message):
-    __slots__ = ("service", "principals")
+    __slots__ = ("service", "namespace", "identities")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
-    PRINCIPALS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     service: str
-    principals: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, service: _Optional[str] = ..., principals: _Optional[_Iterable[str]] = ...) -> None: ...
+    namespace: str
+    identities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, service: _Optional[str] = ..., namespace: _Optional[str] = ..., identities: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MeshPolicy(_message.Message):
     __slots__ = ("clusters", "routes", "authorization", "registration")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mesh.proto import config_pb2 as mesh_dot_proto_dot_config__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mesh/proto/registry.proto\x12\x07mesh.v1\x1a\x17mesh/proto/config.proto\"=\n\x16SignCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\x12\x12\n\njoin_token\x18\x02 \x01(\t\"Z\n\x17SignCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x16\n\x0enot_after_unix\x18\x03 \x01(\x03\"G\n\x0fRegisterRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12#\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x11.mesh.v1.Endpoint\":\n\x10RegisterResponse\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x14\n\x0clease_ttl_ms\x18\x02 \x01(\r\"%\n\x11\x44\x65registerRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"N\n\x10HeartbeatRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12(\n\x06health\x18\x02 \x01(\x0e\x32\x18.mesh.v1.Endpoint.Health\")\n\x11HeartbeatResponse\x12\x14\n\x0clease_ttl_ms\x18\x01 \x01(\r2`\n\x08Identity\x12T\n\x0fSignCertificate\x12\x1f.mesh.v1.SignCertificateRequest\x1a .mesh.v1.SignCertificateResponse2\xd6\x01\n\x08Registry\x12?\n\x08Register\x12\x18.mesh.v1.RegisterRequest\x1a\x19.mesh.v1.RegisterResponse\x12\x45\n\nDeregister\x12\x1a.mesh.v1.DeregisterRequest\x1a\x1b.mesh.v1.DeregisterResponse\x12\x42\n\tHeartbeat\x12\x19.mesh.v1.HeartbeatRequest\x1a\x1a.mesh.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mesh/proto/registry.proto\x12\x07mesh.v1\x1a\x17mesh/proto/config.proto\"=\n\x16SignCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\x12\x12\n\njoin_token\x18\x02 \x01(\t\"Z\n\x17SignCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x16\n\x0enot_after_unix\x18\x03 \x01(\x03\"Z\n\x0fRegisterRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12#\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x11.mesh.v1.Endpoint\x12\x11\n\tnamespace\x18\x03 \x01(\t\":\n\x10RegisterResponse\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x14\n\x0clease_ttl_ms\x18\x02 \x01(\r\"%\n\x11\x44\x65registerRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"N\n\x10HeartbeatRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12(\n\x06health\x18\x02 \x01(\x0e\x32\x18.mesh.v1.Endpoint.Health\")\n\x11HeartbeatResponse\x12\x14\n\x0clease_ttl_ms\x18\x01 \x01(\r2`\n\x08Identity\x12T\n\x0fSignCertificate\x12\x1f.mesh.v1.SignCertificateRequest\x1a .mesh.v1.SignCertificateResponse2\xd6\x01\n\x08Registry\x12?\n\x08Register\x12\x18.mesh.v1.RegisterRequest\x1a\x19.mesh.v1.RegisterResponse\x12\x45\n\nDeregister\x12\x1a.mesh.v1.DeregisterRequest\x1a\x1b.mesh.v1.DeregisterResponse\x12\x42\n\tHeartbeat\x12\x19.mesh.v1.HeartbeatRequest\x1a\x1a.mesh.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,19 +37,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNCERTIFICATERESPONSE']._serialized_start=126
   _globals['_SIGNCERTIFICATERESPONSE']._serialized_end=216
   _globals['_REGISTERREQUEST']._serialized_start=218
-  _globals['_REGISTERREQUEST']._serialized_end=289
-  _globals['_REGISTERRESPONSE']._serialized_start=291
-  _globals['_REGISTERRESPONSE']._serialized_end=349
-  _globals['_DEREGISTERREQUEST']._serialized_start=351
-  _globals['_DEREGISTERREQUEST']._serialized_end=388
-  _globals['_DEREGISTERRESPONSE']._serialized_start=390
-  _globals['_DEREGISTERRESPONSE']._serialized_end=410
-  _globals['_HEARTBEATREQUEST']._serialized_start=412
-  _globals['_HEARTBEATREQUEST']._serialized_end=490
-  _globals['_HEARTBEATRESPONSE']._serialized_start=492
-  _globals['_HEARTBEATRESPONSE']._serialized_end=533
-  _globals['_IDENTITY']._serialized_start=535
-  _globals['_IDENTITY']._serialized_end=631
-  _globals['_REGISTRY']._serialized_start=634
-  _globals['_REGISTRY']._serialized_end=848
+  _globals['_REGISTERREQUEST']._serialized_end=308
+  _globals['_REGISTERRESPONSE']._serialized_start=310
+  _globals['_REGISTERRESPONSE']._serialized_end=368
+  _globals['_DEREGISTERREQUEST']._serialized_start=370
+  _globals['_DEREGISTERREQUEST']._serialized_end=407
+  _globals['_DEREGISTERRESPONSE']._serialized_start=409
+  _globals['_DEREGISTERRESPONSE']._serialized_end=429
+  _globals['_HEARTBEATREQUEST']._serialized_start=431
+  _globals['_HEARTBEATREQUEST']._serialized_end=509
+  _globals['_HEARTBEATRESPONSE']._serialized_start=511
+  _globals['_HEARTBEATRESPONSE']._serialized_end=552
+  _globals['_IDENTITY']._serialized_start=554
+  _globals['_IDENTITY']._serialized_end=650
+  _globals['_REGISTRY']._serialized_start=653
+  _globals['_REGISTRY']._serialized_end=867
 # @@protoc_insertion_point(module_scope)

@@ -25,12 +25,14 @@ class SignCertificateResponse(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., not_after_unix: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("service", "endpoint")
+    __slots__ = ("service", "endpoint", "namespace")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     service: str
     endpoint: _config_pb2.Endpoint
-    def __init__(self, service: _Optional[str] = ..., endpoint: _Optional[_Union[_config_pb2.Endpoint, _Mapping]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, service: _Optional[str] = ..., endpoint: _Optional[_Union[_config_pb2.Endpoint, _Mapping]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("instance", "lease_ttl_ms")

@@ -52,3 +52,12 @@ def unpack(type_url: str, resources: list[AnyProto]) -> list[Message]:
             raise ValueError(f"resource {index} does not parse as {short_name(type_url)}")
         decoded.append(message)
     return decoded
+
+
+def instance_name(namespace: str, service: str, address: str, port: int) -> str:
+    """The id of the instance of ``service`` in ``namespace`` at ``address:port``.
+
+    The registry gives an instance this id, and a sidecar names its discovery node the same,
+    so that the control plane knows which lease an open discovery stream keeps alive.
+    """
+    return f"{namespace}/{service}@{address}:{port}"
