@@ -193,7 +193,7 @@ class Registry:
         return instance
 
     def _refuse(self, code: StatusCode, message: str, reason: str) -> RegistrationError:
-        log.warning("registration refused (%s): %s", code.name, message)
+        # Not logged here: the server logs every refusal once, with the caller's address.
         return RegistrationError(code, message, reason)
 
     def _changed(self) -> None:

@@ -28,17 +28,23 @@ class Mesh:
     pki: Path
     tmp: Path
 
-    def identity(self, service: str, namespace: str = "shop") -> SpiffeId:
+    def identity(self, service: str, namespace: str = "default") -> SpiffeId:
         return SpiffeId(trust_domain=TRUST_DOMAIN, namespace=namespace, service=service)
 
     def context_for(self, service: str, *, ca: CertificateAuthority | None = None,
-                    now: datetime | None = None) -> ssl.SSLContext:
+                    now: datetime | None = None, namespace: str = "default") -> ssl.SSLContext:
         """An mTLS client context with a certificate for ``service`` (from ``ca``)."""
         issuer = ca or self.ca
-        workload = issue_workload(issuer, self.identity(service), timedelta(hours=1), now=now)
-        folder = self.tmp / f"{service}-{id(issuer)}-{now.timestamp() if now else 0}"
+        workload = issue_workload(issuer, self.identity(service, namespace), timedelta(hours=1),
+                                  now=now)
+        folder = self.tmp / f"{namespace}-{service}-{id(issuer)}-{now.timestamp() if now else 0}"
         cert, key = write_workload(workload, folder)
         return client_context(cert, key, self.pki / "ca.crt")
+
+    @property
+    def operator_headers(self) -> dict[str, str]:
+        """What an operator sends the operator API: the operator token."""
+        return {"Authorization": f"Bearer {self.cp.operator_token_file.read_text().strip()}"}
 
     def channel(self, service: str | None, **options: object) -> Channel:
         """A channel to the control plane as ``service`` (None: no client certificate)."""

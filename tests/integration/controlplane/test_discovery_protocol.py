@@ -120,7 +120,7 @@ async def test_clients_resync_after_a_control_plane_restart(
     port = first.port
     mesh = Mesh(first, ca, pki_dir, tmp_path)
     async with sidecar(mesh, "orders") as orders:
-        registration = Registration(orders.channel, "orders",
+        registration = Registration(orders.channel, "orders", "default",
                                     Endpoint(address="127.0.0.1", port=15006),
                                     ready=lambda: True, backoff=quick_backoff)
         registering = asyncio.create_task(registration.run())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from certs.pki import create_ca, issue_workload, load_ca, write_workload
 from controlplane.api import make_app
+from controlplane.operator import OperatorCredentialError, OperatorToken
 from mesh.grpc import Channel, GrpcError, StatusCode
 from mesh.identity import SpiffeId
 from mesh.proto.config_pb2 import Endpoint
@@ -32,7 +35,8 @@ BAD = ("clusters:\n- name: orders\n  retry_budget: {retry_ratio: 1.5}\n"
 
 
 async def test_post_policy_applies_a_good_one_and_explains_a_bad_one(mesh: Mesh) -> None:
-    async with TestClient(TestServer(make_app(mesh.cp), host="127.0.0.1")) as http:
+    async with TestClient(TestServer(make_app(mesh.cp), host="127.0.0.1"),
+                          headers=mesh.operator_headers) as http:
         response = await http.post("/policy?source=shop.yaml", data=GOOD)
         assert response.status == 200 and await response.json() == {"version": 1}
         response = await http.post("/policy?source=shop.yaml", data=BAD)
@@ -55,18 +59,88 @@ async def test_post_policy_applies_a_good_one_and_explains_a_bad_one(mesh: Mesh)
         metrics = await (await http.get("/metrics")).text()
         assert "mesh_controlplane_policy_rejections_total 2.0" in metrics
         assert await (await http.get("/services")).json() == [
-            {"service": "orders", "instances": 0, "healthy": 0}]
+            {"service": "orders", "namespace": "default", "instances": 0, "healthy": 0}]
 
 
 async def test_tokens_are_made_for_a_valid_service_account_only(mesh: Mesh) -> None:
-    async with TestClient(TestServer(make_app(mesh.cp), host="127.0.0.1")) as http:
+    async with TestClient(TestServer(make_app(mesh.cp), host="127.0.0.1"),
+                          headers=mesh.operator_headers) as http:
         response = await http.post("/tokens", json={"service": "orders", "namespace": "shop"})
         body = await response.json()
         assert body["identity"] == "spiffe://cluster.local/ns/shop/sa/orders"
-        assert mesh.cp.tokens.redeem(body["token"]) == mesh.identity("orders")
+        assert mesh.cp.tokens.redeem(body["token"]) == mesh.identity("orders", "shop")
         response = await http.post("/tokens", json={"service": "or/ders"})
         assert response.status == 400
         assert "service='or/ders'" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize("credential", [None, "Bearer not-the-token", "Basic b3A6b3A=",
+                                        "Bearer ", "the-token-without-its-scheme"])
+async def test_the_operator_api_refuses_a_caller_without_the_operator_token(
+        mesh: Mesh, credential: str | None, caplog: pytest.LogCaptureFixture) -> None:
+    headers = {} if credential is None else {"Authorization": credential}
+    if credential == "the-token-without-its-scheme":
+        headers["Authorization"] = mesh.operator_headers["Authorization"].split()[1]
+    async with TestClient(TestServer(make_app(mesh.cp), host="127.0.0.1"),
+                          headers=headers) as http:
+        with caplog.at_level(logging.WARNING, "controlplane"):
+            for method, path in (("POST", "/tokens"), ("POST", "/policy"), ("GET", "/status"),
+                                 ("GET", "/policy"), ("GET", "/services"),
+                                 ("GET", "/endpoints/orders"), ("GET", "/nothing")):
+                response = await http.request(method, path, data=GOOD)
+                assert response.status == 401, (method, path)
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+                error = (await response.json())["error"]
+                assert "the operator API needs 'Authorization: Bearer <operator token>'" in error
+                assert str(mesh.cp.operator_token_file) in error  # where to find it
+                if credential:
+                    assert credential.split()[-1] not in error or credential == "Bearer "
+            # What anyone may read: the metrics and a liveness probe.
+            assert (await http.get("/healthz")).status == 200
+            metrics = await (await http.get("/metrics")).text()
+    assert len(mesh.cp.tokens) == 0 and mesh.cp.policy.current[0] == 0
+    reason = "no_credential" if credential in (None, "Basic b3A6b3A=", "Bearer ",
+                                               "the-token-without-its-scheme") \
+        else "wrong_credential"
+    assert f'mesh_controlplane_refused_total{{call="OperatorAPI",reason="{reason}"}} 7.0' \
+        in metrics
+    assert "POST /tokens from 127.0.0.1 refused" in caplog.text
+
+
+async def test_every_accepted_change_is_audited_with_the_credential_that_made_it(
+        mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
+    async with TestClient(TestServer(make_app(mesh.cp), host="127.0.0.1"),
+                          headers=mesh.operator_headers) as http:
+        with caplog.at_level(logging.INFO, "controlplane.audit"):
+            token = (await (await http.post("/tokens", json={"service": "orders",
+                                                              "ttl": 30})).json())["token"]
+            assert (await http.post("/policy?source=ops.yaml", data=GOOD)).status == 200
+    fingerprint = mesh.cp.operator.fingerprint
+    assert fingerprint.startswith("sha256:") and len(fingerprint) == 19
+    lines = [r.getMessage() for r in caplog.records if r.name == "controlplane.audit"]
+    assert lines == [
+        f"join token minted for spiffe://cluster.local/ns/default/sa/orders (valid 30s) by "
+        f"operator token {fingerprint} from 127.0.0.1",
+        f"policy version 1 applied from ops.yaml by operator token {fingerprint} from "
+        f"127.0.0.1"]
+    assert token not in caplog.text
+    assert mesh.cp.operator_token_file.read_text().strip() not in caplog.text
+
+
+def test_the_operator_token_is_made_private_and_a_readable_one_is_refused(
+        tmp_path: Path) -> None:
+    token_file = tmp_path / "operator.token"
+    made = OperatorToken.load_or_create(token_file)
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert OperatorToken.load_or_create(token_file).fingerprint == made.fingerprint  # kept
+    assert made.accepts(token_file.read_text().strip()) and not made.accepts("guess")
+    token_file.chmod(0o644)
+    with pytest.raises(OperatorCredentialError, match=r"may be read by others .* chmod 600"):
+        OperatorToken.load_or_create(token_file)
+    token_file.chmod(0o600)
+    token_file.write_text("\n")
+    with pytest.raises(OperatorCredentialError, match="empty"):
+        OperatorToken.load_or_create(token_file)
 
 
 # ------------------------------------------------------------------ a real control plane
@@ -124,7 +198,8 @@ def controlplane(tmp_path: Path) -> Iterator[Process]:
 
 def meshctl(process: Process, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "meshctl", "--api", process.api, *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+                          cwd=ROOT, capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "MESH_PKI_DIR": str(process.pki)})
 
 
 def test_meshctl_apply_shows_every_problem_with_file_and_field(controlplane: Process,
@@ -165,8 +240,9 @@ def test_the_process_hot_reloads_its_policy_folder(controlplane: Process,
     assert f"{folder / '20-more.yaml'}: clusters[0].timeout: must be positive, not -5s" in status
     assert "policy version 2" in status  # the good one stays in force
     services = meshctl(controlplane, "services")
-    assert services.stdout.split() == ["SERVICE", "INSTANCES", "HEALTHY", "orders", "0", "0",
-                                       "payments", "0", "0"]
+    assert services.stdout.split() == ["SERVICE", "NAMESPACE", "INSTANCES", "HEALTHY",
+                                       "orders", "default", "0", "0",
+                                       "payments", "default", "0", "0"]
 
 
 def test_meshctl_token_create_prints_a_single_use_token(controlplane: Process) -> None:
@@ -212,12 +288,13 @@ async def test_the_process_registers_over_mtls_and_logs_a_refused_handshake(
                                        RegisterResponse.FromString)
         response = await register(RegisterRequest(
             service="orders", endpoint=Endpoint(address="127.0.0.1", port=15006)), timeout=5)
-        assert response.instance == "orders@127.0.0.1:15006"
+        assert response.instance == "shop/orders@127.0.0.1:15006"
     finally:
         await channel.close()
     endpoints = meshctl(controlplane, "endpoints", "orders").stdout.splitlines()
-    assert endpoints[0].split()[:4] == ["INSTANCE", "ADDRESS", "PORT", "WEIGHT"]
-    assert endpoints[1].split()[:4] == ["orders@127.0.0.1:15006", "127.0.0.1", "15006", "1"]
+    assert endpoints[0].split()[:5] == ["INSTANCE", "NAMESPACE", "ADDRESS", "PORT", "WEIGHT"]
+    assert endpoints[1].split()[:5] == ["shop/orders@127.0.0.1:15006", "shop", "127.0.0.1",
+                                        "15006", "1"]
 
     rogue = create_ca(trust_domain=ca.trust_domain)
     cert, key = write_workload(issue_workload(rogue, identity, timedelta(hours=1)),

@@ -41,8 +41,8 @@ async def register(mesh: Mesh, caller: str | None, service: str = "orders",
 
 async def test_the_service_itself_registers(mesh: Mesh) -> None:
     response = await register(mesh, "orders")
-    assert response.instance == "orders@127.0.0.1:15006"
-    assert [e.address for e in mesh.cp.registry.endpoints("orders")] == ["127.0.0.1"]
+    assert response.instance == "default/orders@127.0.0.1:15006"
+    assert [e.address for e in mesh.cp.registry.endpoints("default", "orders")] == ["127.0.0.1"]
 
 
 async def refused(mesh: Mesh, caplog: pytest.LogCaptureFixture, caller: str | None,
@@ -67,8 +67,8 @@ async def test_another_services_identity_is_refused(mesh: Mesh,
     error = await refused(mesh, caplog, "frontend")
     assert error.code == StatusCode.PERMISSION_DENIED
     assert "may not register service 'orders'" in error.message
-    assert f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/frontend" in error.message
-    assert "registration refused (PERMISSION_DENIED)" in caplog.text
+    assert f"spiffe://{TRUST_DOMAIN}/ns/default/sa/frontend" in error.message
+    assert "Register from 127.0.0.1 refused (PERMISSION_DENIED)" in caplog.text
     assert "sa/frontend may not register service 'orders'" in caplog.text
     assert refused_registrations(mesh) == 1
 
@@ -78,8 +78,8 @@ async def test_no_client_certificate_is_unauthenticated(mesh: Mesh,
     error = await refused(mesh, caplog, None)
     assert error.code == StatusCode.UNAUTHENTICATED
     assert "no client certificate" in error.message
-    assert "registration refused (UNAUTHENTICATED): cannot register 'orders': no client " \
-           "certificate" in caplog.text
+    assert "Register from 127.0.0.1 refused (UNAUTHENTICATED): Register needs a certificate " \
+           "of the mesh CA (mTLS): no client certificate was presented" in caplog.text
     assert refused_registrations(mesh) == 1
 
 
@@ -113,7 +113,7 @@ async def test_an_address_that_is_not_the_callers_is_refused(
     error = await refused(mesh, caplog, "orders", address="10.1.2.3")
     assert error.code == StatusCode.PERMISSION_DENIED
     assert "its own address 127.0.0.1 only, not 10.1.2.3" in error.message
-    assert "registration refused (PERMISSION_DENIED)" in caplog.text
+    assert "Register from 127.0.0.1 refused (PERMISSION_DENIED)" in caplog.text
     assert "not 10.1.2.3" in caplog.text
 
 
@@ -122,15 +122,16 @@ async def test_a_refused_caller_can_still_register_what_it_owns(mesh: Mesh) -> N
     with pytest.raises(GrpcError):
         await register(mesh, "orders", address="10.1.2.3")
     response = await register(mesh, "orders")
-    assert response.instance == "orders@127.0.0.1:15006"
+    assert response.instance == "default/orders@127.0.0.1:15006"
 
 
 async def test_a_registration_grant_widens_who_may_register(mesh: Mesh) -> None:
     mesh.cp.policy.apply_text(
-        "registration:\n- service: orders\n  principals: [cluster.local/ns/shop/sa/deployer]\n",
+        "registration:\n- service: orders\n"
+        "  identities: [spiffe://cluster.local/ns/default/sa/deployer]\n",
         "test")
     response = await register(mesh, "deployer")
-    assert response.instance == "orders@127.0.0.1:15006"
+    assert response.instance == "default/orders@127.0.0.1:15006"
 
 
 async def test_only_the_owner_renews_or_deregisters(mesh: Mesh) -> None:
@@ -140,8 +141,65 @@ async def test_only_the_owner_renews_or_deregisters(mesh: Mesh) -> None:
         deregister = channel.unary_unary("/mesh.v1.Registry/Deregister",
                                          DeregisterResponse.FromString)
         with pytest.raises(GrpcError) as refused:
-            await deregister(DeregisterRequest(instance="orders@127.0.0.1:15006"))
+            await deregister(DeregisterRequest(instance="default/orders@127.0.0.1:15006"))
         assert refused.value.code == StatusCode.PERMISSION_DENIED
     finally:
         await channel.close()
     assert len(mesh.cp.registry.instances()) == 1
+
+
+async def test_the_same_account_name_in_another_namespace_is_another_workload(
+        mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
+    """ns/evil/sa/orders is not ns/shop/sa/orders: it may not register orders in shop."""
+    channel = mesh.channel("orders", namespace="evil")
+    try:
+        call = channel.unary_unary(REGISTER, RegisterResponse.FromString)
+        with caplog.at_level(logging.WARNING, "controlplane"), pytest.raises(GrpcError) as error:
+            await call(RegisterRequest(service="orders", namespace="shop",
+                                       endpoint=Endpoint(address="127.0.0.1", port=15006)),
+                       timeout=5.0)
+        assert error.value.code == StatusCode.PERMISSION_DENIED
+        assert (f"spiffe://{TRUST_DOMAIN}/ns/evil/sa/orders may not register service 'orders' "
+                f"in namespace 'shop' (only spiffe://{TRUST_DOMAIN}/ns/shop/sa/orders")\
+            in error.value.message
+        assert mesh.cp.registry.instances() == []
+        # Its own namespace's orders is its to register, and is another service.
+        await call(RegisterRequest(service="orders",
+                                   endpoint=Endpoint(address="127.0.0.1", port=15006)),
+                   timeout=5.0)
+    finally:
+        await channel.close()
+    assert mesh.cp.registry.services() == [("evil", "orders")]
+    assert mesh.cp.registry.endpoints("shop", "orders") == []
+
+
+@pytest.mark.parametrize("identities", [
+    ["spiffe://cluster.local/ns/ops/sa/*"],
+    ["spiffe://cluster.local/ns/ops/sa/deployer"],
+])
+async def test_a_grant_names_identities_in_full(mesh: Mesh, identities: list[str]) -> None:
+    """A grant to ops/deployer (or all of ops) opens shop/orders to ops only, never to a
+    'deployer' account of another namespace."""
+    mesh.cp.policy.apply_text(
+        f"registration:\n- service: orders\n  namespace: shop\n  identities: {identities}\n",
+        "test")
+    for namespace in ("shop", "evil"):
+        channel = mesh.channel("deployer", namespace=namespace)
+        try:
+            call = channel.unary_unary(REGISTER, RegisterResponse.FromString)
+            with pytest.raises(GrpcError) as error:
+                await call(RegisterRequest(service="orders", namespace="shop",
+                                           endpoint=Endpoint(address="127.0.0.1", port=15006)),
+                           timeout=5.0)
+            assert error.value.code == StatusCode.PERMISSION_DENIED
+        finally:
+            await channel.close()
+    channel = mesh.channel("deployer", namespace="ops")
+    try:
+        call = channel.unary_unary(REGISTER, RegisterResponse.FromString)
+        response = await call(RegisterRequest(service="orders", namespace="shop",
+                                              endpoint=Endpoint(address="127.0.0.1",
+                                                                port=15006)), timeout=5.0)
+    finally:
+        await channel.close()
+    assert response.instance == "shop/orders@127.0.0.1:15006"

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import pytest
+
 from controlplane.discovery import DiscoveryServer, Subscription
+from controlplane.errors import DiscoveryError
 from controlplane.snapshot import build
 from mesh.clock import FakeClock
-from mesh.proto.config_pb2 import Cluster, MeshPolicy
+from mesh.grpc import StatusCode
+from mesh.identity import SpiffeId
+from mesh.proto.config_pb2 import AuthorizationPolicy, Cluster, MeshPolicy
 from mesh.proto.discovery_pb2 import DiscoveryRequest, Node
-from mesh.proto.resources import CLUSTERS
+from mesh.proto.resources import AUTHORIZATION, CLUSTERS, unpack
+
+FRONTEND = SpiffeId(trust_domain="cluster.local", namespace="shop", service="frontend")
+POLICY = MeshPolicy(clusters=[Cluster(name="orders")], authorization=[
+    AuthorizationPolicy(service="frontend", namespace="shop"),
+    AuthorizationPolicy(service="payments", namespace="shop"),
+    AuthorizationPolicy(service="frontend", namespace="evil")])
 
 
-def server_and_stream() -> tuple[DiscoveryServer, Subscription]:
-    snapshot = build(MeshPolicy(clusters=[Cluster(name="orders")]), {})
+def server_and_stream(identity: SpiffeId = FRONTEND) -> tuple[DiscoveryServer, Subscription]:
+    snapshot = build(POLICY, {})
     server = DiscoveryServer(lambda: snapshot, FakeClock())
-    subscription = Subscription(1, Node(id="frontend-1"), "127.0.0.1:5000", None, 0.0)
+    subscription = Subscription(1, Node(id="frontend-1"), "127.0.0.1:5000", identity, 0.0)
     server.subscriptions[1] = subscription
     return server, subscription
 
@@ -44,3 +55,31 @@ def test_a_resubscription_forgets_what_was_in_flight() -> None:
                                                 version_info=response.version_info,
                                                 response_nonce=response.nonce))
     assert server.unacked == 0
+
+
+@pytest.mark.parametrize(("claimed", "field"), [
+    (Node(id="x", service="payments"), "service"),
+    (Node(id="x", service="frontend", namespace="evil"), "namespace"),
+])
+def test_a_node_that_is_not_the_certificate_is_refused(claimed: Node, field: str) -> None:
+    server, stream = server_and_stream()
+    with pytest.raises(DiscoveryError) as refused:
+        server._on_request(stream, DiscoveryRequest(type_url=CLUSTERS, node=claimed))
+    assert refused.value.code == StatusCode.PERMISSION_DENIED
+    value = getattr(claimed, field)
+    assert refused.value.message == (
+        f"node 'x' claims {field} {value!r}, but its certificate proves "
+        f"spiffe://cluster.local/ns/shop/sa/frontend ({field} {getattr(FRONTEND, field)!r})")
+    assert stream.types == {}  # nothing was subscribed
+
+
+def test_the_authorization_view_follows_the_proven_identity_not_the_claim() -> None:
+    """A node that claims nothing gets its certificate's service and namespace, and only the
+    authorization policies of that service in that namespace."""
+    server, stream = server_and_stream()
+    server._on_request(stream, DiscoveryRequest(type_url=AUTHORIZATION, node=Node(id="x")))
+    assert (stream.node.service, stream.node.namespace) == ("frontend", "shop")
+    (response,) = server._due(stream)
+    policies = unpack(AUTHORIZATION, list(response.resources))
+    assert [(p.service, p.namespace) for p in policies  # type: ignore[attr-defined]
+            ] == [("frontend", "shop")]

@@ -7,9 +7,9 @@ import pytest
 from controlplane.policy_file import parse
 from mesh.proto.config_pb2 import Cluster, MeshPolicy
 
-CLUSTER_FIELDS = ("name, lb_policy, least_request, peak_ewma, ring_hash, connect_timeout, "
-                  "timeout, retry_policy, retry_budget, outlier_detection, circuit_breakers, "
-                  "pool, app_protocol")
+CLUSTER_FIELDS = ("name, namespace, lb_policy, least_request, peak_ewma, ring_hash, "
+                  "connect_timeout, timeout, retry_policy, retry_budget, outlier_detection, "
+                  "circuit_breakers, pool, app_protocol")
 
 
 def problems(text: str) -> list[str]:

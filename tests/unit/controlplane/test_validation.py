@@ -59,7 +59,8 @@ authorization:
   rules: [{principals: ["*"], paths: ["/admin*"]}]
 registration:
 - service: orders-v2
-  principals: [cluster.local/ns/shop/sa/orders]
+  namespace: shop
+  identities: [spiffe://cluster.local/ns/shop/sa/orders, spiffe://cluster.local/ns/ops/sa/*]
 """
 
 
@@ -259,15 +260,24 @@ def test_route_rules(text: str, expected: list[str]) -> None:
                   "p.yaml: authorization[0].rules[0].paths[1]: '/a*b': '*' may only end a path "
                   "(a prefix)"], id="authorization-paths"),
     pytest.param("registration:\n- service: orders\n",
-                 ["p.yaml: registration[0].principals: a registration grant needs at least one "
-                  "principal"], id="grant-without-principals"),
-    pytest.param("registration:\n- principals: [cluster.local/ns/ops/sa/deployer]\n",
+                 ["p.yaml: registration[0].identities: a registration grant needs at least one "
+                  "identity"], id="grant-without-identities"),
+    pytest.param("registration:\n- identities: [spiffe://cluster.local/ns/ops/sa/deployer]\n",
                  ["p.yaml: registration[0].service: a registration grant needs the service it "
                   "opens"], id="grant-without-service"),
+    *(pytest.param(f"registration:\n- service: orders\n  identities: ['{granted}']\n",
+                   [f"p.yaml: registration[0].identities[0]: '{granted}' is not a SPIFFE ID "
+                    "(want 'spiffe://<td>/ns/<namespace>/sa/<service>' or "
+                    "'spiffe://<td>/ns/<namespace>/sa/*': an account name alone would match "
+                    "that name in every namespace)"], id=f"grant-{granted}")
+      for granted in ("deployer", "*", "cluster.local/ns/ops/sa/deployer",
+                      "spiffe://cluster.local/ns/*/sa/deployer")),
     pytest.param("registration:\n- service: orders\n  principals: [deployer]\n",
-                 ["p.yaml: registration[0].principals[0]: malformed principal 'deployer' (want "
-                  "'<trust-domain>/ns/<namespace>/sa/<service>' or '*')"],
-                 id="grant-malformed-principal"),
+                 ["p.yaml: registration[0].principals: unknown field (a RegistrationGrant has: "
+                  "service, namespace, identities)"], id="grant-with-principals"),
+    pytest.param("clusters:\n- {name: a, namespace: 'a/b'}\n",
+                 ["p.yaml: clusters[0].namespace: 'a/b' may hold only letters, digits, '.', "
+                  "'-' and '_'"], id="bad-namespace"),
 ])
 def test_principal_rules(text: str, expected: list[str]) -> None:
     assert problems(text) == expected
