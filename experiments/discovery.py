@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -84,9 +85,14 @@ FULL = Plan(ttls=(5.0, 30.0), clients_per_ttl=10, rate=30, before=2.0)
 QUICK = Plan(ttls=(0.5, 2.0), clients_per_ttl=10, rate=30, before=1.0)
 
 
-async def token(api: str, service: str) -> str:
+def operator_headers(pki: Path) -> dict[str, str]:
+    """The operator's credential for the API: the token the control plane wrote in ``pki``."""
+    return {"Authorization": f"Bearer {(pki / 'operator.token').read_text().strip()}"}
+
+
+async def token(api: str, operator: dict[str, str], service: str) -> str:
     async with aiohttp.ClientSession() as session, session.post(
-            f"http://{api}/tokens", json={"service": service}) as response:
+            f"http://{api}/tokens", json={"service": service}, headers=operator) as response:
         if response.status != 200:
             raise ExperimentError(f"token for {service}: HTTP {response.status}: "
                                   f"{await response.text()}")
@@ -118,14 +124,18 @@ async def wait_for(admins: Sequence[tuple[str, int]], present: str | None,
 class TtlClient:
     """Resolves ``backend`` through the registry API and keeps the answer for ``ttl`` seconds."""
 
-    def __init__(self, api: str, ttl: float, phase: float) -> None:
-        self.api, self.ttl, self.phase = api, ttl, phase
+    def __init__(self, api: str, operator: dict[str, str], ttl: float, phase: float) -> None:
+        self.api, self.operator, self.ttl, self.phase = api, operator, ttl, phase
         self.resolutions: list[tuple[float, set[str]]] = []  # (when, addresses)
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.sleep(self.phase)  # caches in a fleet expire at different moments
         while not stop.is_set():
-            rows = await get_json(f"http://{self.api}/endpoints/backend")
+            async with aiohttp.ClientSession() as session, session.get(
+                    f"http://{self.api}/endpoints/backend", headers=self.operator,
+                    timeout=aiohttp.ClientTimeout(total=10)) as response:
+                response.raise_for_status()
+                rows = await response.json()
             self.resolutions.append((time.monotonic(),
                                      {f"{r['address']}:{r['port']}" for r in rows}))
             stopped = asyncio.ensure_future(stop.wait())
@@ -151,6 +161,7 @@ async def run(quick: bool) -> Report:
             "--listen", f"{CONTROL_PLANE}:{cp_port}", "--api", api, "--policy", str(policy),
             "--log-level", "WARNING"])
         await wait_port(cp, CONTROL_PLANE, api_port)
+        operator = operator_headers(lab.pki_dir)
         app_ports = {"old": free_port(APPS), "new": free_port(APPS)}
         apps = lab.start("backend", ["-m", "experiments.backend",
                                      "--replica", f"old={APPS}:{app_ports['old']}",
@@ -160,11 +171,11 @@ async def run(quick: bool) -> Report:
             out, inb, adm = (free_port(host) for _ in range(3))
             proc = lab.start(name, [
                 "-m", "sidecar", "--service", service, "--control-plane",
-                f"{CONTROL_PLANE}:{cp_port}", "--bootstrap-ca", str(lab.ca),
-                "--join-token", await token(api, service), "--cert-dir",
+                f"{CONTROL_PLANE}:{cp_port}", "--bootstrap-ca", str(lab.ca), "--cert-dir",
                 str(lab.dir / name), "--outbound", f"{host}:{out}", "--inbound",
                 f"{host}:{inb}", "--admin", f"{host}:{adm}", "--app", f"{app[0]}:{app[1]}",
-                "--seed", "5", "--log-level", "ERROR"])
+                "--seed", "5", "--log-level", "ERROR"],
+                env={"MESH_JOIN_TOKEN": await token(api, operator, service)})  # argv is public
             return Sidecar(proc, (host, adm), out, inb)
 
         callers = [await sidecar(f"caller-{i}", "caller", host, (APPS, 1))
@@ -179,17 +190,17 @@ async def run(quick: bool) -> Report:
         new = f"{NEW}:{instances['new'].inbound}"
         await wait_for([c.admin for c in callers], old, None, within=20)
         await wait_for([c.admin for c in callers], new, None, within=20)
-        result = await move(plan, api, callers, old, new, instances["old"].proc)
+        result = await move(plan, api, operator, callers, old, new, instances["old"].proc)
     return report(result, plan, quick)
 
 
-async def move(plan: Plan, api: str, callers: list[Sidecar], old: str, new: str,
-               old_proc: Proc) -> dict[str, Any]:
+async def move(plan: Plan, api: str, operator: dict[str, str], callers: list[Sidecar],
+               old: str, new: str, old_proc: Proc) -> dict[str, Any]:
     """Stop the old instance under load; time the push and the TTL clients."""
     admins = [c.admin for c in callers]
     rng = random.Random(17)
     stop = asyncio.Event()
-    fleets = {ttl: [TtlClient(api, ttl, rng.uniform(0, ttl))
+    fleets = {ttl: [TtlClient(api, operator, ttl, rng.uniform(0, ttl))
                     for _ in range(plan.clients_per_ttl)] for ttl in plan.ttls}
     ttl_tasks = [asyncio.create_task(c.run(stop)) for fleet in fleets.values() for c in fleet]
     clients = [H2Client(c.admin[0], c.outbound, authority="backend") for c in callers]

@@ -1,7 +1,8 @@
 """Run a sidecar: ``python -m sidecar --service NAME ...`` (every flag also reads MESH_* env).
 
-With a control plane (``--control-plane``) the sidecar joins with a one-time join token, then
-registers and subscribes; without one it needs ``--static-config`` and its own certificate.
+With a control plane (``--control-plane``) the sidecar joins with a one-time join token (from
+``--join-token-file`` or MESH_JOIN_TOKEN, never the command line), then registers and
+subscribes; without one it needs ``--static-config`` and its own certificate.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from sidecar.proxy import Sidecar, SidecarOptions
 
 def parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m sidecar", description=__doc__)
+    # No abbreviations: the removed --join-token would otherwise be taken for
+    # --join-token-file, and its secret for a file name.
+    p = argparse.ArgumentParser(prog="python -m sidecar", description=__doc__,
+                                allow_abbrev=False)
     p.add_argument("--service", default=env("MESH_SERVICE"), required=not env("MESH_SERVICE"),
                    help="the service this sidecar fronts [MESH_SERVICE]")
     p.add_argument("--namespace", default=env("MESH_NAMESPACE", "default"),
@@ -49,9 +53,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-ca", type=Path, default=env("MESH_BOOTSTRAP_CA"),
                    help="the mesh CA certificate, to verify the control plane on first start "
                         "[MESH_BOOTSTRAP_CA]")
-    p.add_argument("--join-token", default=env("MESH_JOIN_TOKEN", ""),
-                   help="one-time token for the first certificate (meshctl token create) "
-                        "[MESH_JOIN_TOKEN]")
+    p.add_argument("--join-token-file", type=Path, default=env("MESH_JOIN_TOKEN_FILE"),
+                   help="a file holding the one-time token for the first certificate (meshctl "
+                        "token create), read when one is needed; or give the token itself in "
+                        "MESH_JOIN_TOKEN — never as a flag, since every process can read a "
+                        "command line [MESH_JOIN_TOKEN_FILE]")
     p.add_argument("--cert-dir", type=Path, default=Path(env("MESH_CERT_DIR", ".mesh/sidecar")),
                    help="where the issued certificate and key are kept [MESH_CERT_DIR]")
     p.add_argument("--static-config", type=Path, default=env("MESH_STATIC_CONFIG"),
@@ -124,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         outbound=args.outbound, inbound=args.inbound, admin=args.admin,
         advertise=args.advertise, app=args.app, app_protocol=args.app_protocol,
         control_plane=args.control_plane, bootstrap_ca=args.bootstrap_ca,
-        join_token=args.join_token, cert_dir=args.cert_dir, static_config=args.static_config,
+        join_token=os.environ.get("MESH_JOIN_TOKEN", ""),
+        join_token_file=args.join_token_file, cert_dir=args.cert_dir,
+        static_config=args.static_config,
         cert=args.cert, key=args.key, ca=args.ca, seed=args.seed)
     return run(main_async(options))
 

@@ -1,5 +1,6 @@
 """The compose demo on a real Docker engine: up, traffic through the sidecars, Prometheus up on
-every target, down — and the host's networking exactly as it was before.
+every target, credentials only where they belong, down — and the host's networking exactly as
+it was before.
 
 ``scripts/compose-up --detach`` starts a private dockerd, builds the images FROM the local
 debootstrap base (cached in /var/lib/asyncmesh-docker after the first run) and starts the shop;
@@ -31,12 +32,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLISH = "127.0.77.1"
+SPIFFE_ID = "spiffe://cluster.local/ns/shop/sa/{}"
 STATE = Path(os.environ.get("MESH_DOCKER_STATE", "/var/lib/asyncmesh-docker"))
 UP_TIMEOUT = 900.0  # seconds: a cold start (debootstrap, pip, apt) takes a few minutes
 BACKENDS = ["frontend", "orders", "inventory-1", "inventory-2", "inventory-3",
             "payments-1", "payments-2", "payments-3"]
-SIDECARS = [*BACKENDS, "loadgen"]
+PODS = [*BACKENDS, "loadgen"]  # each: X-pod, X-sidecar and X (loadgen's X: the load generator)
 TOOLS = ["dockerd", "docker-compose", "debootstrap", "iptables"]
+DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"  # as engine.sh
 
 
 def why_not() -> str | None:
@@ -109,15 +112,32 @@ def differences(before: dict[str, list[str]], after: dict[str, list[str]]) -> st
 
 # -- talking to the demo --------------------------------------------------------------------------
 
+ENGINE = {"DOCKER_HOST": f"unix://{STATE}/run/docker.sock", "COMPOSE_PROJECT_NAME": "asyncmesh"}
+
+
 def compose(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DOCKER_HOST": f"unix://{STATE}/run/docker.sock",
-           "COMPOSE_PROJECT_NAME": "asyncmesh"}
-    return subprocess.run(["docker-compose", "--ansi", "never", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["docker-compose", "--ansi", "never", *args], cwd=ROOT,
+                          env={**os.environ, **ENGINE}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def docker(*args: str, stdin: str | None = None) -> str:
+    """What ``docker ARGS`` printed (the Go client: much quicker to start than compose's)."""
+    done = subprocess.run([DOCKER, *args], env={**os.environ, **ENGINE}, input=stdin,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def container(service: str) -> str:
+    """The container of a compose service (docker-compose 1's naming)."""
+    return f"asyncmesh_{service}_1"
+
+
+def get_json(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                timeout=10) as response:
         return json.loads(response.read())
 
 
@@ -146,10 +166,14 @@ def eventually(check: Any, timeout: float, what: str) -> Any:
 
 
 def in_pod(pod: str, code: str) -> str:
-    """Run Python ``code`` in the app container of ``pod``; what it printed."""
-    done = compose("exec", "-T", pod, "python", "-c", code)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    """Run Python ``code`` in the app container of ``pod``; what it printed. The code goes in on
+    stdin, never on a command line: some of it carries a secret."""
+    return docker("exec", "-i", container(pod), "python", "-", stdin=code).strip()
+
+
+def read_in(service: str, path: str) -> str:
+    """The file ``path`` in the container of ``service``."""
+    return docker("exec", container(service), "cat", path).strip()
 
 
 # Through the pod's own sidecar to the frontend: the status, and the body's first line.
@@ -172,6 +196,58 @@ try:
     print("connected")
 except ConnectionRefusedError:
     print("refused")
+"""
+
+
+# From an app container, the operator API without its token: what it answers.
+OPERATOR_API_WITHOUT_TOKEN = """
+import json, urllib.error, urllib.request
+answers = {}
+for method, path, body in [("GET", "/healthz", None),
+                           ("POST", "/tokens", b'{"service": "payments", "namespace": "shop"}'),
+                           ("POST", "/policy", b"clusters: []")]:
+    request = urllib.request.Request("http://controlplane:15014" + path, data=body,
+                                     method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answers[path] = [response.status, response.read().decode().strip()]
+    except urllib.error.HTTPError as error:
+        answers[path] = [error.code, sorted(json.loads(error.read()))]
+print(json.dumps(answers))
+"""
+
+
+# From an app container, the first-certificate call a sidecar makes (sidecar/identity.py's
+# obtain), with the join token in ARGS: the status it ends with. ARGS is put in front.
+SIGN_WITH_JOIN_TOKEN = """
+import asyncio, tempfile
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from certs.pki import make_csr
+from mesh.grpc import Channel, GrpcError
+from mesh.identity import parse
+from mesh.proto.registry_pb2 import SignCertificateRequest, SignCertificateResponse
+from mesh.tls import bootstrap_context
+
+async def main():
+    ca = Path(tempfile.mkdtemp()) / "ca.crt"
+    ca.write_text(ARGS["ca"])
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), parse(ARGS["identity"]))
+    channel = Channel("controlplane", 15012, ssl=bootstrap_context(ca),
+                      authority="controlplane")
+    sign = channel.unary_unary("/mesh.v1.Identity/SignCertificate",
+                               SignCertificateResponse.FromString)
+    try:
+        await sign(SignCertificateRequest(csr_pem=csr.public_bytes(serialization.Encoding.PEM),
+                                          join_token=ARGS["token"]), timeout=10.0)
+        print("OK: a certificate was issued")
+    except GrpcError as error:
+        print(f"{error.code.name}: {error.message}")
+    finally:
+        await channel.close()
+
+asyncio.run(main())
 """
 
 
@@ -203,9 +279,17 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
         egress = _run("ip", "route", "show", "default").split()[4]
         assert f"-A DOCKER-USER -o {egress} -j DROP" in _run("iptables", "-S", "DOCKER-USER")
 
+        # The operator token: in the control plane's pki volume, and only there (and in the
+        # one-shot mesh-init, long gone). Every pod's own join token: in its sidecar's volume.
+        operator_token = read_in("controlplane", "/mesh/pki/operator.token")
+        join_tokens = {pod: read_in(f"{pod}-sidecar", "/mesh/bootstrap/token")
+                       for pod in PODS}
+        assert all(len(t) >= 32 for t in [operator_token, *join_tokens.values()])
+        assert len(set(join_tokens.values())) == len(PODS)
+
         # Every pod registered with the control plane (its API is published for meshctl).
         services = {row["service"]: row for row in
-                    get_json(f"http://{PUBLISH}:15014/services")}
+                    get_json(f"http://{PUBLISH}:15014/services", operator_token)}
         assert {s: services[s]["healthy"] for s in ("frontend", "orders", "inventory",
                                                     "payments", "loadgen")} == \
             {"frontend": 1, "orders": 1, "inventory": 3, "payments": 3, "loadgen": 1}
@@ -243,7 +327,7 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
             return health if set(health.values()) == {"up"} else None
 
         health = eventually(targets_up, 60, "every Prometheus target up")
-        assert sorted(health) == sorted([*SIDECARS, "controlplane:15014"])
+        assert sorted(health) == sorted([*PODS, "controlplane:15014"])
 
         def every_backend_served() -> dict[str, float] | None:
             rows = prometheus("/api/v1/query", query='sum by (instance) '
@@ -252,6 +336,48 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
             return served if all(served.get(b, 0) > 0 for b in BACKENDS) else None
 
         eventually(every_backend_served, 60, "inbound 2xx in Prometheus for every backend pod")
+
+        # -- credentials: who holds which, and what a pod can do without them --
+
+        # A pod's sidecar holds the CA certificate and its own join token, nothing else; its
+        # app holds neither; no container of a pod has the pki volume.
+        for pod in PODS:
+            sidecar, app = container(f"{pod}-sidecar"), container(pod)
+            assert docker("exec", sidecar, "ls", "-A", "/mesh/bootstrap").split() == \
+                ["ca.crt", "token"], pod
+            assert " /mesh/pki " not in docker("exec", sidecar, "cat", "/proc/self/mounts"), pod
+            mounts = docker("exec", app, "cat", "/proc/self/mounts")
+            assert " /mesh/bootstrap " not in mounts and " /mesh/pki " not in mounts, pod
+            assert docker("exec", app, "ls", "-A", "/mesh/bootstrap") == "", pod
+
+        # An app that calls the operator API without the token changes nothing: no join token
+        # for itself, no policy of its own.
+        policy_version = get_json(f"http://{PUBLISH}:15014/status?streams=0",
+                                  operator_token)["policy_version"]
+        answers = json.loads(in_pod("orders", OPERATOR_API_WITHOUT_TOKEN))
+        assert answers == {"/healthz": [200, "ok"], "/tokens": [401, ["error"]],
+                           "/policy": [401, ["error"]]}
+        assert get_json(f"http://{PUBLISH}:15014/status?streams=0",
+                        operator_token)["policy_version"] == policy_version
+
+        # A join token works once: the frontend's, already redeemed by its sidecar, is refused
+        # when the orders app presents it.
+        args = {"token": join_tokens["frontend"], "identity": SPIFFE_ID.format("frontend"),
+                "ca": read_in("frontend-sidecar", "/mesh/bootstrap/ca.crt")}
+        signed = in_pod("orders", f"ARGS = {json.dumps(args)}\n{SIGN_WITH_JOIN_TOKEN}")
+        assert signed.startswith("PERMISSION_DENIED: "), signed
+
+        # No secret on any command line: every process of every container, read from /proc.
+        secrets = {"operator token": operator_token,
+                   **{f"{pod}'s join token": token for pod, token in join_tokens.items()}}
+        containers = docker("ps", "--format", "{{.Names}}").split()
+        assert len(containers) >= 3 * len(BACKENDS), containers
+        for name in containers:
+            cmdlines = docker("exec", name, "sh", "-c",
+                              "cat /proc/[0-9]*/cmdline 2>/dev/null || true")
+            assert "sleep" in cmdlines or "python" in cmdlines or "prometheus" in cmdlines
+            shown = [what for what, secret in secrets.items() if secret in cmdlines]
+            assert not shown, f"{name}: {', '.join(shown)} on a command line"
     finally:
         down = subprocess.run([str(ROOT / "scripts/compose-down")], cwd=ROOT,
                               capture_output=True, text=True, timeout=180)

@@ -106,6 +106,11 @@ class ControlPlane:
     def api(self) -> str:
         return f"http://{self.host}:{CP_API_PORT}"
 
+    def operator(self) -> dict[str, str]:
+        """The operator's credential, for the API: the token written next to the CA."""
+        token = (self.ca.parent / "operator.token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
 
 @dataclass
 class Replica:
@@ -179,7 +184,7 @@ class Mesh:
             "--listen", f"{host}:{CP_GRPC_PORT}", "--api", f"{host}:{CP_API_PORT}",
             "--policy", str(path), "--log-level", "WARNING")
         cp = ControlPlane(host, process, pki_dir / "ca.crt", path)
-        await self._wait_ready(process, f"{cp.api}/services")
+        await self._wait_ready(process, f"{cp.api}/healthz")
         return cp
 
     async def sidecar(self, name: str, config: dict[str, Any] | None, *, client: bool,
@@ -203,11 +208,12 @@ class Mesh:
                     "--key", str(workload.key), "--ca", str(self.pki.ca_cert)]
         else:
             service = "client" if client else "backend"
-            async with self.http.post(f"{control_plane.api}/tokens",
-                                      json={"service": service}) as response:
-                token = (await response.json())["token"]
+            async with self.http.post(f"{control_plane.api}/tokens", json={"service": service},
+                                      headers=control_plane.operator()) as response:
+                token_file = self.tmp / f"{name}.token"
+                token_file.write_text((await response.json())["token"])
             mode = ["--control-plane", control_plane.grpc, "--bootstrap-ca",
-                    str(control_plane.ca), "--join-token", token,
+                    str(control_plane.ca), "--join-token-file", str(token_file),
                     "--cert-dir", str(self.tmp / f"{name}-certs")]
         process = await self._spawn(
             name, "-m", "sidecar", "--service", service,

@@ -74,6 +74,7 @@ class ControlPlaneProcess:
         while loop.time() < give_up:
             assert self.process.poll() is None, self.log_text()
             with contextlib.suppress(aiohttp.ClientError, OSError):
+                # (OSError too: the operator token is written at the first start.)
                 if (await self.api("GET", "/status"))[0] == 200:
                     return
             await asyncio.sleep(0.05)
@@ -95,8 +96,11 @@ class ControlPlaneProcess:
                 self.process.wait(timeout=5)
 
     async def api(self, method: str, path: str) -> tuple[int, object]:
+        """A call to the operator API, as the operator (with the token from the PKI folder)."""
+        token = (self.work / "pki/operator.token").read_text().strip()
         async with aiohttp.ClientSession() as session, session.request(
-                method, f"http://{CP_API}{path}", timeout=aiohttp.ClientTimeout(5)) as response:
+                method, f"http://{CP_API}{path}", timeout=aiohttp.ClientTimeout(5),
+                headers={"Authorization": f"Bearer {token}"}) as response:
             return response.status, await response.json()
 
     def log_text(self) -> str:
@@ -104,20 +108,24 @@ class ControlPlaneProcess:
                          for p in sorted(self.work.glob("controlplane-*.log")))
 
 
-async def join_token(service: str) -> str:
-    """A join token from the operator's tool: ``meshctl token create SERVICE``."""
+async def join_token(service: str, work: Path) -> str:
+    """A join token from the operator's tool: ``meshctl token create SERVICE`` (it finds the
+    operator token in the control plane's PKI folder, ``work/pki``)."""
     code, out, err = await run_tool(sys.executable, "-m", "meshctl", "--api", CP_API, "token",
-                                    "create", service, "--namespace", "default")
+                                    "create", service, "--namespace", "default",
+                                    env={**os.environ, "MESH_PKI_DIR": str(work / "pki")})
     assert code == 0, err
     return out.strip()
 
 
 async def joining_sidecar(name: str, host: str, service: str, work: Path,
                           *args: str) -> SidecarProcess:
+    """A sidecar that joins with a token handed over in a file, as compose's mesh-init does."""
+    token_file = work / f"{name}.token"
+    token_file.write_text(await join_token(service, work))
     return spawn_sidecar(name, host, work, "--service", service,
                          "--control-plane", CP_GRPC, "--bootstrap-ca", str(work / "pki/ca.crt"),
-                         # "=": a token may start with "-", which argparse takes for a flag
-                         f"--join-token={await join_token(service)}",
+                         "--join-token-file", str(token_file),
                          "--cert-dir", str(work / name), *args)
 
 
@@ -226,8 +234,8 @@ async def test_a_sidecar_started_before_its_control_plane_is_reachable_joins_lat
     sidecar = spawn_sidecar(
         "late", LATE_HOST, tmp_path, "--service", "late",
         "--control-plane", f"{LATE_CP_HOST}:15012",
-        "--bootstrap-ca", str(pair.cp.work / "pki/ca.crt"),
-        f"--join-token={await join_token('late')}", "--cert-dir", str(tmp_path / "late"))
+        "--bootstrap-ca", str(pair.cp.work / "pki/ca.crt"), "--cert-dir", str(tmp_path / "late"),
+        env={"MESH_JOIN_TOKEN": await join_token("late", pair.cp.work)})
     pipes: list[asyncio.StreamWriter] = []
 
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -261,13 +269,42 @@ async def test_a_sidecar_started_before_its_control_plane_is_reachable_joins_lat
 async def test_a_refused_join_token_ends_the_sidecar_at_once(pair: Pair, tmp_path: Path) -> None:
     sidecar = spawn_sidecar(
         "bogus", LATE_HOST, tmp_path, "--service", "bogus", "--control-plane", CP_GRPC,
-        "--bootstrap-ca", str(pair.cp.work / "pki/ca.crt"), "--join-token=not-a-token",
-        "--cert-dir", str(tmp_path / "bogus"))
+        "--bootstrap-ca", str(pair.cp.work / "pki/ca.crt"), "--cert-dir", str(tmp_path / "bogus"),
+        env={"MESH_JOIN_TOKEN": "not-a-token"})
     with stopping([sidecar]):
         code = await asyncio.to_thread(sidecar.process.wait, 20)
     assert code != 0
     assert "cannot join the mesh yet" not in sidecar.log_text()  # no retry: the token is bad
     assert "token" in sidecar.log_text().lower(), sidecar.log_text()
+
+
+@pytest.mark.parametrize("content", [None, "", "\n"], ids=["missing", "empty", "blank"])
+async def test_a_join_token_file_without_a_token_is_named_at_start(
+        tmp_path: Path, content: str | None) -> None:
+    token_file = tmp_path / "token"
+    if content is not None:
+        token_file.write_text(content)
+
+    code, _, err = await run_tool(
+        sys.executable, "-m", "sidecar", "--service", "x", "--control-plane", CP_GRPC,
+        "--bootstrap-ca", str(tmp_path / "ca.crt"), "--join-token-file", str(token_file),
+        "--cert-dir", str(tmp_path / "certs"))
+
+    reason = "No such file or directory" if content is None else "is empty"
+    assert code == 2
+    assert err.startswith(f"sidecar: --join-token-file {token_file}"), err
+    assert reason in err and "first certificate" in err, err
+
+
+async def test_a_join_token_is_never_taken_from_the_command_line(tmp_path: Path) -> None:
+    """A command line is public (``ps``, /proc/PID/cmdline): there is no flag for the token,
+    and no abbreviation of --join-token-file stands in for one."""
+    code, _, err = await run_tool(
+        sys.executable, "-m", "sidecar", "--service", "x", "--control-plane", CP_GRPC,
+        "--bootstrap-ca", str(tmp_path / "ca.crt"), "--join-token=a-secret")
+
+    assert code == 2
+    assert "unrecognized arguments: --join-token=a-secret" in err, err
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
