@@ -57,8 +57,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def api_status(api: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{api}/status?streams=0", timeout=5) as response:
+def api_status(api: str, pki: Path) -> dict[str, Any]:
+    """The control plane's /status, asked with the operator token it made in ``pki``."""
+    token = (pki / "operator.token").read_text().strip()
+    request = urllib.request.Request(f"http://{api}/status?streams=0",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         status: dict[str, Any] = json.loads(response.read())
         return status
 
@@ -78,7 +82,8 @@ async def worker(port: int, pki: Path, clients: int, name: str) -> None:
     subscribers = []
     for i in range(clients):
         channel = Channel("127.0.0.1", port, ssl=tls, authority="controlplane")
-        client = DiscoveryClient(channel, Node(id=f"{name}-{i}", service=f"svc{i % 10}"),
+        # Every client proves the same identity: a node may claim no other (it would be cut off).
+        client = DiscoveryClient(channel, Node(id=f"{name}-{i}", service="subscriber"),
                                  lambda *_: None, backoff=lambda: itertools.repeat(0.5))
         subscribers.append((client, asyncio.create_task(client.run())))
     await asyncio.gather(*(c.synced.wait() for c, _ in subscribers))
@@ -88,11 +93,11 @@ async def worker(port: int, pki: Path, clients: int, name: str) -> None:
         task.cancel()
 
 
-async def converged(api: str, before: int, what: str) -> float:
+async def converged(api: str, pki: Path, before: int, what: str) -> float:
     """Wait until the control plane counts a convergence after ``before``; its seconds."""
     deadline = time.monotonic() + 10
     while True:
-        status = api_status(api)["convergence"]
+        status = api_status(api, pki)["convergence"]
         if status["count"] > before and status["unacked"] == 0:
             return float(status["last_change_to_last_ack_ms"]) / 1000
         if time.monotonic() > deadline:
@@ -114,22 +119,22 @@ async def drive(port: int, api: str, pki: Path, changes: int,
     # A first instance that stays, so that the service (and its cluster) exists throughout
     # and each change is what a deployment makes: one endpoint more or less, one
     # ClusterLoadAssignment push per client.
-    before = api_status(api)["convergence"]["count"]
+    before = api_status(api, pki)["convergence"]["count"]
     await register(RegisterRequest(service="churn",
                                    endpoint=Endpoint(address="127.0.0.1", port=19999)))
-    await converged(api, before, "the first registration")
+    await converged(api, pki, before, "the first registration")
     results = []
     instance = ""
     cpu_before = [cpu_seconds(pid) for pid in pids]
     for change in range(changes):
-        before = api_status(api)["convergence"]["count"]
+        before = api_status(api, pki)["convergence"]["count"]
         if change % 2 == 0:
             response = await register(RegisterRequest(
                 service="churn", endpoint=Endpoint(address="127.0.0.1", port=20000 + change)))
             instance = response.instance
         else:
             await deregister(DeregisterRequest(instance=instance))
-        results.append(await converged(api, before, f"change {change}"))
+        results.append(await converged(api, pki, before, f"change {change}"))
         await asyncio.sleep(0.02)  # let the machine settle between changes
     cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
     await channel.close()
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert process.stdout is not None
                 if process.stdout.readline().strip() != "ready":
                     raise RuntimeError("a worker failed to subscribe")
-            subscribers = api_status(api)["subscribers"]
+            subscribers = api_status(api, pki)["subscribers"]
             convergence, (cpu, *clients_cpu) = run(drive(
                 port, api, pki, args.changes, [cp.pid, *(w.pid for w in workers)]))
         finally:

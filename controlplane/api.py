@@ -58,7 +58,8 @@ def make_app(cp: ControlPlane) -> web.Application:
             request["operator"] = cp.operator.fingerprint
             return await handler(request)
         cp.metrics.refused("OperatorAPI", reason)
-        log.warning("%s %s from %s refused: %s", request.method, request.path,
+        # The path as a repr: it is the caller's, and may hold a newline to forge a log line.
+        log.warning("%s %r from %s refused: %s", request.method, request.path,
                     request.remote, problem)
         return web.json_response(
             {"error": f"{problem}: the operator API needs 'Authorization: Bearer <operator "

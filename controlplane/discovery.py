@@ -149,7 +149,7 @@ class DiscoveryServer:
             del self.subscriptions[subscription.id]
             self.unacked -= sum(1 for state in subscription.types.values() if state.pending)
             self._settled()
-            log.info("stream %d from %s (%s) closed", subscription.id, subscription.node.id,
+            log.info("stream %d from %r (%s) closed", subscription.id, subscription.node.id,
                      subscription.peer)
 
     async def _read(self, requests: AsyncIterator[DiscoveryRequest],
@@ -181,7 +181,7 @@ class DiscoveryServer:
         if request.HasField("error_detail"):
             state.nacks += 1
             state.last_nack = request.error_detail.message
-            log.warning("NACK from %s for %s version %s: %s", subscription.node.id,
+            log.warning("NACK from %r for %s version %s: %r", subscription.node.id,
                         short_name(request.type_url), state.sent_version, state.last_nack)
             self._observer.nacked(request.type_url, subscription.node, state.last_nack)
             return

@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -30,6 +31,8 @@ from mesh.grpc import StatusCode
 from mesh.identity import SpiffeId
 
 log = logging.getLogger("controlplane.identity")
+
+T = TypeVar("T")
 
 DEFAULT_TOKEN_TTL = 600.0  # seconds: long enough to start a sidecar by hand
 DEFAULT_CERT_VALIDITY = timedelta(hours=1)
@@ -52,29 +55,37 @@ class JoinTokens:
     def create(self, identity: SpiffeId, ttl: float | None = None) -> str:
         """A new token for ``identity``; it is shown once and stored only as a digest."""
         self._forget_expired()
-        # Hex, not urlsafe base64: a token starting with '-' would read as a flag on a
-        # command line (``--join-token -x...``).
+        # Hex, not urlsafe base64: a token that starts with '-' is awkward in any shell.
         token = secrets.token_hex(24)
         lifetime = self.ttl if ttl is None else ttl
         self._tokens[_digest(token)] = _Token(identity, self._clock.now() + lifetime)
         log.info("join token created for %s, valid %.0fs", identity, lifetime)
         return token
 
-    def redeem(self, token: str) -> SpiffeId:
-        """The identity the token grants; the token is spent.
+    def redeem(self, token: str, spend: Callable[[SpiffeId], T]) -> T:
+        """What ``spend`` makes of the identity the token grants; the token is then spent.
+
+        A token is spent only by a request that succeeds: a CSR that does not verify leaves
+        it usable, so a sidecar with a bug can try again. Nothing awaits between the check and
+        the spending, so two requests racing with one token cannot both succeed.
 
         Raises:
-            IdentityError: PERMISSION_DENIED for an unknown, already used or expired token.
+            IdentityError: PERMISSION_DENIED for an unknown, already used or expired token;
+                whatever ``spend`` raises (the token is kept).
         """
-        entry = self._tokens.pop(_digest(token), None)
+        digest = _digest(token)
+        entry = self._tokens.get(digest)
         if entry is None:
             raise IdentityError(StatusCode.PERMISSION_DENIED,
                                 "join token unknown or already used (tokens are single use)",
                                 "token_unknown_or_used")
         if self._clock.now() >= entry.expires_at:
+            del self._tokens[digest]
             raise IdentityError(StatusCode.PERMISSION_DENIED,
                                 f"join token for {entry.identity} expired", "token_expired")
-        return entry.identity
+        result = spend(entry.identity)
+        del self._tokens[digest]
+        return result
 
     def __len__(self) -> int:
         return len(self._tokens)

@@ -5,7 +5,7 @@ register fake endpoints and intercept traffic. Services are namespaced: an insta
 ``<service>`` in ``<namespace>``. Three checks, in order:
 
 1. the caller proved a SPIFFE ID with its client certificate (mTLS), else UNAUTHENTICATED;
-2. that ID may register the service: by default only
+2. that ID may register the service (names without '.', as Kubernetes' DNS labels): by default only
    ``spiffe://<td>/ns/<namespace>/sa/<service>`` registers ``<service>`` in ``<namespace>``
    (the same account name in another namespace is another workload); a policy's
    ``registration`` grants can widen it, naming full SPIFFE IDs or ``…/ns/<ns>/sa/*``; else
@@ -95,6 +95,13 @@ class Registry:
         """
         who = self._authenticated(caller, f"register {service!r}")
         namespace = namespace or who.namespace
+        if "." in service or "." in namespace:
+            # Kubernetes' rule for service and namespace names too (DNS labels). It keeps the
+            # default cluster name <service>.<namespace> unambiguous: a service "orders.shop"
+            # of namespace default would otherwise take the name of shop's orders.
+            raise self._refuse(StatusCode.INVALID_ARGUMENT,
+                               f"service {service!r} of namespace {namespace!r}: a registered "
+                               f"service's name and namespace may not hold '.'", "bad_name")
         if not self._may_register(who, namespace, service):
             raise self._refuse(StatusCode.PERMISSION_DENIED,
                                f"{who} may not register service {service!r} in namespace "
@@ -104,7 +111,7 @@ class Registry:
         if endpoint.address != caller_address:
             raise self._refuse(StatusCode.PERMISSION_DENIED,
                                f"{who} may register its own address {caller_address} only, "
-                               f"not {endpoint.address}", "not_own_address")
+                               f"not {endpoint.address!r}", "not_own_address")
         if not 0 < endpoint.port < 65536:
             raise self._refuse(StatusCode.INVALID_ARGUMENT, f"port {endpoint.port} is invalid",
                                "bad_port")
@@ -188,7 +195,7 @@ class Registry:
                                f"register again)", "unknown_instance")
         if instance.owner != who:
             raise self._refuse(StatusCode.PERMISSION_DENIED,
-                               f"{who} may not {action} {instance_id}, registered by "
+                               f"{who} may not {action} {instance_id!r}, registered by "
                                f"{instance.owner}", "not_owner")
         return instance
 

@@ -71,8 +71,15 @@ def caller_identity(context: Context) -> SpiffeId | None:
 
 
 def caller_address(context: Context) -> str:
+    """The address the caller connected from (what a registration must name)."""
     peer = context.peer
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def caller_peer(context: Context) -> str:
+    """``address:port`` of the caller's connection, for logs and status."""
+    peer = context.peer
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 class ControlPlane:
@@ -176,17 +183,19 @@ class ControlPlane:
     async def _stream_resources(self, requests: AsyncIterator[DiscoveryRequest],
                                 context: Context) -> AsyncIterator[DiscoveryResponse]:
         identity = self._authenticate(context, "StreamResources")
-        async for response in self.discovery.serve(requests, identity, str(context.peer)):
+        async for response in self.discovery.serve(requests, identity, caller_peer(context)):
             yield response
 
     async def _sign_certificate(self, request: SignCertificateRequest,
                                 context: Context) -> SignCertificateResponse:
         try:
             if request.join_token:
-                identity = self.tokens.redeem(request.join_token)
+                issued = self.tokens.redeem(
+                    request.join_token,
+                    lambda identity: self.issuer.issue(request.csr_pem, identity))
             else:
                 identity = self._authenticate(context, "SignCertificate")
-            issued = self.issuer.issue(request.csr_pem, identity)
+                issued = self.issuer.issue(request.csr_pem, identity)
         except ControlPlaneError as error:
             self.metrics.certificates.labels(error.code.name.lower()).inc()
             if isinstance(error, IdentityError):

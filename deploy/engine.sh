@@ -210,6 +210,7 @@ engine_stop() {
 # Stop the compose project (removing its containers, network and volumes: the mesh CA and join
 # tokens are made anew each time), then the engine.
 compose_down() {
+  rm -f .mesh/compose/operator.token   # copied out by compose-up; the control plane is going
   if engine_running; then
     docker-compose --ansi never down --volumes --remove-orphans --timeout 5 2>&1 |
       sed 's/^/  /' >&2 || true

@@ -96,3 +96,23 @@ async def test_no_token_and_no_certificate_is_unauthenticated(mesh: Mesh) -> Non
     with pytest.raises(GrpcError) as refused:
         await sign(mesh, None)
     assert refused.value.code == StatusCode.UNAUTHENTICATED
+
+
+async def test_a_token_is_spent_only_by_a_request_that_succeeds(mesh: Mesh) -> None:
+    """A CSR that does not parse is refused without spending the token: the sidecar may try
+    again with a good one (and only once more)."""
+    token = mesh.cp.tokens.create(mesh.identity("orders"))
+    channel = mesh.channel(None)
+    try:
+        call = channel.unary_unary(SIGN, SignCertificateResponse.FromString)
+        with pytest.raises(GrpcError) as refused:
+            await call(SignCertificateRequest(csr_pem=b"not a CSR", join_token=token),
+                       timeout=5.0)
+        assert refused.value.code == StatusCode.INVALID_ARGUMENT
+        assert token not in refused.value.message
+    finally:
+        await channel.close()
+    assert len(mesh.cp.tokens) == 1
+    response = await sign(mesh, None, token)
+    assert uri_of(response.certificate_pem) == f"spiffe://{TRUST_DOMAIN}/ns/default/sa/orders"
+    assert len(mesh.cp.tokens) == 0

@@ -112,9 +112,9 @@ async def test_an_address_that_is_not_the_callers_is_refused(
         mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
     error = await refused(mesh, caplog, "orders", address="10.1.2.3")
     assert error.code == StatusCode.PERMISSION_DENIED
-    assert "its own address 127.0.0.1 only, not 10.1.2.3" in error.message
+    assert "its own address 127.0.0.1 only, not '10.1.2.3'" in error.message
     assert "Register from 127.0.0.1 refused (PERMISSION_DENIED)" in caplog.text
-    assert "not 10.1.2.3" in caplog.text
+    assert "not '10.1.2.3'" in caplog.text
 
 
 async def test_a_refused_caller_can_still_register_what_it_owns(mesh: Mesh) -> None:
