@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -73,9 +74,15 @@ class Mesh:
         return sum(c.inbound_total for n, c in result.backends.items()
                    if c is not None and self.instances[n]["service"] == service)
 
+    @property
+    def operator_token(self) -> str:
+        return (self.state_dir / "pki" / "operator.token").read_text().strip()
+
     def apply_policy(self, policy: dict[str, Any]) -> None:
         request = urllib.request.Request(f"http://{self.state['api']}/policy?source=test",
-                                         data=yaml.safe_dump(policy).encode(), method="POST")
+                                         data=yaml.safe_dump(policy).encode(), method="POST",
+                                         headers={"Authorization":
+                                                  f"Bearer {self.operator_token}"})
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200
 
@@ -134,6 +141,28 @@ def test_every_sidecar_is_a_prometheus_target_and_up(mesh: Mesh) -> None:
     jobs = {t["labels"]["job"] for t in targets}
     assert jobs == {"sidecar", "controlplane"}
     print(f"prometheus: {len(sidecars)} sidecar targets and the control plane, all up")
+
+
+def test_no_secret_is_on_any_command_line_and_meshctl_finds_its_token(mesh: Mesh) -> None:
+    """Join tokens reach the sidecars in their environment and the operator token stays in
+    its file: neither shows in any process's argv (what `ps` shows every user)."""
+    records = [Record.from_json(r) for r in mesh.state["processes"]]
+    secrets = {mesh.operator_token}
+    for record in records:
+        environ = Path(f"/proc/{record.pid}/environ").read_bytes().split(b"\0")
+        secrets |= {v.split(b"=", 1)[1].decode() for v in environ
+                    if v.startswith(b"MESH_JOIN_TOKEN=")}
+    assert len(secrets) == 1 + len([r for r in records if r.name.startswith("sidecar:")])
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace")
+        except OSError:
+            continue  # a process that ended meanwhile
+        assert not [s for s in secrets if s in argv], f"a secret in {cmdline}"
+    assert stat.S_IMODE((mesh.state_dir / "pki" / "operator.token").stat().st_mode) == 0o600
+    status = mesh.meshctl("--api", mesh.state["api"], "status")  # no credential flag
+    assert status.returncode == 0, status.stderr
+    assert "discovery streams" in status.stdout
 
 
 async def test_steady_load_has_no_errors_and_reaches_every_replica(mesh: Mesh) -> None:
