@@ -126,6 +126,7 @@ class Registry:
         registered = Endpoint()
         registered.CopyFrom(endpoint)
         registered.instance = instance_id
+        registered.identity = str(who)  # what callers check this endpoint's certificate for
         if not registered.weight:
             registered.weight = 1
         instance = Instance(instance_id, namespace, service, registered, who,

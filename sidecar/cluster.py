@@ -273,8 +273,11 @@ class UpstreamCluster:
         # returns what an old one ejected, which nothing would ever return otherwise.
         for address, endpoint in self.balancer.endpoints.items():
             endpoint.ejected = address in ejected
-        for address in list(self.pools):
-            if address not in addresses:
+        # A pool checks its endpoint's certificate against the identity that registered it;
+        # if that changed (another workload registered the address since), start afresh.
+        identities = {f"{e.address}:{e.port}": e.identity for e in self.endpoints}
+        for address, pool in list(self.pools.items()):
+            if identities.get(address) != pool.peer_identity:
                 self._drop_pool(address)
 
     def pool(self, address: str) -> ConnectionPool:
@@ -286,7 +289,9 @@ class UpstreamCluster:
             pool = self.pools[address] = ConnectionPool(
                 host, int(port), ssl=self._tls(), connect_timeout=settings.connect_timeout,
                 max_streams_per_connection=settings.max_streams_per_connection,
-                idle_timeout=settings.idle_timeout, on_connect=self._connected)
+                idle_timeout=settings.idle_timeout, on_connect=self._connected,
+                peer_identity=next((e.identity for e in self.endpoints
+                                    if f"{e.address}:{e.port}" == address), ""))
         return pool
 
     async def open_stream(self, address: str, headers: Headers, *,

@@ -12,6 +12,11 @@ connections side by side. A connection that received GOAWAY drains (its streams 
 replaced for new requests; a dead one is dropped. Idle connections close themselves after
 ``idle_timeout`` — shorter than the server's, so the client, not the server, decides when a
 connection is done (the "503 on a reused keep-alive connection" race).
+
+A pool may be told the SPIFFE ID its endpoint registered with (``peer_identity``): a new
+connection whose certificate proves another ID — a certificate of the mesh CA, but not of
+the service this endpoint is — is closed at once and counts as a failure to connect, as
+Envoy does with the subject alt names Istio puts in each cluster's TLS context.
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ import ssl as ssl_module
 from collections.abc import Callable
 from typing import cast
 
-from mesh.http2 import ConnectionClosed, Headers, Http2Connection, Limits, Stream, connect
+from mesh.http2 import (
+    ConnectionClosed,
+    ErrorCode,
+    Headers,
+    Http2Connection,
+    Limits,
+    Stream,
+    connect,
+)
+from mesh.tls import peer_spiffe_id
 
 log = logging.getLogger("sidecar.pool")
 
@@ -39,6 +53,10 @@ class ConnectFailure(Exception):
     """No connection to the endpoint could be made (refused, timed out, TLS failed)."""
 
 
+class WrongPeer(Exception):
+    """The endpoint's certificate proves another identity than the one that registered it."""
+
+
 class ConnectionPool:
     """Connections to ``host:port``; :meth:`open_stream` starts a request on one of them."""
 
@@ -46,9 +64,14 @@ class ConnectionPool:
                  connect_timeout: float = 1.0,
                  max_streams_per_connection: int = DEFAULT_MAX_STREAMS,
                  idle_timeout: float = 60.0,
-                 on_connect: Callable[[], None] | None = None) -> None:
+                 on_connect: Callable[[], None] | None = None,
+                 peer_identity: str = "") -> None:
+        """Args:
+            peer_identity: the SPIFFE ID the endpoint's certificate must prove ("": any).
+        """
         self.host, self.port = host, port
         self.ssl = ssl
+        self.peer_identity = peer_identity
         self.connect_timeout = connect_timeout
         self.max_streams_per_connection = max_streams_per_connection
         self.limits = Limits(idle_timeout=idle_timeout)
@@ -105,6 +128,8 @@ class ConnectionPool:
         try:
             connection = await connect(self.host, self.port, ssl=self.ssl, limits=self.limits,
                                        connect_timeout=self.connect_timeout)
+            if self.peer_identity and connection.ssl_object is not None:
+                self._check_peer(connection)
         except BaseException as error:
             self.connect_failures += 1
             log.warning("cannot connect to %s:%d: %s", self.host, self.port,
@@ -121,6 +146,18 @@ class ConnectionPool:
         if self._on_connect is not None:
             self._on_connect()
         return connection
+
+    def _check_peer(self, connection: Http2Connection) -> None:
+        assert connection.ssl_object is not None
+        try:
+            proved = str(peer_spiffe_id(connection.ssl_object))
+        except ValueError as error:
+            proved = f"no mesh identity ({error})"
+        if proved != self.peer_identity:
+            problem = (f"its certificate proves {proved}, not {self.peer_identity}, which "
+                       f"registered this endpoint")
+            connection.abort(ErrorCode.INADEQUATE_SECURITY, problem)
+            raise WrongPeer(problem)
 
     def _forget(self, connection: Http2Connection) -> None:
         if connection in self.connections:

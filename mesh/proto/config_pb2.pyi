@@ -173,7 +173,7 @@ class ConnectionPool(_message.Message):
     def __init__(self, max_streams_per_connection: _Optional[int] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("address", "port", "weight", "zone", "health", "instance")
+    __slots__ = ("address", "port", "weight", "zone", "health", "instance", "identity")
     class Health(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         HEALTHY: _ClassVar[Endpoint.Health]
@@ -188,13 +188,15 @@ class Endpoint(_message.Message):
     ZONE_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
     address: str
     port: int
     weight: int
     zone: str
     health: Endpoint.Health
     instance: str
-    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., weight: _Optional[int] = ..., zone: _Optional[str] = ..., health: _Optional[_Union[Endpoint.Health, str]] = ..., instance: _Optional[str] = ...) -> None: ...
+    identity: str
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., weight: _Optional[int] = ..., zone: _Optional[str] = ..., health: _Optional[_Union[Endpoint.Health, str]] = ..., instance: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
 
 class ClusterLoadAssignment(_message.Message):
     __slots__ = ("cluster_name", "endpoints")

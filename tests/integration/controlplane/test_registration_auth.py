@@ -43,6 +43,9 @@ async def test_the_service_itself_registers(mesh: Mesh) -> None:
     response = await register(mesh, "orders")
     assert response.instance == "default/orders@127.0.0.1:15006"
     assert [e.address for e in mesh.cp.registry.endpoints("default", "orders")] == ["127.0.0.1"]
+    # Callers' sidecars will check the endpoint's certificate for the identity that registered.
+    assert [e.identity for e in mesh.cp.registry.endpoints("default", "orders")] == [
+        f"spiffe://{TRUST_DOMAIN}/ns/default/sa/orders"]
 
 
 async def refused(mesh: Mesh, caplog: pytest.LogCaptureFixture, caller: str | None,
