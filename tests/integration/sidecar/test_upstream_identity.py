@@ -9,6 +9,7 @@ from mesh.http2 import Server, Stream
 from mesh.tls import client_context, server_context
 from sidecar.pool import ConnectFailure, ConnectionPool
 from tests.pki_fixtures import MeshPki
+from tests.pki_fixtures import mesh_pki as mesh_pki  # a fixture, used by name
 
 SERVER = "spiffe://cluster.local/ns/default/sa/server"
 REQUEST = [(":method", "GET"), (":scheme", "https"), (":authority", "server"), (":path", "/")]
