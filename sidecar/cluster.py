@@ -45,9 +45,10 @@ from sidecar.circuit_breaker import (
     Overloaded,
 )
 from sidecar.metrics import SidecarMetrics
+from sidecar.outcome import Outcome
 from sidecar.outlier import Ejected, OutlierDetectionConfig, OutlierDetector, Returned
 from sidecar.pool import DEFAULT_MAX_STREAMS, ConnectionPool
-from sidecar.retry import Outcome, RetryOn, RetryPolicy
+from sidecar.retry import RetryOn, RetryPolicy
 from sidecar.retry_budget import (
     Budget,
     ConcurrencyBudget,

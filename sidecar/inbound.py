@@ -35,9 +35,8 @@ from sidecar import headers as mesh_headers
 from sidecar.config import LiveConfig
 from sidecar.forward import Upstream, local_reply, send_request_body, send_response
 from sidecar.metrics import RESET, SidecarMetrics
-from sidecar.outlier import http_status_of
+from sidecar.outcome import Outcome, http_status_of
 from sidecar.pool import ConnectFailure
-from sidecar.retry import Outcome
 
 log = logging.getLogger("sidecar.inbound")
 

@@ -47,9 +47,9 @@ from sidecar.forward import (
     send_response,
 )
 from sidecar.metrics import RESET, SidecarMetrics
-from sidecar.outlier import http_status_of
+from sidecar.outcome import Failure, Outcome, http_status_of
 from sidecar.pool import ConnectFailure
-from sidecar.retry import Failure, Outcome, Retry, RetryPolicy, RetryState, Stop, StopReason
+from sidecar.retry import Retry, RetryPolicy, RetryState, Stop, StopReason
 
 log = logging.getLogger("sidecar.outbound")
 

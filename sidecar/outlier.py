@@ -18,11 +18,11 @@ inline, on the call that reaches the threshold; returns and success-rate ejectio
 ``sweep()``, which the sidecar calls every ``interval`` (so an ejection lasts until the first
 sweep after it expires, as in Envoy).
 
-Outcomes are judged as Envoy's router reports them: a response's HTTP status; a gRPC status as
-its HTTP equivalent (UNAVAILABLE 503, DEADLINE_EXCEEDED 504, INTERNAL, UNKNOWN and DATA_LOSS
-500); a call that got no response as 503, or 504 for a timeout. Unlike Envoy we do not count
-UNIMPLEMENTED (Envoy's 501): calling a method a service lacks is the caller's mistake, not a
-sign of a sick endpoint.
+Outcomes are judged as Envoy's router reports them (``sidecar.outcome.http_status_of``): a
+response's HTTP status; a gRPC status as its HTTP equivalent (UNAVAILABLE 503,
+DEADLINE_EXCEEDED 504, INTERNAL, UNKNOWN and DATA_LOSS 500); a call that got no response as
+503, or 504 for a timeout. Unlike Envoy we do not count UNIMPLEMENTED (Envoy's 501): calling a
+method a service lacks is the caller's mistake, not a sign of a sick endpoint.
 
 Decisions are values (``Ejected``, ``Returned``); whoever owns the balancer applies them to
 ``Endpoint.ejected`` and logs them. Envoy's consecutive-gateway rule counts but is not enforced
@@ -37,26 +37,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from mesh.clock import Clock
-from mesh.grpc.status import StatusCode
-from sidecar.retry import Failure, Outcome
-
-_GRPC_AS_HTTP = {  # the gRPC codes that mean a server-side failure, as Envoy maps them
-    StatusCode.UNKNOWN: 500,
-    StatusCode.INTERNAL: 500,
-    StatusCode.DATA_LOSS: 500,
-    StatusCode.UNAVAILABLE: 503,
-    StatusCode.DEADLINE_EXCEEDED: 504,
-}
-
-
-def http_status_of(outcome: Outcome) -> int:
-    """The HTTP status outlier detection counts for ``outcome``."""
-    if outcome.failure is not None:
-        return 504 if outcome.failure is Failure.TIMEOUT else 503
-    assert outcome.status is not None  # an Outcome has a status or a failure
-    if outcome.grpc_status is not None:
-        return _GRPC_AS_HTTP.get(outcome.grpc_status, outcome.status)
-    return outcome.status
+from sidecar.outcome import Outcome, http_status_of
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -45,6 +45,7 @@ from enum import Enum
 from mesh.clock import Clock
 from mesh.grpc.status import StatusCode
 from sidecar.backoff import Backoff
+from sidecar.outcome import Failure, Outcome
 from sidecar.retry_budget import Budget
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -81,15 +82,6 @@ class RetryOn(Enum):
                 from None
 
 
-class Failure(Enum):
-    """Why an attempt got no response at all."""
-
-    CONNECT_FAILURE = "connect-failure"  # no connection: refused, TLS failed, connect timeout
-    REFUSED_STREAM = "refused-stream"  # REFUSED_STREAM or beyond GOAWAY: never processed
-    RESET = "reset"  # the stream or connection ended before a response
-    TIMEOUT = "timeout"  # the per-try timeout passed before a response
-
-
 _FAILURE_COVERED_BY: dict[Failure, frozenset[RetryOn]] = {  # Envoy's wouldRetryFromReset
     Failure.CONNECT_FAILURE: frozenset({RetryOn.CONNECT_FAILURE, RetryOn.RESET,
                                         RetryOn.SERVER_ERROR, RetryOn.GATEWAY_ERROR}),
@@ -108,23 +100,6 @@ _GRPC_CONDITIONS: dict[RetryOn, StatusCode] = {
 }
 
 _NEVER_PROCESSED = frozenset({Failure.CONNECT_FAILURE, Failure.REFUSED_STREAM})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outcome:
-    """How one attempt ended: a response (HTTP status, maybe a gRPC status) or a failure."""
-
-    status: int | None = None  # the response's :status
-    grpc_status: StatusCode | None = None  # its grpc-status, for a gRPC response
-    failure: Failure | None = None  # why no response arrived
-
-    def __post_init__(self) -> None:
-        if (self.status is None) == (self.failure is None):
-            raise ValueError(f"outcome {self}: needs a status or a failure, not both")
-        if self.status is not None and not 100 <= self.status <= 599:
-            raise ValueError(f"outcome status {self.status}: must be within 100..599")
-        if self.grpc_status is not None and self.status is None:
-            raise ValueError(f"outcome {self}: a gRPC status comes only with a response")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

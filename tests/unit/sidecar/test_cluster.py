@@ -16,8 +16,9 @@ from sidecar.balancers import LeastRequestBalancer, PeakEwmaBalancer, RoundRobin
 from sidecar.circuit_breaker import CircuitBreakerConfig, Limit, Overflow, Permit
 from sidecar.cluster import ClusterSettings, UpstreamCluster, settings_from
 from sidecar.metrics import SidecarMetrics
+from sidecar.outcome import Outcome
 from sidecar.outlier import OutlierDetectionConfig
-from sidecar.retry import Outcome, RetryOn, RetryPolicy
+from sidecar.retry import RetryOn, RetryPolicy
 from sidecar.retry_budget import (
     ConcurrencyBudget,
     ConcurrencyBudgetConfig,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mesh.clock import FakeClock
-from mesh.grpc.status import StatusCode
+from sidecar.outcome import Failure, Outcome
 from sidecar.outlier import (
     Ejected,
     EjectionReason,
@@ -13,9 +13,7 @@ from sidecar.outlier import (
     OutlierDetector,
     Returned,
     SuccessRateConfig,
-    http_status_of,
 )
-from sidecar.retry import Failure, Outcome
 
 OK = Outcome(status=200)
 E500 = Outcome(status=500)
@@ -62,21 +60,6 @@ def test_a_success_resets_the_count() -> None:
     assert fail(d, "h1", 4) is None
     assert d.record("h1", Outcome(status=404)) is None  # a 4xx is the caller's problem
     assert fail(d, "h1", 5) is not None
-
-
-@pytest.mark.parametrize(("outcome", "status"), [
-    (Outcome(failure=Failure.CONNECT_FAILURE), 503),
-    (Outcome(failure=Failure.RESET), 503),
-    (Outcome(failure=Failure.TIMEOUT), 504),
-    (Outcome(status=200, grpc_status=StatusCode.UNAVAILABLE), 503),
-    (Outcome(status=200, grpc_status=StatusCode.DEADLINE_EXCEEDED), 504),
-    (Outcome(status=200, grpc_status=StatusCode.INTERNAL), 500),
-    (Outcome(status=200, grpc_status=StatusCode.UNIMPLEMENTED), 200),  # the caller's mistake
-    (Outcome(status=200, grpc_status=StatusCode.NOT_FOUND), 200),
-    (Outcome(status=502), 502),
-])
-def test_outcomes_count_as_envoy_reports_them(outcome: Outcome, status: int) -> None:
-    assert http_status_of(outcome) == status
 
 
 def test_the_gateway_rule_counts_only_502_503_504_and_no_response() -> None:

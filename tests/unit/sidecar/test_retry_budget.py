@@ -8,7 +8,8 @@ import random
 import pytest
 
 from mesh.clock import FakeClock
-from sidecar.retry import Outcome, RetryOn, RetryPolicy, RetryState, Stop
+from sidecar.outcome import Outcome
+from sidecar.retry import RetryOn, RetryPolicy, RetryState, Stop
 from sidecar.retry_budget import (
     Budget,
     ConcurrencyBudget,
