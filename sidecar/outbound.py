@@ -33,7 +33,7 @@ from mesh.grpc.deadline import format_timeout
 from mesh.grpc.status import code_of
 from mesh.http2 import ConnectionClosed, ErrorCode, Headers, StreamRefused, StreamReset
 from sidecar import headers as mesh_headers
-from sidecar.balancers import Endpoint
+from sidecar.balancers import EndpointState
 from sidecar.circuit_breaker import Limit, Overflow, Overloaded, Permit
 from sidecar.cluster import UpstreamCluster
 from sidecar.config import LiveConfig
@@ -146,7 +146,7 @@ class _Call:
         self.relaying: Upstream | None = None  # the stream whose response is being relayed
         # A gRPC answer whose status is still to come in its trailers: its endpoint and latency
         # to the response headers. Outlier detection and the balancer hear of it at the end.
-        self.unsettled: tuple[Endpoint, float] | None = None
+        self.unsettled: tuple[EndpointState, float] | None = None
         # The latest retry's max_retries permit, held from its backoff until the call ends or
         # the next retry takes over: the breaker counts retries in flight, as Envoy's does.
         self.retry_permit: Permit | None = None
@@ -249,7 +249,7 @@ class _Call:
         if final is not None:
             self.cluster.record(endpoint.address, final)
 
-    async def _attempt(self, endpoint: Endpoint, attempt_deadline: float
+    async def _attempt(self, endpoint: EndpointState, attempt_deadline: float
                        ) -> tuple[Upstream | None, Outcome, Headers | None]:
         """One try; returns the upstream stream, how it ended, and the response headers."""
         endpoint.start()

@@ -25,7 +25,7 @@ DEADLINE_EXCEEDED 504, INTERNAL, UNKNOWN and DATA_LOSS 500); a call that got no 
 method a service lacks is the caller's mistake, not a sign of a sick endpoint.
 
 Decisions are values (``Ejected``, ``Returned``); whoever owns the balancer applies them to
-``Endpoint.ejected`` and logs them. Envoy's consecutive-gateway rule counts but is not enforced
+``EndpointState.ejected`` and logs them. Envoy's consecutive-gateway rule counts but is not enforced
 by default; here it is off unless configured (``None``), the 5xx rule on at 5.
 """
 

@@ -18,7 +18,7 @@ Glossary:
 """
 
 from sidecar.balancers.base import Balancer
-from sidecar.balancers.endpoint import Endpoint, EndpointSpec
+from sidecar.balancers.endpoint import EndpointSpec, EndpointState
 from sidecar.balancers.least_request import LeastRequestBalancer, LeastRequestConfig
 from sidecar.balancers.peak_ewma import PeakEwmaBalancer, PeakEwmaConfig
 from sidecar.balancers.random import RandomBalancer
@@ -28,8 +28,8 @@ from sidecar.balancers.slow_start import SlowStart
 
 __all__ = [
     "Balancer",
-    "Endpoint",
     "EndpointSpec",
+    "EndpointState",
     "LeastRequestBalancer",
     "LeastRequestConfig",
     "PeakEwmaBalancer",

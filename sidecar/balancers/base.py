@@ -6,7 +6,7 @@ retry already tried, so the retry lands elsewhere, like Envoy's ``previous_hosts
 and falls back to them rather than fail when nothing else is left. It returns ``None`` only when
 no endpoint is available at all; the sidecar then answers 503 / UNAVAILABLE itself.
 
-``set_endpoints`` applies what discovery sent. An endpoint that stays keeps its ``Endpoint``
+``set_endpoints`` applies what discovery sent. An endpoint that stays keeps its ``EndpointState``
 object, so its in-flight count, latency estimate, ejection and age survive the update; weight
 and health are taken from the new description. Subclasses implement ``_choose`` (given the
 endpoints it may return, which one) and, if they prebuild state, extend ``set_endpoints``.
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from mesh.clock import Clock
-from sidecar.balancers.endpoint import Endpoint, EndpointSpec
+from sidecar.balancers.endpoint import EndpointSpec, EndpointState
 
 
 class Balancer(ABC):
@@ -38,10 +38,10 @@ class Balancer(ABC):
     def __init__(self, *, clock: Clock, rng: random.Random) -> None:
         self._clock = clock
         self._rng = rng
-        self._endpoints: dict[str, Endpoint] = {}
+        self._endpoints: dict[str, EndpointState] = {}
 
     @property
-    def endpoints(self) -> Mapping[str, Endpoint]:
+    def endpoints(self) -> Mapping[str, EndpointState]:
         """Every endpoint by address, available or not, in discovery's order (read-only)."""
         return MappingProxyType(self._endpoints)
 
@@ -51,7 +51,7 @@ class Balancer(ABC):
         Raises:
             ValueError: an address appears twice.
         """
-        updated: dict[str, Endpoint] = {}
+        updated: dict[str, EndpointState] = {}
         for spec in specs:
             if spec.address in updated:
                 raise ValueError(f"endpoint {spec.address}: listed twice")
@@ -62,7 +62,7 @@ class Balancer(ABC):
         self._endpoints = updated
 
     def pick(self, key: int | None = None,
-             avoid: frozenset[str] = frozenset()) -> Endpoint | None:
+             avoid: frozenset[str] = frozenset()) -> EndpointState | None:
         """The endpoint for the next call, or None when no endpoint is available.
 
         Args:
@@ -76,15 +76,15 @@ class Balancer(ABC):
         return self._choose(preferred or available, available, key)
 
     @abstractmethod
-    def _choose(self, candidates: Sequence[Endpoint], available: Sequence[Endpoint],
-                key: int | None) -> Endpoint:
+    def _choose(self, candidates: Sequence[EndpointState], available: Sequence[EndpointState],
+                key: int | None) -> EndpointState:
         """One of ``candidates`` (never empty; a subset of ``available``, in discovery order).
 
         ``available`` is every endpoint that may take calls, for balancers whose state spans
         the whole set (a schedule, a ring) and must not be rebuilt because one pick avoids some.
         """
 
-    def _new_endpoint(self, spec: EndpointSpec) -> Endpoint:
+    def _new_endpoint(self, spec: EndpointSpec) -> EndpointState:
         """The state for an endpoint that just joined (peak EWMA passes its own settings)."""
-        return Endpoint(spec.address, clock=self._clock, weight=spec.weight,
-                        healthy=spec.healthy)
+        return EndpointState(spec.address, clock=self._clock, weight=spec.weight,
+                             healthy=spec.healthy)

@@ -27,12 +27,12 @@ import heapq
 import random
 from collections.abc import Callable, Sequence
 
-from sidecar.balancers.endpoint import Endpoint
+from sidecar.balancers.endpoint import EndpointState
 
-WeightOf = Callable[[Endpoint], float]
+WeightOf = Callable[[EndpointState], float]
 """An endpoint's current weight; must be positive."""
 
-_Entry = tuple[float, int, Endpoint]  # (deadline, insertion order, endpoint)
+_Entry = tuple[float, int, EndpointState]  # (deadline, insertion order, endpoint)
 
 
 class EdfSchedule:
@@ -42,26 +42,26 @@ class EdfSchedule:
 
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
-        self._members: list[Endpoint] = []  # the endpoints the heap was built for, in order
+        self._members: list[EndpointState] = []  # the endpoints the heap was built for, in order
         self._queue: list[_Entry] = []
         self._now = 0.0  # virtual time: the deadline of the last pick
         self._order = 0  # insertion counter: breaks ties first-come first-served
         # per endpoint: (virtual time its weight took effect, that weight, turns scheduled since)
-        self._pace: dict[Endpoint, tuple[float, float, int]] = {}
+        self._pace: dict[EndpointState, tuple[float, float, int]] = {}
 
     def invalidate(self) -> None:
         """Rebuild before the next pick (weights or membership changed)."""
         self._members = []
 
-    def pick(self, candidates: Sequence[Endpoint], available: Sequence[Endpoint],
-             weight_of: WeightOf) -> Endpoint:
+    def pick(self, candidates: Sequence[EndpointState], available: Sequence[EndpointState],
+             weight_of: WeightOf) -> EndpointState:
         """The candidate with the earliest deadline; it is scheduled again by ``weight_of``."""
         if list(available) != self._members:
             self._rebuild(available, weight_of)
         wanted = None if len(candidates) == len(available) else set(candidates)
         return self._take(wanted, weight_of)
 
-    def _take(self, wanted: set[Endpoint] | None, weight_of: WeightOf) -> Endpoint:
+    def _take(self, wanted: set[EndpointState] | None, weight_of: WeightOf) -> EndpointState:
         passed_over: list[_Entry] = []
         entry = heapq.heappop(self._queue)
         while wanted is not None and entry[2] not in wanted:
@@ -73,7 +73,7 @@ class EdfSchedule:
         self._schedule(endpoint, weight_of(endpoint))
         return endpoint
 
-    def _schedule(self, endpoint: Endpoint, weight: float) -> None:
+    def _schedule(self, endpoint: EndpointState, weight: float) -> None:
         start, last_weight, turns = self._pace.get(endpoint, (self._now, weight, 0))
         if weight != last_weight:
             start, turns = self._now, 0
@@ -82,7 +82,7 @@ class EdfSchedule:
         heapq.heappush(self._queue, (start + turns / weight, self._order, endpoint))
         self._order += 1
 
-    def _rebuild(self, available: Sequence[Endpoint], weight_of: WeightOf) -> None:
+    def _rebuild(self, available: Sequence[EndpointState], weight_of: WeightOf) -> None:
         self._members = list(available)
         self._queue = []
         self._pace = {}

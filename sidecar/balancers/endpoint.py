@@ -60,8 +60,11 @@ class EndpointSpec:
             raise ValueError(f"endpoint {self.address} weight {self.weight}: must be at least 1")
 
 
-class Endpoint:
+class EndpointState:
     """The runtime state of one endpoint, shared by the balancer, the admin page and the sidecar.
+
+    (The control plane's ``Endpoint`` message describes an endpoint; the balancer keeps it as
+    an ``EndpointSpec``, and this object is what it knows of it at run time.)
 
     ``healthy`` and ``weight`` follow discovery (``Balancer.set_endpoints``); ``ejected`` is
     set by whoever applies outlier detection's decisions. ``active`` and the latency estimate
@@ -137,5 +140,5 @@ class Endpoint:
 
     def __repr__(self) -> str:
         state = "available" if self.available else "ejected" if self.ejected else "unhealthy"
-        return (f"Endpoint({self.address!r}, weight={self.weight}, {state}, "
+        return (f"EndpointState({self.address!r}, weight={self.weight}, {state}, "
                 f"active={self.active}, latency={self.latency_estimate() * 1000:.1f}ms)")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from mesh.clock import Clock
 from sidecar.balancers.base import Balancer
 from sidecar.balancers.edf import EdfSchedule
-from sidecar.balancers.endpoint import Endpoint, EndpointSpec
+from sidecar.balancers.endpoint import EndpointSpec, EndpointState
 from sidecar.balancers.slow_start import SlowStart
 
 
@@ -56,8 +56,8 @@ class LeastRequestBalancer(Balancer):
         self._config = config or LeastRequestConfig()
         self._schedule = EdfSchedule(rng)
 
-    def _choose(self, candidates: Sequence[Endpoint], available: Sequence[Endpoint],
-                key: int | None) -> Endpoint:
+    def _choose(self, candidates: Sequence[EndpointState], available: Sequence[EndpointState],
+                key: int | None) -> EndpointState:
         if len(available) == 1:  # no choice to make (a cluster of one: bench/sidecar_pair.py)
             return available[0]
         if self._weighted(available):
@@ -65,14 +65,14 @@ class LeastRequestBalancer(Balancer):
         sample = self._rng.sample(candidates, min(self._config.choice_count, len(candidates)))
         return min(sample, key=lambda e: e.active)  # ties: the first drawn, itself random
 
-    def _weighted(self, available: Sequence[Endpoint]) -> bool:
+    def _weighted(self, available: Sequence[EndpointState]) -> bool:
         """Envoy's switch: EDF unless every weight is equal and no endpoint is ramping up."""
         if any(e.weight != available[0].weight for e in available):
             return True
         slow_start, now = self._config.slow_start, self._clock.now()
         return slow_start is not None and any(slow_start.ramping(e, now) for e in available)
 
-    def _effective_weight(self, endpoint: Endpoint) -> float:
+    def _effective_weight(self, endpoint: EndpointState) -> float:
         slow_start = self._config.slow_start
         weight = (float(endpoint.weight) if slow_start is None
                   else slow_start.weight(endpoint, self._clock.now()))

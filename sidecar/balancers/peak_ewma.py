@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from mesh.clock import Clock
 from sidecar.balancers.base import Balancer
-from sidecar.balancers.endpoint import DEFAULT_DECAY, DEFAULT_RTT, Endpoint, EndpointSpec
+from sidecar.balancers.endpoint import DEFAULT_DECAY, DEFAULT_RTT, EndpointSpec, EndpointState
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,7 +45,7 @@ class PeakEwmaConfig:
                              f"seconds (a zero estimate floods a new endpoint)")
 
 
-def load(endpoint: Endpoint) -> float:
+def load(endpoint: EndpointState) -> float:
     """Peak EWMA's load: the latency estimate times the calls in flight, plus this one."""
     return endpoint.latency_estimate() * (endpoint.active + 1)
 
@@ -58,14 +58,14 @@ class PeakEwmaBalancer(Balancer):
         super().__init__(clock=clock, rng=rng)
         self._config = config or PeakEwmaConfig()
 
-    def _choose(self, candidates: Sequence[Endpoint], available: Sequence[Endpoint],
-                key: int | None) -> Endpoint:
+    def _choose(self, candidates: Sequence[EndpointState], available: Sequence[EndpointState],
+                key: int | None) -> EndpointState:
         if len(candidates) == 1:
             return candidates[0]
         first, second = self._rng.sample(candidates, 2)
         return second if load(second) < load(first) else first
 
-    def _new_endpoint(self, spec: EndpointSpec) -> Endpoint:
-        return Endpoint(spec.address, clock=self._clock, weight=spec.weight,
-                        healthy=spec.healthy, decay=self._config.decay,
-                        default_rtt=self._config.default_rtt)
+    def _new_endpoint(self, spec: EndpointSpec) -> EndpointState:
+        return EndpointState(spec.address, clock=self._clock, weight=spec.weight,
+                             healthy=spec.healthy, decay=self._config.decay,
+                             default_rtt=self._config.default_rtt)

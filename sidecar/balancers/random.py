@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sidecar.balancers.base import Balancer
-from sidecar.balancers.endpoint import Endpoint
+from sidecar.balancers.endpoint import EndpointState
 
 
 class RandomBalancer(Balancer):
     """A weighted random choice among the available endpoints."""
 
-    def _choose(self, candidates: Sequence[Endpoint], available: Sequence[Endpoint],
-                key: int | None) -> Endpoint:
+    def _choose(self, candidates: Sequence[EndpointState], available: Sequence[EndpointState],
+                key: int | None) -> EndpointState:
         weights = [e.weight for e in candidates]
         return self._rng.choices(candidates, weights=weights)[0]

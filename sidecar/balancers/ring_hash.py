@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from mesh.clock import Clock
 from sidecar.balancers.base import Balancer
-from sidecar.balancers.endpoint import Endpoint, EndpointSpec
+from sidecar.balancers.endpoint import EndpointSpec, EndpointState
 
 MAX_RING_SIZE = 1 << 18
 """Most points on one ring: 262,144 (Envoy allows 8M, but a Python list of those is ~300 MB)."""
@@ -68,15 +68,15 @@ class RingHashBalancer(Balancer):
         self._config = config or RingHashConfig()
         self._built_for: dict[str, int] = {}  # address -> weight the ring was built with
         self._points: list[int] = []  # sorted hashes
-        self._owners: list[Endpoint] = []  # the endpoint at each point
+        self._owners: list[EndpointState] = []  # the endpoint at each point
 
     @property
     def ring_size(self) -> int:
         """How many points the ring has."""
         return len(self._points)
 
-    def _choose(self, candidates: Sequence[Endpoint], available: Sequence[Endpoint],
-                key: int | None) -> Endpoint:
+    def _choose(self, candidates: Sequence[EndpointState], available: Sequence[EndpointState],
+                key: int | None) -> EndpointState:
         point = self._rng.getrandbits(64) if key is None else key
         wanted = set(candidates)
         start = bisect.bisect_left(self._points, point)  # the first point at or after the key

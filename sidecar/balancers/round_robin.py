@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from mesh.clock import Clock
 from sidecar.balancers.base import Balancer
 from sidecar.balancers.edf import EdfSchedule
-from sidecar.balancers.endpoint import Endpoint, EndpointSpec
+from sidecar.balancers.endpoint import EndpointSpec, EndpointState
 from sidecar.balancers.slow_start import SlowStart
 
 
@@ -34,11 +34,11 @@ class RoundRobinBalancer(Balancer):
         self._slow_start = slow_start
         self._schedule = EdfSchedule(rng)
 
-    def _choose(self, candidates: Sequence[Endpoint], available: Sequence[Endpoint],
-                key: int | None) -> Endpoint:
+    def _choose(self, candidates: Sequence[EndpointState], available: Sequence[EndpointState],
+                key: int | None) -> EndpointState:
         return self._schedule.pick(candidates, available, self._weight)
 
-    def _weight(self, endpoint: Endpoint) -> float:
+    def _weight(self, endpoint: EndpointState) -> float:
         if self._slow_start is None:
             return float(endpoint.weight)
         return self._slow_start.weight(endpoint, self._clock.now())

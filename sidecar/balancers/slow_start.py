@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sidecar.balancers.endpoint import Endpoint
+from sidecar.balancers.endpoint import EndpointState
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,11 +40,11 @@ class SlowStart:
             raise ValueError(f"slow start min_weight_percent {self.min_weight_percent}: "
                              f"must be above 0 and at most 100")
 
-    def ramping(self, endpoint: Endpoint, now: float) -> bool:
+    def ramping(self, endpoint: EndpointState, now: float) -> bool:
         """True while ``endpoint`` is younger than the window."""
         return now - endpoint.added_at < self.window
 
-    def weight(self, endpoint: Endpoint, now: float) -> float:
+    def weight(self, endpoint: EndpointState, now: float) -> float:
         """``endpoint``'s weight scaled for its age (its full weight once out of the window)."""
         age = now - endpoint.added_at
         if age >= self.window:

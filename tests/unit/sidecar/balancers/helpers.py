@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 from mesh.clock import FakeClock
-from sidecar.balancers import Balancer, Endpoint, EndpointSpec
+from sidecar.balancers import Balancer, EndpointSpec, EndpointState
 
 
 def specs(*addresses: str, **weights: int) -> list[EndpointSpec]:
@@ -37,7 +37,7 @@ def serve(balancer: Balancer, clock: FakeClock, latency: Mapping[str, float],
     Calls overlap when latency exceeds the gap, so in-flight counts build up as they would in
     a real sidecar. Returns how many calls each address got.
     """
-    in_flight: list[tuple[float, int, Endpoint, float]] = []  # (done at, order, endpoint, rtt)
+    in_flight: list[tuple[float, int, EndpointState, float]] = []  # (done at, order, endpoint, rtt)
     counts: Counter[str] = Counter()
     for order in range(calls):
         arrival = clock.now() + gap if order else clock.now()

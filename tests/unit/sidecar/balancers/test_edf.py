@@ -6,7 +6,7 @@ import random
 
 from mesh.clock import FakeClock
 from sidecar.balancers.edf import EdfSchedule
-from sidecar.balancers.endpoint import Endpoint
+from sidecar.balancers.endpoint import EndpointState
 
 
 class NoShuffle(random.Random):
@@ -16,16 +16,16 @@ class NoShuffle(random.Random):
         return 0
 
 
-def endpoints(**weights: int) -> list[Endpoint]:
+def endpoints(**weights: int) -> list[EndpointState]:
     clock = FakeClock()
-    return [Endpoint(address, clock=clock, weight=w) for address, w in weights.items()]
+    return [EndpointState(address, clock=clock, weight=w) for address, w in weights.items()]
 
 
-def by_weight(endpoint: Endpoint) -> float:
+def by_weight(endpoint: EndpointState) -> float:
     return float(endpoint.weight)
 
 
-def run(schedule: EdfSchedule, members: list[Endpoint], picks: int) -> str:
+def run(schedule: EdfSchedule, members: list[EndpointState], picks: int) -> str:
     return "".join(schedule.pick(members, members, by_weight).address for _ in range(picks))
 
 

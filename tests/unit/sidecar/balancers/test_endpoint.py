@@ -1,4 +1,4 @@
-"""Endpoint: the in-flight count and the peak-EWMA latency estimate every balancer reads."""
+"""EndpointState: the in-flight count and the peak-EWMA latency estimate every balancer reads."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import math
 import pytest
 
 from mesh.clock import FakeClock
-from sidecar.balancers.endpoint import DEFAULT_DECAY, DEFAULT_RTT, Endpoint, EndpointSpec
+from sidecar.balancers.endpoint import DEFAULT_DECAY, DEFAULT_RTT, EndpointSpec, EndpointState
 
 
 def make(clock: FakeClock, *, decay: float = DEFAULT_DECAY,
-         default_rtt: float = DEFAULT_RTT) -> Endpoint:
-    return Endpoint("10.0.0.1:15006", clock=clock, decay=decay, default_rtt=default_rtt)
+         default_rtt: float = DEFAULT_RTT) -> EndpointState:
+    return EndpointState("10.0.0.1:15006", clock=clock, decay=decay, default_rtt=default_rtt)
 
 
 def test_start_and_finish_count_calls_in_flight() -> None:

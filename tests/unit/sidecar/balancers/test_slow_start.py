@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from mesh.clock import FakeClock
-from sidecar.balancers import Endpoint, SlowStart
+from sidecar.balancers import EndpointState, SlowStart
 
 
 def weight_at(age: float, slow_start: SlowStart, weight: int = 10) -> float:
     clock = FakeClock()
-    endpoint = Endpoint("a:1", clock=clock, weight=weight)
+    endpoint = EndpointState("a:1", clock=clock, weight=weight)
     clock.advance(age)
     return slow_start.weight(endpoint, clock.now())
 
@@ -40,7 +40,7 @@ def test_the_age_counts_as_at_least_one_second() -> None:
 def test_ramping_only_inside_the_window() -> None:
     slow_start = SlowStart(window=30.0)
     clock = FakeClock()
-    endpoint = Endpoint("a:1", clock=clock)
+    endpoint = EndpointState("a:1", clock=clock)
     assert slow_start.ramping(endpoint, clock.now())
     clock.advance(30.0)
     assert not slow_start.ramping(endpoint, clock.now())
