@@ -20,9 +20,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from mesh.clock import Clock
 from mesh.http2 import Headers, Stream
-from mesh.proto.config_pb2 import Cluster, Endpoint
-from mesh.proto.config_pb2 import RetryBudget as RetryBudgetProto
-from mesh.proto.config_pb2 import RetryPolicy as RetryPolicyProto
+from mesh.proto.config_pb2 import Cluster, Endpoint, RetryBudget, RetryPolicy
 from sidecar.backoff import Backoff, Jitter
 from sidecar.balancers import (
     Balancer,
@@ -48,13 +46,13 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.outcome import Outcome
 from sidecar.outlier import Ejected, OutlierDetectionConfig, OutlierDetector, Returned
 from sidecar.pool import DEFAULT_MAX_STREAMS, ConnectionPool
-from sidecar.retry import RetryOn, RetryPolicy
+from sidecar.retry import RetryOn, RetrySettings
 from sidecar.retry_budget import (
     Budget,
     ConcurrencyBudget,
     ConcurrencyBudgetConfig,
-    RetryBudget,
-    RetryBudgetConfig,
+    RateBudget,
+    RateBudgetConfig,
 )
 
 log = logging.getLogger("sidecar.cluster")
@@ -80,8 +78,8 @@ class ClusterSettings:
     hash_header: str  # RING_HASH: the request header whose value is hashed; "" for none
     connect_timeout: float
     timeout: float
-    retry_policy: RetryPolicy
-    retry_budget: RetryBudgetConfig | ConcurrencyBudgetConfig | None
+    retry_policy: RetrySettings
+    retry_budget: RateBudgetConfig | ConcurrencyBudgetConfig | None
     outlier: OutlierDetectionConfig | None
     breakers: CircuitBreakerConfig
     max_streams_per_connection: int
@@ -89,8 +87,8 @@ class ClusterSettings:
     app_protocol: int  # Cluster.Protocol
 
 
-def retry_policy_from(proto: RetryPolicyProto) -> RetryPolicy:
-    """Our retry policy for a ``RetryPolicy`` message.
+def retry_settings_from(proto: RetryPolicy) -> RetrySettings:
+    """The retry settings a ``RetryPolicy`` message asks for.
 
     Raises:
         ValueError: an unknown ``retry_on`` condition or a bad value.
@@ -103,7 +101,7 @@ def retry_policy_from(proto: RetryPolicyProto) -> RetryPolicy:
             base_interval=seconds(b.base_interval) if b.HasField("base_interval") else 0.025,
             max_interval=seconds(b.max_interval) if b.HasField("max_interval") else None,
             jitter=Jitter.FULL if b.jitter == b.FULL else Jitter.DECORRELATED)
-    return RetryPolicy(
+    return RetrySettings(
         retry_on=retry_on,
         num_retries=proto.num_retries if proto.num_retries or not retry_on else 1,
         per_try_timeout=(seconds(proto.per_try_timeout)
@@ -128,19 +126,19 @@ def settings_from(cluster: Cluster) -> ClusterSettings:
         return value
 
     lr, ewma, ring = cluster.least_request, cluster.peak_ewma, cluster.ring_hash
-    budget: RetryBudgetConfig | ConcurrencyBudgetConfig | None = None
+    budget: RateBudgetConfig | ConcurrencyBudgetConfig | None = None
     rb = cluster.retry_budget
     # The scalars are ``optional`` in the proto, so a written 0 is told apart from "unset".
     ratio = rb.retry_ratio if rb.HasField("retry_ratio") else 0.2
     if rb.disabled:
         pass
-    elif rb.kind == RetryBudgetProto.CONCURRENCY:
+    elif rb.kind == RetryBudget.CONCURRENCY:
         budget = ConcurrencyBudgetConfig(
             budget_percent=100 * ratio,
             min_retry_concurrency=(rb.min_retry_concurrency
                                    if rb.HasField("min_retry_concurrency") else 3))
     else:
-        budget = RetryBudgetConfig(
+        budget = RateBudgetConfig(
             retry_ratio=ratio,
             min_retries_per_second=(rb.min_retries_per_second
                                     if rb.HasField("min_retries_per_second") else 10),
@@ -169,8 +167,8 @@ def settings_from(cluster: Cluster) -> ClusterSettings:
         hash_header=ring.hash_header.lower(),  # HTTP/2 header names are lowercase
         connect_timeout=duration("connect_timeout", cluster, DEFAULT_CONNECT_TIMEOUT),
         timeout=duration("timeout", cluster, DEFAULT_TIMEOUT),
-        retry_policy=(retry_policy_from(cluster.retry_policy)
-                      if cluster.HasField("retry_policy") else RetryPolicy()),
+        retry_policy=(retry_settings_from(cluster.retry_policy)
+                      if cluster.HasField("retry_policy") else RetrySettings()),
         retry_budget=budget,
         outlier=outlier,
         breakers=CircuitBreakerConfig(
@@ -187,7 +185,7 @@ def _budget(settings: ClusterSettings, clock: Clock) -> Budget | None:
     config = settings.retry_budget
     if isinstance(config, ConcurrencyBudgetConfig):
         return ConcurrencyBudget(config)
-    return RetryBudget(config, clock=clock) if config else None
+    return RateBudget(config, clock=clock) if config else None
 
 
 def _balancer(settings: ClusterSettings, clock: Clock, rng: random.Random) -> Balancer:

@@ -49,7 +49,7 @@ from sidecar.forward import (
 from sidecar.metrics import RESET, SidecarMetrics
 from sidecar.outcome import Failure, Outcome, http_status_of
 from sidecar.pool import ConnectFailure
-from sidecar.retry import Retry, RetryPolicy, RetryState, Stop, StopReason
+from sidecar.retry import Retry, RetrySettings, RetryState, Stop, StopReason
 
 log = logging.getLogger("sidecar.outbound")
 
@@ -125,7 +125,7 @@ class _Call:
     """One outbound request and its attempts."""
 
     def __init__(self, outbound: Outbound, down: Downstream, cluster: UpstreamCluster,
-                 policy: RetryPolicy, grpc: bool, request: Headers, method: str,
+                 policy: RetrySettings, grpc: bool, request: Headers, method: str,
                  deadline: float, *, key: int | None = None) -> None:
         """``request`` is the caller's, as forwarded (:func:`~sidecar.headers.from_app`);
         ``key`` its hash for a ring-hash cluster (None: a random point)."""

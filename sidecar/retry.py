@@ -5,7 +5,7 @@ overloaded instance) into a success the caller never sees — if it is safe and 
 failure is one the route names in ``retry_on``, and the request has no effects a second copy
 would repeat (its method is idempotent, the route allows it anyway, or the upstream never saw
 it). Cheap: retries left (``num_retries``), a backoff delay that ends before the overall
-deadline, and room in the retry budget. ``RetryPolicy`` holds a route's settings;
+deadline, and room in the retry budget. ``RetrySettings`` holds a route's settings;
 ``RetryState`` follows one request through its attempts and answers each outcome with a
 ``RetryDecision``: ``Retry`` after a delay, or ``Stop`` with the reason. The sidecar carries the
 decision out (sleeps, picks another endpoint with ``avoid=state.tried``, sends
@@ -103,8 +103,9 @@ _NEVER_PROCESSED = frozenset({Failure.CONNECT_FAILURE, Failure.REFUSED_STREAM})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
-    """A route's retry settings (Envoy's ``RetryPolicy``); defaults retry nothing."""
+class RetrySettings:
+    """A route's retry policy, as the sidecar applies it (the ``RetryPolicy`` message's
+    values, as Envoy's ``RetryPolicy``); defaults retry nothing."""
 
     retry_on: frozenset[RetryOn] = frozenset()
     num_retries: int = 1  # attempts after the first (Envoy's default 1)
@@ -204,7 +205,7 @@ class RetryState:
         budget: the cluster's retry budget; None retries up to ``num_retries`` unchecked.
     """
 
-    def __init__(self, policy: RetryPolicy, *, method: str, grpc: bool = False,
+    def __init__(self, policy: RetrySettings, *, method: str, grpc: bool = False,
                  deadline: float, clock: Clock, rng: random.Random,
                  budget: Budget | None = None) -> None:
         self._policy = policy

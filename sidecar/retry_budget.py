@@ -8,7 +8,7 @@ a healthy upstream's occasional failure is retried and a failing one is not buri
 
 Two budgets, one interface (``Budget``); a request's ``RetryState`` calls it:
 
-- ``RetryBudget``, by rate (Finagle's ``RetryBudget``, Linkerd's ``retryBudget``, tower's
+- ``RateBudget``, by rate (Finagle's ``RetryBudget``, Linkerd's ``retryBudget``, tower's
   ``TpsBudget``; the default). Every request deposits ``1000`` into a token bucket; a retry
   withdraws ``floor(1000 / retry_ratio)`` (5000 for 20 %), so five requests pay for one retry.
   A reserve of ``min_retries_per_second * ttl * withdrawal`` lets a quiet client retry at all.
@@ -36,7 +36,7 @@ from typing import Protocol
 from mesh.clock import Clock
 
 DEPOSIT = 1000
-"""What one request puts into a ``RetryBudget`` (Finagle's scale, so ratios stay integral)."""
+"""What one request puts into a ``RateBudget`` (Finagle's scale, so ratios stay integral)."""
 
 SLOTS = 10
 """How many slots the window is kept in (Finagle's ``WindowedAdder``)."""
@@ -59,7 +59,7 @@ class Budget(Protocol):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RetryBudgetConfig:
+class RateBudgetConfig:
     """Finagle's and Linkerd's retry budget settings."""
 
     retry_ratio: float = 0.2  # retries per request, on top of the floor; 0..1000
@@ -77,14 +77,14 @@ class RetryBudgetConfig:
             raise ValueError(f"retry budget ttl {self.ttl}: must be within 1..60 seconds")
 
 
-class RetryBudget:
+class RateBudget:
     """Finagle's token bucket over a sliding window of ``SLOTS`` slots; one per cluster."""
 
     __slots__ = ("_clock", "_current", "_deposit", "_origin", "_past", "_reserve",
                  "_slot", "_ttl", "withdrawal")
 
-    def __init__(self, config: RetryBudgetConfig | None = None, *, clock: Clock) -> None:
-        config = config or RetryBudgetConfig()
+    def __init__(self, config: RateBudgetConfig | None = None, *, clock: Clock) -> None:
+        config = config or RateBudgetConfig()
         if config.retry_ratio == 0:
             self._deposit, self.withdrawal = 0, 1  # only the reserve pays for retries
         else:

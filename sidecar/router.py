@@ -29,8 +29,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from mesh.proto.config_pb2 import HeaderMatcher, Route, RouteConfiguration
-from sidecar.cluster import retry_policy_from
-from sidecar.retry import RetryPolicy
+from sidecar.cluster import retry_settings_from
+from sidecar.retry import RetrySettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ class RouteTarget:
     cluster: str
     route: str  # a name for logs and metrics: "<virtual host>/<index>", or "default"
     timeout: float | None  # seconds; None: the cluster's
-    retry_policy: RetryPolicy | None  # None: the cluster's
+    retry_policy: RetrySettings | None  # None: the cluster's
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class _CompiledRoute:
     headers: tuple[HeaderMatcher, ...]
     clusters: tuple[tuple[str, int], ...]  # (cluster, cumulative weight) for weighted splits
     timeout: float | None
-    retry_policy: RetryPolicy | None
+    retry_policy: RetrySettings | None
 
     def matches(self, path: str, headers: Mapping[str, str]) -> bool:
         if self.path is not None and path.split("?", 1)[0] != self.path:
@@ -135,7 +135,7 @@ class Router:
             clusters=clusters,
             timeout=(action.timeout.ToTimedelta().total_seconds()
                      if action.HasField("timeout") else None),
-            retry_policy=(retry_policy_from(action.retry_policy)
+            retry_policy=(retry_settings_from(action.retry_policy)
                           if action.HasField("retry_policy") else None),
         )
 

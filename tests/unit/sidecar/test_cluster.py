@@ -18,11 +18,11 @@ from sidecar.cluster import ClusterSettings, UpstreamCluster, settings_from
 from sidecar.metrics import SidecarMetrics
 from sidecar.outcome import Outcome
 from sidecar.outlier import OutlierDetectionConfig
-from sidecar.retry import RetryOn, RetryPolicy
+from sidecar.retry import RetryOn, RetrySettings
 from sidecar.retry_budget import (
     ConcurrencyBudget,
     ConcurrencyBudgetConfig,
-    RetryBudgetConfig,
+    RateBudgetConfig,
 )
 
 E503 = Outcome(status=503)
@@ -61,8 +61,8 @@ def test_an_empty_cluster_gets_the_anchors_defaults() -> None:
     assert (s.peak_ewma.decay, s.peak_ewma.default_rtt) == (10.0, 0.030)  # Linkerd
     assert s.ring_hash.points_per_weight == 1024  # Envoy's minimum ring
     assert (s.connect_timeout, s.timeout) == (1.0, 15.0)  # Envoy's route timeout
-    assert s.retry_policy == RetryPolicy()  # no retries until a policy says so
-    assert s.retry_budget == RetryBudgetConfig(retry_ratio=0.2, min_retries_per_second=10,
+    assert s.retry_policy == RetrySettings()  # no retries until a policy says so
+    assert s.retry_budget == RateBudgetConfig(retry_ratio=0.2, min_retries_per_second=10,
                                                ttl=10.0)  # Finagle / Linkerd
     assert s.outlier is None  # off unless configured, as in Envoy
     assert s.breakers == CircuitBreakerConfig(max_pending_requests=1024, max_requests=1024,
@@ -91,7 +91,7 @@ def test_retry_settings_are_read() -> None:
         "retriable_status_codes": [409], "retry_non_idempotent": True,
         "backoff": {"base_interval": "0.01s", "max_interval": "1s", "jitter": "FULL"}},
     ).retry_policy
-    assert policy == RetryPolicy(
+    assert policy == RetrySettings(
         retry_on=frozenset({RetryOn.RETRIABLE_STATUS_CODES}), num_retries=3,
         per_try_timeout=0.2, retriable_status_codes=frozenset({409}),
         retry_non_idempotent=True,
@@ -100,19 +100,19 @@ def test_retry_settings_are_read() -> None:
 
 def test_a_budget_block_fills_in_what_it_leaves_out_and_one_may_be_switched_off() -> None:
     # The floor left out: the documented 10 per second, not proto3's 0.
-    assert settings(retry_budget={"retry_ratio": 0.1}).retry_budget == RetryBudgetConfig(
+    assert settings(retry_budget={"retry_ratio": 0.1}).retry_budget == RateBudgetConfig(
         retry_ratio=0.1, min_retries_per_second=10, ttl=10.0)
-    assert settings(retry_budget={"ttl": "5s"}).retry_budget == RetryBudgetConfig(
+    assert settings(retry_budget={"ttl": "5s"}).retry_budget == RateBudgetConfig(
         retry_ratio=0.2, min_retries_per_second=10, ttl=5.0)
     assert settings(retry_budget={"disabled": True}).retry_budget is None
 
 
 def test_a_written_zero_in_a_budget_means_zero() -> None:
     # No retries beyond the floor, or no floor: both valid, neither is "use the default".
-    assert settings(retry_budget={"retry_ratio": 0}).retry_budget == RetryBudgetConfig(
+    assert settings(retry_budget={"retry_ratio": 0}).retry_budget == RateBudgetConfig(
         retry_ratio=0.0, min_retries_per_second=10, ttl=10.0)
     assert settings(retry_budget={"min_retries_per_second": 0}).retry_budget == \
-        RetryBudgetConfig(retry_ratio=0.2, min_retries_per_second=0, ttl=10.0)
+        RateBudgetConfig(retry_ratio=0.2, min_retries_per_second=0, ttl=10.0)
     assert settings(retry_budget={"kind": "CONCURRENCY", "retry_ratio": 0,
                                   "min_retry_concurrency": 0}).retry_budget == \
         ConcurrencyBudgetConfig(budget_percent=0.0, min_retry_concurrency=0)
@@ -123,7 +123,7 @@ def test_a_written_zero_survives_the_wire() -> None:
     sent = ParseDict({"name": "orders", "retry_budget": {"retry_ratio": 0,
                                                          "min_retries_per_second": 0}}, Cluster())
     received = Cluster.FromString(sent.SerializeToString())
-    assert settings_from(received).retry_budget == RetryBudgetConfig(
+    assert settings_from(received).retry_budget == RateBudgetConfig(
         retry_ratio=0.0, min_retries_per_second=0, ttl=10.0)
 
 

@@ -1,4 +1,4 @@
-"""RetryPolicy and RetryState: which outcomes are retried, how often, when, and why not."""
+"""RetrySettings and RetryState: which outcomes are retried, how often, when, and why not."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from sidecar.retry import (
     Phase,
     Retry,
     RetryOn,
-    RetryPolicy,
+    RetrySettings,
     RetryState,
     Stop,
     StopReason,
 )
-from sidecar.retry_budget import ConcurrencyBudget, RetryBudget, RetryBudgetConfig
+from sidecar.retry_budget import ConcurrencyBudget, RateBudget, RateBudgetConfig
 
 OUTCOMES = {
     "connect-failure": Outcome(failure=Failure.CONNECT_FAILURE),
@@ -50,13 +50,13 @@ NO_RESPONSE = {"connect-failure", "refused-stream", "reset", "timeout"}
     ("unavailable", {"grpc-unavailable"}),
 ])
 def test_each_condition_retries_exactly_its_outcomes(condition: str, retried: set[str]) -> None:
-    policy = RetryPolicy(retry_on=frozenset({RetryOn.parse(condition)}),
+    policy = RetrySettings(retry_on=frozenset({RetryOn.parse(condition)}),
                          retriable_status_codes=frozenset({409, 429}))
     assert {name for name, outcome in OUTCOMES.items() if policy.retriable(outcome)} == retried
 
 
 def test_no_conditions_retry_nothing() -> None:
-    assert not any(RetryPolicy().retriable(outcome) for outcome in OUTCOMES.values())
+    assert not any(RetrySettings().retriable(outcome) for outcome in OUTCOMES.values())
 
 
 def test_an_unknown_condition_is_named_in_the_error() -> None:
@@ -69,11 +69,11 @@ def test_an_unknown_condition_is_named_in_the_error() -> None:
 EVERYTHING = frozenset(RetryOn)
 
 
-def state(policy: RetryPolicy | None = None, *, clock: FakeClock | None = None,
+def state(policy: RetrySettings | None = None, *, clock: FakeClock | None = None,
           method: str = "GET", grpc: bool = False, timeout: float = 15.0,
-          budget: RetryBudget | ConcurrencyBudget | None = None) -> RetryState:
+          budget: RateBudget | ConcurrencyBudget | None = None) -> RetryState:
     clock = clock or FakeClock()
-    return RetryState(policy or RetryPolicy(retry_on=EVERYTHING, num_retries=3), method=method,
+    return RetryState(policy or RetrySettings(retry_on=EVERYTHING, num_retries=3), method=method,
                       grpc=grpc, deadline=clock.now() + timeout, clock=clock,
                       rng=random.Random(9), budget=budget)
 
@@ -102,12 +102,12 @@ def test_attempts_are_numbered_for_x_mesh_attempt_until_retries_run_out() -> Non
 
 
 def test_no_retries_means_one_attempt() -> None:
-    s = state(RetryPolicy(retry_on=EVERYTHING, num_retries=0))
+    s = state(RetrySettings(retry_on=EVERYTHING, num_retries=0))
     assert attempt(s, Outcome(status=503)) == Stop(reason=StopReason.RETRIES_EXHAUSTED)
 
 
 def test_delays_come_from_the_backoff() -> None:
-    s = state(RetryPolicy(retry_on=EVERYTHING, num_retries=50))
+    s = state(RetrySettings(retry_on=EVERYTHING, num_retries=50))
     for _ in range(50):
         decision = attempt(s, Outcome(failure=Failure.RESET))
         assert isinstance(decision, Retry)
@@ -134,13 +134,13 @@ def test_only_idempotent_or_unprocessed_requests_are_retried(
 
 
 def test_a_route_may_allow_retrying_non_idempotent_methods() -> None:
-    policy = RetryPolicy(retry_on=EVERYTHING, retry_non_idempotent=True)
+    policy = RetrySettings(retry_on=EVERYTHING, retry_non_idempotent=True)
     assert isinstance(attempt(state(policy, method="POST"), Outcome(status=503)), Retry)
 
 
 def test_a_retry_never_starts_after_the_deadline() -> None:
     fixed = Backoff(base_interval=0.1, max_interval=0.1)  # every delay is exactly 100 ms
-    policy = RetryPolicy(retry_on=EVERYTHING, num_retries=3, backoff=fixed)
+    policy = RetrySettings(retry_on=EVERYTHING, num_retries=3, backoff=fixed)
     clock = FakeClock()
     s = state(policy, clock=clock, timeout=1.0)
     s.begin_attempt("a:1")
@@ -153,7 +153,7 @@ def test_a_retry_never_starts_after_the_deadline() -> None:
 
 def test_each_attempt_gets_its_per_try_timeout_but_never_beyond_the_deadline() -> None:
     clock = FakeClock()
-    s = state(RetryPolicy(retry_on=EVERYTHING, per_try_timeout=0.4), clock=clock, timeout=1.0)
+    s = state(RetrySettings(retry_on=EVERYTHING, per_try_timeout=0.4), clock=clock, timeout=1.0)
     assert s.begin_attempt("a:1") == pytest.approx(0.4)
     clock.advance(0.4)
     assert isinstance(s.decide(Outcome(failure=Failure.TIMEOUT)), Retry)
@@ -164,7 +164,7 @@ def test_each_attempt_gets_its_per_try_timeout_but_never_beyond_the_deadline() -
 
 def test_a_retry_is_charged_to_the_budget_the_moment_it_is_decided() -> None:
     clock = FakeClock()
-    b = RetryBudget(RetryBudgetConfig(min_retries_per_second=1, ttl=1.0), clock=clock)
+    b = RateBudget(RateBudgetConfig(min_retries_per_second=1, ttl=1.0), clock=clock)
     first, second = state(clock=clock, budget=b), state(clock=clock, budget=b)
     assert isinstance(attempt(first, Outcome(status=503)), Retry)  # the reserve's one retry
     # first is still in its backoff, yet second already finds the budget spent (Envoy 30205)
@@ -173,7 +173,7 @@ def test_a_retry_is_charged_to_the_budget_the_moment_it_is_decided() -> None:
 
 def test_a_retry_the_deadline_forbids_costs_no_budget() -> None:
     clock = FakeClock()
-    b = RetryBudget(RetryBudgetConfig(min_retries_per_second=1, ttl=1.0), clock=clock)
+    b = RateBudget(RateBudgetConfig(min_retries_per_second=1, ttl=1.0), clock=clock)
     balance = b.balance()
     s = state(clock=clock, budget=b, timeout=0.001)
     assert attempt(s, Outcome(status=503)) == Stop(reason=StopReason.DEADLINE)
@@ -237,4 +237,4 @@ def test_calls_out_of_order_are_bugs() -> None:
 ])
 def test_policy_rejects_nonsense(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+        RetrySettings(**kwargs)  # type: ignore[arg-type]

@@ -9,18 +9,18 @@ import pytest
 
 from mesh.clock import FakeClock
 from sidecar.outcome import Outcome
-from sidecar.retry import RetryOn, RetryPolicy, RetryState, Stop
+from sidecar.retry import RetryOn, RetrySettings, RetryState, Stop
 from sidecar.retry_budget import (
     Budget,
     ConcurrencyBudget,
     ConcurrencyBudgetConfig,
-    RetryBudget,
-    RetryBudgetConfig,
+    RateBudget,
+    RateBudgetConfig,
 )
 
 
-def budget(clock: FakeClock, ratio: float = 0.2, floor: int = 10, ttl: float = 10.0) -> RetryBudget:
-    return RetryBudget(RetryBudgetConfig(retry_ratio=ratio, min_retries_per_second=floor, ttl=ttl),
+def budget(clock: FakeClock, ratio: float = 0.2, floor: int = 10, ttl: float = 10.0) -> RateBudget:
+    return RateBudget(RateBudgetConfig(retry_ratio=ratio, min_retries_per_second=floor, ttl=ttl),
                        clock=clock)
 
 
@@ -31,7 +31,7 @@ def retries_allowed(b: Budget) -> int:
     return allowed
 
 
-# -- RetryBudget: the arithmetic ---------------------------------------------------------------
+# -- RateBudget: the arithmetic -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("ratio", "withdrawal"), [
@@ -88,7 +88,7 @@ def test_a_zero_ratio_leaves_only_the_reserve() -> None:
     assert retries_allowed(b) == 2
 
 
-# -- RetryBudget: the sliding window -------------------------------------------------------------
+# -- RateBudget: the sliding window -------------------------------------------------------------
 
 
 def test_deposits_count_for_the_current_slot_and_ten_past_ones() -> None:
@@ -143,7 +143,7 @@ def test_a_long_silence_empties_the_window() -> None:
 ])
 def test_rejects_nonsense(ratio: float, floor: int, ttl: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        RetryBudgetConfig(retry_ratio=ratio, min_retries_per_second=floor, ttl=ttl)
+        RateBudgetConfig(retry_ratio=ratio, min_retries_per_second=floor, ttl=ttl)
 
 
 # -- ConcurrencyBudget -------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_concurrency_budget_rejects_nonsense(percent: float, minimum: int) -> No
 # -- the course's point, in numbers ------------------------------------------------------------
 
 
-def amplification(make_budget: type[RetryBudget] | None, config: RetryBudgetConfig | None = None,
+def amplification(make_budget: type[RateBudget] | None, config: RateBudgetConfig | None = None,
                   *, failure_probability: float = 0.5, num_retries: int = 3,
                   requests: int = 10_000, seconds: float = 100.0) -> float:
     """Attempts the upstream sees per request, with the real RetryState and budget.
@@ -203,7 +203,7 @@ def amplification(make_budget: type[RetryBudget] | None, config: RetryBudgetConf
     """
     clock, rng = FakeClock(), random.Random(2015)
     b = None if make_budget is None else make_budget(config, clock=clock)
-    policy = RetryPolicy(retry_on=frozenset({RetryOn.SERVER_ERROR}), num_retries=num_retries)
+    policy = RetrySettings(retry_on=frozenset({RetryOn.SERVER_ERROR}), num_retries=num_retries)
     attempts = 0
     for _ in range(requests):
         state = RetryState(policy, method="GET", deadline=clock.now() + 15.0, clock=clock,
@@ -221,8 +221,8 @@ def amplification(make_budget: type[RetryBudget] | None, config: RetryBudgetConf
 
 def test_retry_storm_amplification_without_and_with_a_budget() -> None:
     unbudgeted = amplification(None)
-    budgeted = amplification(RetryBudget, RetryBudgetConfig(min_retries_per_second=0))
-    with_floor = amplification(RetryBudget, RetryBudgetConfig())
+    budgeted = amplification(RateBudget, RateBudgetConfig(min_retries_per_second=0))
+    with_floor = amplification(RateBudget, RateBudgetConfig())
     print(f"\n50 % failures, num_retries 3, 10,000 requests over 100 s: the upstream sees "
           f"{unbudgeted:.3f}x without a budget (1 + p + p^2 + p^3 = 1.875), "
           f"{budgeted:.3f}x with a 20 % budget, "
