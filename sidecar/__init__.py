@@ -1,11 +1,15 @@
 """The sidecar: the mesh's data plane (listeners, router, clusters, pool, policies).
 
 Glossary:
+    sidecar          the sidecar assembled (``Sidecar``): identity, configuration, listeners,
+                     admin, and their start and stop; ``python -m sidecar`` runs one.
     discovery        the client end of the xDS-like stream: apply, ACK or NACK, reconnect.
     registration     keeps this instance registered, renewing its lease with heartbeats.
     balancers        which endpoint gets the next call: round robin, random, least request,
                      peak EWMA, ring hash (see ``balancers/__init__.py``).
     backoff          growing, jittered delays between attempts (AWS decorrelated and full jitter).
+    outcome          how one call to an endpoint ended (a response, or a failure and why), and
+                     the HTTP status it counts as; judged by retry, outlier detection, metrics.
     retry            a route's retry policy, and one request's attempts: retry after a delay, or
                      stop and say why.
     retry_budget     retries capped at a share of recent requests (Finagle, Linkerd) or of

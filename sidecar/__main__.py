@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mesh.address import host_port
 from mesh.loop import run
-from sidecar.proxy import Sidecar, SidecarOptions
+from sidecar.sidecar import Sidecar, SidecarOptions
 
 
 def parser() -> argparse.ArgumentParser:
