@@ -19,6 +19,12 @@ from aiohttp import web
 
 from mesh.http2 import ErrorCode, Headers, StreamReset
 from sidecar.headers import HOP_BY_HOP
+from sidecar.pool import ConnectFailure
+
+_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError)
+"""No connection to the app could be made (refused, or the connect timeout, the only timeout
+the app's session sets): a ``ConnectFailure``, as from the h2c app's pool. Anything else that
+ends the exchange before a response resets it."""
 
 
 class Http1Downstream:
@@ -135,10 +141,15 @@ class _Http1Exchange:
                                               data=None if end_stream else body(),
                                               allow_redirects=False, auto_decompress=False)
         except (aiohttp.ClientError, OSError) as error:
-            self._headers_ready.set_exception(StreamReset(0, ErrorCode.CONNECT_ERROR,
-                                                          by_peer=True))
+            # The cause goes with the failure: the inbound side logs it and answers with it.
+            cause = str(error) or type(error).__name__
+            failure: Exception = (
+                ConnectFailure(f"{url}: {cause}") if isinstance(error, _CONNECT_ERRORS)
+                else StreamReset(0, ErrorCode.CONNECT_ERROR, by_peer=True,
+                                 reason=f"{url}: {cause}"))
+            failure.__cause__ = error
+            self._headers_ready.set_exception(failure)
             self._headers_ready.exception()  # retrieved by receive_headers, if anyone asks
-            del error
             return
         self._response = response
         self._headers_ready.set_result(

@@ -77,7 +77,6 @@ class ConnectionPool:
         self.limits = Limits(idle_timeout=idle_timeout)
         self.connections: list[Http2Connection] = []
         self.connections_opened = 0
-        self.connect_failures = 0
         self.streams_opened = 0
         # Connections being opened, each with the number of requests waiting for it: a burst
         # opens connections side by side, each awaited by up to max_streams_per_connection.
@@ -131,7 +130,6 @@ class ConnectionPool:
             if self.peer_identity and connection.ssl_object is not None:
                 self._check_peer(connection)
         except BaseException as error:
-            self.connect_failures += 1
             log.warning("cannot connect to %s:%d: %s", self.host, self.port,
                         error or type(error).__name__)
             raise
@@ -162,10 +160,6 @@ class ConnectionPool:
     def _forget(self, connection: Http2Connection) -> None:
         if connection in self.connections:
             self.connections.remove(connection)
-
-    @property
-    def active_streams(self) -> int:
-        return sum(len(c.streams) for c in self.connections)
 
     async def close(self, grace: float = 5.0) -> None:
         """Drain every connection (GOAWAY; streams in flight finish), then close."""
