@@ -13,10 +13,13 @@ Per request, in order (each step can answer locally instead, never hang):
    ``max_pending_requests`` it is refused like step 3), and the request goes out with the
    *remaining* time as its ``grpc-timeout`` / ``x-mesh-timeout-ms`` and ``x-mesh-attempt``.
    Until response headers arrive, a failure or a retriable status may be retried — if the
-   retry policy, the budget and the deadline agree — after a jittered backoff;
+   retry policy, the deadline, the ``max_retries`` breaker and the budget agree (the retry
+   state asks them all, the budget last) — after a jittered backoff;
 5. **relay**: the response streams back; body bytes flow both ways as they come.
 
-The request body is kept (``replay``) while it is small enough, so a retry can send it again.
+The request body is kept (``replay``) while it is small enough, so a retry can send it again;
+a larger one makes the call's first attempt its only one. ``_Call`` shows the phases of a call
+and ``_Attempt`` those of one attempt, each as a table.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from enum import Enum
 from typing import cast
 
 from mesh.clock import Clock
@@ -34,7 +38,7 @@ from mesh.grpc.status import code_of
 from mesh.http2 import ConnectionClosed, ErrorCode, Headers, StreamRefused, StreamReset
 from sidecar import headers as mesh_headers
 from sidecar.balancers import EndpointState
-from sidecar.circuit_breaker import Limit, Overflow, Overloaded, Permit
+from sidecar.circuit_breaker import Limit, Overflow, Overloaded
 from sidecar.cluster import UpstreamCluster
 from sidecar.config import LiveConfig
 from sidecar.forward import (
@@ -49,7 +53,7 @@ from sidecar.forward import (
 from sidecar.metrics import RESET, SidecarMetrics
 from sidecar.outcome import Failure, Outcome, http_status_of
 from sidecar.pool import ConnectFailure
-from sidecar.retry import Retry, RetrySettings, RetryState, Stop, StopReason
+from sidecar.retry import Retry, RetrySettings, RetryState, StopReason
 
 log = logging.getLogger("sidecar.outbound")
 
@@ -116,13 +120,57 @@ class Outbound:
             status = await call.run()
         finally:
             permit.release()
-            call.state.close()
             self.metrics.request_done("outbound", target.cluster, status,
                                       self.clock.now() - started)
 
 
+class _Phase(Enum):
+    """Where an outbound call is (see ``_Call``)."""
+
+    ATTEMPTING = "attempting"  # endpoint picked, request sent, response headers awaited
+    BACKOFF = "backoff"  # a retry was decided and its delay is running
+    RELAYING = "relaying"  # the chosen response is streaming to the caller
+    ANSWERING = "answering"  # the sidecar answers the caller itself (503 / 504)
+    DONE = "done"  # the caller has its answer or is gone; nothing is held any more
+
+
 class _Call:
-    """One outbound request and its attempts."""
+    """One outbound request, from its first attempt to the end of its answer.
+
+    A call makes attempts (``_Attempt``) one at a time until an outcome is final, then relays
+    that response or answers itself. ``run()`` carries it through these phases; ``state`` (the
+    request's ``RetryState``) decides after every attempt, and the deadline bounds it all::
+
+        phase       event                                 next       on the way
+        ATTEMPTING  no endpoint is available              ANSWERING  503
+        ATTEMPTING  max_pending_requests are waiting      ANSWERING  503, x-mesh-overloaded
+        ATTEMPTING  the attempt ends (response headers, a failure, the per-try timeout) and
+                    state.decide() says
+                      Retry                               BACKOFF    the attempt is closed
+                      Stop, with a response               RELAYING
+                      Stop, without one                   ANSWERING  the attempt is closed;
+                                                                     503 / 504 naming why
+        BACKOFF     the delay is over                     ATTEMPTING another endpoint
+        RELAYING    the response ends                     DONE       (gRPC: settled by its
+                                                                     trailers)
+        RELAYING    the upstream fails mid-response       DONE       the caller reset; 502
+        RELAYING    the caller resets its stream          DONE       counted as reset
+        ANSWERING   the reply is sent                     DONE
+        any         the deadline passes                   DONE       ATTEMPTING, BACKOFF: 504;
+                                                                     RELAYING gRPC: trailers
+                                                                     DEADLINE_EXCEEDED; else
+                                                                     the caller reset
+        any         the caller is gone (task cancelled)   DONE       nothing more is sent
+
+    Reaching DONE, however it happens, closes the current attempt and the retry state
+    (``run``'s ``finally``): nothing a call holds — an endpoint's in-flight slot, an upstream
+    stream, the body pump, a retry in the budget or the breaker — outlives it.
+
+    Hedging (not built) fits as one more ATTEMPTING row: when a hedge delay passes with no
+    answer, a second ``_Attempt`` starts on another endpoint and ATTEMPTING waits for the first
+    of them to end with a final outcome; that one goes on as above and the others are closed,
+    which is all ``_Attempt.close`` asks to let go of an attempt that is not the answer.
+    """
 
     def __init__(self, outbound: Outbound, down: Downstream, cluster: UpstreamCluster,
                  policy: RetrySettings, grpc: bool, request: Headers, method: str,
@@ -135,21 +183,14 @@ class _Call:
         self.cluster = cluster
         self.grpc = grpc
         self.request = request
-        self.method = method
         self.deadline = deadline
         self.key = key
         self.state = RetryState(policy, method=method, grpc=grpc, deadline=deadline,
-                                clock=self.clock, rng=outbound.rng, budget=cluster.budget)
+                                clock=self.clock, rng=outbound.rng, budget=cluster.budget,
+                                breaker=cluster.breaker)
         self.replay = Replay(REPLAY_LIMIT)
-        self.pump: asyncio.Task[None] | None = None
-        self.responding = False
-        self.relaying: Upstream | None = None  # the stream whose response is being relayed
-        # A gRPC answer whose status is still to come in its trailers: its endpoint and latency
-        # to the response headers. Outlier detection and the balancer hear of it at the end.
-        self.unsettled: tuple[EndpointState, float] | None = None
-        # The latest retry's max_retries permit, held from its backoff until the call ends or
-        # the next retry takes over: the breaker counts retries in flight, as Envoy's does.
-        self.retry_permit: Permit | None = None
+        self.phase = _Phase.ATTEMPTING
+        self.current: _Attempt | None = None  # the latest attempt: under way, or relayed
 
     async def run(self) -> int | str:
         """Carry the call to its end; return the HTTP status the caller got (for metrics)."""
@@ -159,147 +200,89 @@ class _Call:
         except TimeoutError:
             return await self._deadline_passed()
         finally:
-            if self.retry_permit is not None:
-                self.retry_permit.release()
-            if self.pump is not None and not self.pump.done():
-                self.pump.cancel()
-            if self.relaying is not None:  # cut short (deadline, caller gone): stop upstream
-                self.relaying.reset(ErrorCode.CANCEL)
-            self._settle(None)
+            self.phase = _Phase.DONE
+            if self.current is not None:
+                self.current.close()
+            self.state.close()
 
     async def _attempts(self) -> int | str:
-        cluster, name = self.cluster, self.cluster.settings.name
+        name = self.cluster.settings.name
+        metrics = self.outbound.metrics
         while True:
-            endpoint = cluster.balancer.pick(self.key, self.state.tried)
+            self.phase = _Phase.ATTEMPTING
+            endpoint = self.cluster.balancer.pick(self.key, self.state.tried)
             attempt_deadline = self.state.begin_attempt(endpoint.address if endpoint else None)
             if endpoint is None:
-                await local_reply(self.down, grpc=self.grpc, status=503,
-                                  grpc_status=StatusCode.UNAVAILABLE,
-                                  message=f"cluster {name}: no healthy endpoint")
-                return 503
+                return await self._answer(503, StatusCode.UNAVAILABLE,
+                                          f"cluster {name}: no healthy endpoint")
+            attempt = self.current = _Attempt(self.cluster, endpoint)
             try:
-                up, outcome, response = await self._attempt(endpoint, attempt_deadline)
+                outcome, response = await self._attempt(attempt, attempt_deadline)
             except Overloaded as overloaded:  # max_pending_requests: answered at once
-                return await self._overloaded(overloaded.overflow)
-            if self.unsettled is None:
-                cluster.record(endpoint.address, outcome)
-            decision = self.state.decide(outcome)
-            if isinstance(decision, Retry) and self.replay.overflowed:
-                decision = Stop(reason=StopReason.NOT_RETRIABLE)  # the body is gone
+                attempt.close()
+                overflow = overloaded.overflow
+                metrics.overflows.labels(name, overflow.limit.value).inc()
+                return await self._answer(
+                    503, StatusCode.UNAVAILABLE,
+                    f"cluster {name}: {overflow.limit.value} ({overflow.maximum}) reached",
+                    extra=[(mesh_headers.OVERLOADED_HEADER, overflow.limit.value)])
+            decision = self.state.decide(outcome, replayable=not self.replay.overflowed)
             if isinstance(decision, Retry):
-                if self.retry_permit is not None:  # the retry before this one is over
-                    self.retry_permit.release()
-                    self.retry_permit = None
-                retry = cluster.breaker.try_acquire(Limit.RETRIES)
-                if isinstance(retry, Overflow):
-                    self.outbound.metrics.overflows.labels(name, retry.limit.value).inc()
-                    decision = Stop(reason=StopReason.CIRCUIT_BREAKER)
-                else:
-                    self.outbound.metrics.retries.labels(name).inc()
-                    if up is not None:
-                        up.reset(ErrorCode.CANCEL)
-                    self._settle(None)
-                    self._stop_pump()
-                    self.retry_permit = retry
-                    await asyncio.sleep(decision.delay)
-                    continue
-            if decision.reason not in (StopReason.NOT_RETRIABLE,):
-                self.outbound.metrics.retries_refused.labels(name, decision.reason.value).inc()
-            if up is not None and response is not None:
-                return await self._relay(up, response, endpoint.address, outcome)
-            return await self._failed(outcome, endpoint.address)
+                metrics.retries.labels(name).inc()
+                attempt.close()
+                self.phase = _Phase.BACKOFF
+                await asyncio.sleep(decision.delay)
+                continue
+            if decision.reason is StopReason.CIRCUIT_BREAKER:
+                metrics.overflows.labels(name, Limit.RETRIES.value).inc()
+            if decision.reason is not StopReason.NOT_RETRIABLE:
+                metrics.retries_refused.labels(name, decision.reason.value).inc()
+            if response is None:
+                attempt.close()
+                return await self._failed(cast(Failure, outcome.failure), endpoint.address)
+            return await self._relay(attempt, response, outcome)
 
-    async def _relay(self, up: Upstream, response: Headers, address: str,
-                     outcome: Outcome) -> int | str:
-        """Relay the response; return its status, or :data:`RESET` if the caller left.
+    async def _attempt(self, attempt: _Attempt, attempt_deadline: float
+                   ) -> tuple[Outcome, Headers | None]:
+        """Send the request on ``attempt``; return how it ended, and the response headers.
 
-        For gRPC the status is the HTTP one Envoy maps the final ``grpc-status`` to (an
-        UNAVAILABLE in the trailers counts as a 503), the same that outlier detection counts.
+        Raises:
+            Overloaded: a connection was needed and ``max_pending_requests`` wait already.
         """
-        self.responding = True
-        self.relaying = up
-        try:
-            await send_response(up, self.down, response)
-        except (StreamReset, ConnectionClosed) as error:
-            if self.down.send_closed:  # the caller reset the stream
-                self._settle(None)
-                return RESET
-            self._settle(Outcome(failure=Failure.RESET))
-            # The upstream failed halfway through its answer: too late for a status of our
-            # own, so the caller's stream is reset too (else it would wait for the rest).
-            log.warning("cluster %s: %s failed while responding: %s",
-                        self.cluster.settings.name, address, error)
-            self.down.reset(ErrorCode.INTERNAL_ERROR)
-            return 502
-        self.relaying = None
-        self._stop_pump()
-        if self.unsettled is not None:
-            trailers = dict(up.trailers or ())
-            outcome = Outcome(status=200, grpc_status=code_of(trailers.get("grpc-status")))
-            self._settle(outcome)
-        return http_status_of(outcome)
-
-    def _settle(self, final: Outcome | None) -> None:
-        """Report an attempt whose gRPC status came in its trailers (None: it never came)."""
-        if self.unsettled is None:
-            return
-        endpoint, latency = self.unsettled
-        self.unsettled = None
-        endpoint.finish(latency, final is not None and _ok(final))
-        if final is not None:
-            self.cluster.record(endpoint.address, final)
-
-    async def _attempt(self, endpoint: EndpointState, attempt_deadline: float
-                       ) -> tuple[Upstream | None, Outcome, Headers | None]:
-        """One try; returns the upstream stream, how it ended, and the response headers."""
-        endpoint.start()
-        started = self.clock.now()
-        up: Upstream | None = None
-        response: Headers | None = None
-        outcome: Outcome | None = None
         try:
             headers = self._headers_for_attempt()
             headers_only = (self.down.complete and not self.replay.chunks and
                             not self.down.trailers)
-            up = await self.cluster.open_stream(endpoint.address, headers,
-                                                end_stream=headers_only)
+            up = attempt.up = await self.cluster.open_stream(attempt.endpoint.address, headers,
+                                                             end_stream=headers_only)
             if not headers_only:
-                await self._send_body(up)
+                await self._send_body(attempt, up)
             if attempt_deadline < self.deadline:  # a per-try timeout, shorter than the call's
                 async with asyncio.timeout(attempt_deadline - self.clock.now()):
                     response = await up.receive_headers()
             else:  # run()'s timeout is this attempt's too: one timer less per request
                 response = await up.receive_headers()
         except ConnectFailure:
-            outcome = Outcome(failure=Failure.CONNECT_FAILURE)
+            failure = Failure.CONNECT_FAILURE
         except StreamRefused:
-            outcome = Outcome(failure=Failure.REFUSED_STREAM)
+            failure = Failure.REFUSED_STREAM
         except (StreamReset, ConnectionClosed):
-            outcome = Outcome(failure=Failure.RESET)
+            failure = Failure.RESET
         except TimeoutError:
-            if self.clock.now() < self.deadline:  # else: the whole call's, handled by run()
-                outcome = Outcome(failure=Failure.TIMEOUT)
-            else:
-                raise
-        finally:
-            if response is None and outcome is None:  # leaving by exception: the deadline
-                endpoint.finish(self.clock.now() - started, False)
-                if up is not None:
-                    up.reset(ErrorCode.CANCEL)
-        if response is not None:
+            if self.clock.now() >= self.deadline:
+                raise  # the whole call's deadline: run() answers it
+            failure = Failure.TIMEOUT
+        else:
+            attempt.answered()
             values = dict(response)
             grpc_status = code_of(values["grpc-status"]) if "grpc-status" in values else None
             outcome = Outcome(status=int(values.get(":status", "502")), grpc_status=grpc_status)
-        assert outcome is not None
-        if self.grpc and outcome.status == 200 and outcome.grpc_status is None:
-            # The status comes in the trailers: settled when the response ends (the call
-            # counts as in flight on the endpoint until then).
-            self.unsettled = (endpoint, self.clock.now() - started)
-            return up, outcome, response
-        endpoint.finish(self.clock.now() - started, _ok(outcome))
-        if response is None and up is not None:
-            up.reset(ErrorCode.CANCEL)
-        return up, outcome, response
+            if not (self.grpc and outcome.status == 200 and grpc_status is None):
+                attempt.settle(outcome)  # else the status comes in the trailers: settled then
+            return outcome, response
+        outcome = Outcome(failure=failure)
+        attempt.settle(outcome)
+        return outcome, None
 
     def _headers_for_attempt(self) -> Headers:
         remaining = max(self.deadline - self.clock.now(), 0.0)
@@ -307,7 +290,7 @@ class _Call:
                    else (mesh_headers.TIMEOUT_HEADER, str(max(1, int(remaining * 1000)))))
         return [*self.request, timeout, (mesh_headers.ATTEMPT_HEADER, str(self.state.attempt))]
 
-    async def _send_body(self, up: Upstream) -> None:
+    async def _send_body(self, attempt: _Attempt, up: Upstream) -> None:
         """Send what the caller sent so far (kept in ``replay``), then the rest as it comes."""
         chunks = self.replay.chunks
         if self.down.complete and not self.down.trailers and chunks:
@@ -320,54 +303,128 @@ class _Call:
         if self.down.complete:
             end_body(self.down, up)
             return
-        self.pump = asyncio.create_task(self._pump(up))
+        attempt.pump = asyncio.create_task(self._pump(up))
 
     async def _pump(self, up: Upstream) -> None:
-        # A failure here fails the attempt too; the attempt loop decides what happens next.
+        # A failure here fails the attempt too; its outcome says what happens next.
         with contextlib.suppress(StreamReset, ConnectionClosed):
             await send_request_body(self.down, up, self.replay)
 
-    def _stop_pump(self) -> None:
-        if self.pump is not None and not self.pump.done():
-            self.pump.cancel()
-        self.pump = None
+    async def _relay(self, attempt: _Attempt, response: Headers, outcome: Outcome) -> int | str:
+        """Relay the response; return its status, or :data:`RESET` if the caller left.
 
-    async def _overloaded(self, overflow: Overflow) -> int:
-        name = self.cluster.settings.name
-        self.outbound.metrics.overflows.labels(name, overflow.limit.value).inc()
-        await local_reply(self.down, grpc=self.grpc, status=503,
-                          grpc_status=StatusCode.UNAVAILABLE,
-                          message=f"cluster {name}: {overflow.limit.value} ({overflow.maximum}) "
-                                  f"reached",
-                          extra=[(mesh_headers.OVERLOADED_HEADER, overflow.limit.value)])
-        return 503
+        For gRPC the status is the HTTP one Envoy maps the final ``grpc-status`` to (an
+        UNAVAILABLE in the trailers counts as a 503), the same that outlier detection counts.
+        """
+        self.phase = _Phase.RELAYING
+        up = attempt.up
+        assert up is not None  # the response came on it
+        try:
+            await send_response(up, self.down, response)
+        except (StreamReset, ConnectionClosed) as error:
+            if self.down.send_closed:  # the caller reset the stream
+                return RESET
+            attempt.settle(Outcome(failure=Failure.RESET))
+            # The upstream failed halfway through its answer: too late for a status of our
+            # own, so the caller's stream is reset too (else it would wait for the rest).
+            log.warning("cluster %s: %s failed while responding: %s",
+                        self.cluster.settings.name, attempt.endpoint.address, error)
+            self.down.reset(ErrorCode.INTERNAL_ERROR)
+            return 502
+        if not attempt.settled:  # a gRPC answer whose status came in its trailers
+            trailers = dict(up.trailers or ())
+            outcome = Outcome(status=200, grpc_status=code_of(trailers.get("grpc-status")))
+            attempt.settle(outcome)
+        return http_status_of(outcome)
 
-    async def _failed(self, outcome: Outcome, address: str) -> int:
+    async def _answer(self, status: int, grpc_status: StatusCode, message: str, *,
+                      extra: Headers | None = None) -> int:
+        """Answer the caller ourselves with ``status`` (gRPC: ``grpc_status``) and why."""
+        self.phase = _Phase.ANSWERING
+        await local_reply(self.down, grpc=self.grpc, status=status, grpc_status=grpc_status,
+                          message=message, extra=extra)
+        return status
+
+    async def _failed(self, failure: Failure, address: str) -> int:
         name = self.cluster.settings.name
-        if outcome.status is not None:  # unreachable: a response is always relayed
-            return outcome.status
-        failure = cast(Failure, outcome.failure)
         if failure is Failure.TIMEOUT:
-            await local_reply(self.down, grpc=self.grpc, status=504,
-                              grpc_status=StatusCode.DEADLINE_EXCEEDED,
-                              message=f"cluster {name}: {address} did not answer within the "
+            return await self._answer(504, StatusCode.DEADLINE_EXCEEDED,
+                                      f"cluster {name}: {address} did not answer within the "
                                       f"per-try timeout")
-            return 504
-        await local_reply(self.down, grpc=self.grpc, status=503,
-                          grpc_status=StatusCode.UNAVAILABLE,
-                          message=f"cluster {name}: upstream {failure.value} ({address}) after "
+        return await self._answer(503, StatusCode.UNAVAILABLE,
+                                  f"cluster {name}: upstream {failure.value} ({address}) after "
                                   f"{self.state.attempt} attempt(s)")
-        return 503
 
     async def _deadline_passed(self) -> int:
-        name = self.cluster.settings.name
-        message = f"cluster {name}: deadline exceeded"
-        if not self.responding:
+        message = f"cluster {self.cluster.settings.name}: deadline exceeded"
+        if self.phase in (_Phase.ATTEMPTING, _Phase.BACKOFF):
             await local_reply(self.down, grpc=self.grpc, status=504,
                               grpc_status=StatusCode.DEADLINE_EXCEEDED, message=message)
-        elif self.grpc and not self.down.send_closed:
+        elif self.phase is _Phase.RELAYING and self.grpc and not self.down.send_closed:
             self.down.send_trailers([("grpc-status", str(int(StatusCode.DEADLINE_EXCEEDED))),
                                      ("grpc-message", message)])
-        else:
+        else:  # part of an answer is out already: too late for a status of our own
             self.down.reset(ErrorCode.CANCEL)
         return 504
+
+
+class _Attempt:
+    """One attempt: an in-flight slot on an endpoint, the stream to it, the pump feeding it.
+
+    The endpoint hears how the attempt went exactly once, in ``settle``: the balancer through
+    ``endpoint.finish`` (its in-flight count and latency estimate), outlier detection through
+    ``cluster.record``. ``close`` lets go of the rest. What settles an attempt, with what::
+
+        the attempt ...                              settle(...)         latency up to
+        gets response headers (HTTP, or gRPC         their status        the headers
+          with the status in them)
+        gets gRPC headers, the status to come        -
+          then relays the trailers                   their grpc-status   the headers
+          then fails mid-response                    RESET               the headers
+        fails before a response (connect, refused,   the failure         the failure
+          reset, per-try timeout)
+        is cut short unsettled (retry, deadline,     None: a failure to  close()
+          caller gone, overload)                     the balancer, not
+                                                     outlier detection's
+
+    ``close()`` (idempotent) settles the attempt with None if nothing did, cancels the body
+    pump and resets the stream with CANCEL: a no-op for a stream that ended both ways, and for
+    one whose response ended before the request, how the upstream learns to stop reading it.
+    """
+
+    __slots__ = ("cluster", "endpoint", "latency", "pump", "settled", "started", "up")
+
+    def __init__(self, cluster: UpstreamCluster, endpoint: EndpointState) -> None:
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.started = cluster.clock.now()
+        self.latency: float | None = None  # to the response headers, once they came
+        self.up: Upstream | None = None  # the stream, once opened
+        self.pump: asyncio.Task[None] | None = None  # sends the rest of a streamed body
+        self.settled = False
+        endpoint.start()
+
+    def answered(self) -> None:
+        """The response headers came: the latency the balancer will be told."""
+        self.latency = self.cluster.clock.now() - self.started
+
+    def settle(self, outcome: Outcome | None) -> None:
+        """Tell the endpoint's balancer and outlier detection how the attempt went (None: it
+        did not end on its own); only the first call counts."""
+        if self.settled:
+            return
+        self.settled = True
+        latency = self.latency
+        if latency is None:
+            latency = self.cluster.clock.now() - self.started
+        self.endpoint.finish(latency, outcome is not None and _ok(outcome))
+        if outcome is not None:
+            self.cluster.record(self.endpoint.address, outcome)
+
+    def close(self) -> None:
+        """The attempt is over: settle it if nothing did, stop the pump, reset the stream."""
+        self.settle(None)
+        if self.pump is not None and not self.pump.done():
+            self.pump.cancel()
+        if self.up is not None:
+            self.up.reset(ErrorCode.CANCEL)

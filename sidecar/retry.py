@@ -4,13 +4,20 @@ A retry turns a transient failure (a reset connection, a replica restarting, a 5
 overloaded instance) into a success the caller never sees — if it is safe and cheap. Safe: the
 failure is one the route names in ``retry_on``, and the request has no effects a second copy
 would repeat (its method is idempotent, the route allows it anyway, or the upstream never saw
-it). Cheap: retries left (``num_retries``), a backoff delay that ends before the overall
-deadline, and room in the retry budget. ``RetrySettings`` holds a route's settings;
-``RetryState`` follows one request through its attempts and answers each outcome with a
-``RetryDecision``: ``Retry`` after a delay, or ``Stop`` with the reason. The sidecar carries the
-decision out (sleeps, picks another endpoint with ``avoid=state.tried``, sends
-``x-mesh-attempt: state.attempt``), and asks only while nothing of the response has been
+it), and the body can be sent again (it was small enough to keep). Cheap: retries left
+(``num_retries``), a backoff delay that ends before the overall deadline, room under the
+cluster's ``max_retries`` circuit breaker, and room in the retry budget. ``RetrySettings``
+holds a route's settings; ``RetryState`` follows one request through its attempts and answers
+each outcome with a ``RetryDecision``: ``Retry`` after a delay, or ``Stop`` with the reason. The
+sidecar carries the decision out (sleeps, picks another endpoint with ``avoid=state.tried``,
+sends ``x-mesh-attempt: state.attempt``), and asks only while nothing of the response has been
 forwarded to the caller.
+
+The gates are asked in the order of ``StopReason``, and the two that count something shared
+come last: the circuit breaker (a permit, handed back at once if the budget then refuses), and
+last of all the budget. So a ``Retry`` is charged to the budget only once every other gate has
+agreed, and the sidecar sends it unless the call ends in its backoff (the caller gave up): a
+retry refused for any reason costs the budget nothing.
 
 ``retry_on`` conditions, as Envoy's ``x-envoy-retry-on`` reads them:
 
@@ -45,6 +52,7 @@ from enum import Enum
 from mesh.clock import Clock
 from mesh.grpc.status import StatusCode
 from sidecar.backoff import Backoff
+from sidecar.circuit_breaker import CircuitBreaker, Limit, Overflow, Permit
 from sidecar.outcome import Failure, Outcome
 from sidecar.retry_budget import Budget
 
@@ -146,15 +154,15 @@ class RetrySettings:
 
 
 class StopReason(Enum):
-    """Why a request gets no further attempt."""
+    """Why a request gets no further attempt; ``decide`` asks in this order."""
 
     NOT_RETRIABLE = "not-retriable"  # a success, or a failure retry_on does not name
     NON_IDEMPOTENT = "non-idempotent"  # the method may have had effects already
     RETRIES_EXHAUSTED = "retries-exhausted"  # num_retries retries were made
+    BODY_TOO_LARGE = "body-too-large"  # the request body outgrew what is kept to send again
     DEADLINE = "deadline"  # the retry could not start before the overall deadline
+    CIRCUIT_BREAKER = "circuit-breaker"  # the cluster's max_retries retries are in flight
     BUDGET_EXHAUSTED = "budget-exhausted"  # the retry budget has no room
-    CIRCUIT_BREAKER = "circuit-breaker"  # max_retries retries are in flight already (decided
-    # by the sidecar's circuit breaker after a Retry, never by RetryState)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,7 +196,10 @@ class RetryState:
     """One request's attempts: counts them, keeps the endpoints tried, decides on each outcome.
 
     Creating it deposits the request into ``budget``; ``close()`` ends it (call it once the
-    response is delivered or the caller gave up, whatever happened; it is idempotent)::
+    response is delivered or the caller gave up, whatever happened; it is idempotent). A
+    ``Retry`` holds a retry in the budget and a ``max_retries`` permit of ``breaker`` from the
+    moment it is decided (its backoff included, Envoy issue 30205) until the next ``decide()``
+    or ``close()``, as Envoy's retry state does::
 
         phase        begin_attempt()   decide() -> Retry   decide() -> Stop   close()
         READY        ATTEMPTING        -                   -                  CLOSED
@@ -203,19 +214,23 @@ class RetryState:
         grpc: True for a gRPC call, which is retried like an idempotent method.
         deadline: when the whole request must be over, as an absolute time on ``clock``.
         budget: the cluster's retry budget; None retries up to ``num_retries`` unchecked.
+        breaker: the cluster's circuit breaker, whose ``max_retries`` caps retries in flight;
+            None: uncapped.
     """
 
     def __init__(self, policy: RetrySettings, *, method: str, grpc: bool = False,
                  deadline: float, clock: Clock, rng: random.Random,
-                 budget: Budget | None = None) -> None:
+                 budget: Budget | None = None, breaker: CircuitBreaker | None = None) -> None:
         self._policy = policy
         self._idempotent = grpc or policy.retry_non_idempotent or method in IDEMPOTENT_METHODS
         self._deadline = deadline
         self._clock = clock
         self._budget = budget
+        self._breaker = breaker
         self._delays = policy.backoff.delays(rng)
         self._tried: set[str] = set()
         self._holds_retry = False  # a retry counted in the budget has not ended yet
+        self._retry_permit: Permit | None = None  # the breaker's count of that retry
         self.attempt = 0  # attempts begun; the one in flight has this number (x-mesh-attempt)
         self.phase = Phase.READY
         if budget is not None:
@@ -241,19 +256,22 @@ class RetryState:
             return self._deadline
         return min(self._deadline, self._clock.now() + self._policy.per_try_timeout)
 
-    def decide(self, outcome: Outcome) -> RetryDecision:
+    def decide(self, outcome: Outcome, *, replayable: bool = True) -> RetryDecision:
         """Whether the attempt that ended with ``outcome`` is followed by another, and when.
 
-        A retry is counted against the budget the moment it is decided (Envoy issue 30205).
+        Args:
+            outcome: how the attempt ended.
+            replayable: False once the request body has outgrown what the sidecar keeps, so
+                no second copy of it can be sent.
         """
         self._expect(Phase.ATTEMPTING, "decide")
         self._end_retry()
-        decision = self._judge(outcome)
+        decision = self._judge(outcome, replayable)
         self.phase = Phase.READY if isinstance(decision, Retry) else Phase.STOPPED
         return decision
 
     def close(self) -> None:
-        """The request is over: release what it holds in the budget."""
+        """The request is over: release what it holds in the budget and the breaker."""
         if self.phase is Phase.CLOSED:
             return
         self.phase = Phase.CLOSED
@@ -261,20 +279,31 @@ class RetryState:
         if self._budget is not None:
             self._budget.request_ended()
 
-    def _judge(self, outcome: Outcome) -> RetryDecision:
+    def _judge(self, outcome: Outcome, replayable: bool) -> RetryDecision:
         if not self._policy.retriable(outcome):
             return Stop(reason=StopReason.NOT_RETRIABLE)
         if not self._idempotent and outcome.failure not in _NEVER_PROCESSED:
             return Stop(reason=StopReason.NON_IDEMPOTENT)
         if self.attempt > self._policy.num_retries:
             return Stop(reason=StopReason.RETRIES_EXHAUSTED)
+        if not replayable:
+            return Stop(reason=StopReason.BODY_TOO_LARGE)
         delay = next(self._delays)
         if self._clock.now() + delay >= self._deadline:
             return Stop(reason=StopReason.DEADLINE)
+        permit: Permit | None = None
+        if self._breaker is not None:
+            acquired = self._breaker.try_acquire(Limit.RETRIES)
+            if isinstance(acquired, Overflow):
+                return Stop(reason=StopReason.CIRCUIT_BREAKER)
+            permit = acquired
         if self._budget is not None:
-            if not self._budget.try_withdraw():
+            if not self._budget.try_withdraw():  # last: nothing else can refuse this retry now
+                if permit is not None:
+                    permit.release()
                 return Stop(reason=StopReason.BUDGET_EXHAUSTED)
             self._holds_retry = True
+        self._retry_permit = permit
         return Retry(delay=delay, attempt=self.attempt + 1)
 
     def _end_retry(self) -> None:
@@ -282,6 +311,9 @@ class RetryState:
             assert self._budget is not None  # only a budget's retry is held
             self._budget.retry_ended()
             self._holds_retry = False
+        if self._retry_permit is not None:
+            self._retry_permit.release()
+            self._retry_permit = None
 
     def _expect(self, phase: Phase, action: str) -> None:
         if self.phase is not phase:

@@ -11,6 +11,7 @@ from mesh.grpc.status import StatusCode
 from sidecar.backoff import Backoff
 from sidecar.balancers import RoundRobinBalancer
 from sidecar.balancers.endpoint import EndpointSpec
+from sidecar.circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Limit, Permit
 from sidecar.outcome import Failure, Outcome
 from sidecar.retry import (
     Phase,
@@ -21,7 +22,12 @@ from sidecar.retry import (
     Stop,
     StopReason,
 )
-from sidecar.retry_budget import ConcurrencyBudget, RateBudget, RateBudgetConfig
+from sidecar.retry_budget import (
+    ConcurrencyBudget,
+    ConcurrencyBudgetConfig,
+    RateBudget,
+    RateBudgetConfig,
+)
 
 OUTCOMES = {
     "connect-failure": Outcome(failure=Failure.CONNECT_FAILURE),
@@ -71,11 +77,12 @@ EVERYTHING = frozenset(RetryOn)
 
 def state(policy: RetrySettings | None = None, *, clock: FakeClock | None = None,
           method: str = "GET", grpc: bool = False, timeout: float = 15.0,
-          budget: RateBudget | ConcurrencyBudget | None = None) -> RetryState:
+          budget: RateBudget | ConcurrencyBudget | None = None,
+          breaker: CircuitBreaker | None = None) -> RetryState:
     clock = clock or FakeClock()
     return RetryState(policy or RetrySettings(retry_on=EVERYTHING, num_retries=3), method=method,
                       grpc=grpc, deadline=clock.now() + timeout, clock=clock,
-                      rng=random.Random(9), budget=budget)
+                      rng=random.Random(9), budget=budget, breaker=breaker)
 
 
 def attempt(s: RetryState, outcome: Outcome, address: str = "a:1") -> Retry | Stop:
@@ -178,6 +185,71 @@ def test_a_retry_the_deadline_forbids_costs_no_budget() -> None:
     s = state(clock=clock, budget=b, timeout=0.001)
     assert attempt(s, Outcome(status=503)) == Stop(reason=StopReason.DEADLINE)
     assert b.balance() == balance + 1000  # the request's deposit, no withdrawal
+
+
+E503 = Outcome(status=503)
+
+
+def test_only_a_retry_that_goes_out_is_charged_to_the_budget() -> None:
+    # Five requests deposit exactly one retry's tokens (20 %, no floor). A retry refused by
+    # the breaker or for its body is refused before the budget is asked, so the balance is as
+    # it was, and the next retry that does go out finds its tokens there.
+    clock = FakeClock()
+    b = RateBudget(RateBudgetConfig(min_retries_per_second=0), clock=clock)
+    breaker = CircuitBreaker(CircuitBreakerConfig(max_retries=1))
+    requests = [state(clock=clock, budget=b, breaker=breaker) for _ in range(5)]
+    assert b.balance() == b.withdrawal
+    elsewhere = breaker.try_acquire(Limit.RETRIES)  # another request's retry is in flight
+    assert isinstance(elsewhere, Permit)
+    assert attempt(requests[0], E503) == Stop(reason=StopReason.CIRCUIT_BREAKER)
+    assert b.balance() == b.withdrawal
+    elsewhere.release()
+    requests[1].begin_attempt("a:1")
+    assert requests[1].decide(E503, replayable=False) == Stop(reason=StopReason.BODY_TOO_LARGE)
+    assert b.balance() == b.withdrawal
+    assert isinstance(attempt(requests[2], E503), Retry)
+    assert b.balance() == 0
+    requests[2].close()  # its retry is over: the breaker's permit is back, the tokens are not
+    assert attempt(requests[3], E503) == Stop(reason=StopReason.BUDGET_EXHAUSTED)
+
+
+def test_a_retry_the_budget_refuses_gives_back_its_breaker_permit() -> None:
+    breaker = CircuitBreaker()
+    s = state(budget=ConcurrencyBudget(ConcurrencyBudgetConfig(min_retry_concurrency=0)),
+              breaker=breaker)
+    assert attempt(s, E503) == Stop(reason=StopReason.BUDGET_EXHAUSTED)
+    assert breaker.active(Limit.RETRIES) == 0
+
+
+def test_a_retry_holds_its_breaker_permit_until_its_outcome_is_decided() -> None:
+    breaker = CircuitBreaker(CircuitBreakerConfig(max_retries=1))
+    s, other = state(breaker=breaker), state(breaker=breaker)
+    assert isinstance(attempt(s, E503), Retry)
+    assert breaker.active(Limit.RETRIES) == 1  # in its backoff, and while it is tried
+    assert attempt(other, E503) == Stop(reason=StopReason.CIRCUIT_BREAKER)
+    assert isinstance(attempt(s, E503), Retry)  # the retry's outcome: another retry takes over
+    assert breaker.active(Limit.RETRIES) == 1
+    s.close()
+    assert breaker.active(Limit.RETRIES) == 0
+
+
+def test_the_gates_are_asked_in_the_order_of_stop_reason() -> None:
+    # Every gate closed, then opened one by one in StopReason's order: each opening moves the
+    # refusal on to the next gate. So a refusal nothing could have avoided (a success, a POST's
+    # 503) never shows as the breaker's or the budget's, and the budget is asked last of all.
+    def decide(opened: int) -> Retry | Stop:
+        s = state(RetrySettings(retry_on=frozenset({RetryOn.SERVER_ERROR}),
+                                num_retries=1 if opened > 2 else 0),
+                  method="GET" if opened > 1 else "POST",
+                  timeout=15.0 if opened > 4 else 0.0001,
+                  breaker=CircuitBreaker(CircuitBreakerConfig(max_retries=int(opened > 5))),
+                  budget=ConcurrencyBudget(ConcurrencyBudgetConfig(
+                      min_retry_concurrency=int(opened > 6))))
+        s.begin_attempt("a:1")
+        return s.decide(E503 if opened > 0 else Outcome(status=200), replayable=opened > 3)
+
+    assert [decide(opened) for opened in range(7)] == [Stop(reason=r) for r in StopReason]
+    assert isinstance(decide(7), Retry)
 
 
 def test_a_concurrency_budget_counts_a_retry_until_its_attempt_ends() -> None:
