@@ -2,7 +2,9 @@
 
     GET /metrics       Prometheus: requests, latency, retries, breakers, ejections, per-endpoint
                        in-flight and latency estimates, upstream connections
-    GET /config_dump   the configuration in force and each cluster's effective settings
+    GET /config_dump   the configuration in force, and each cluster's effective settings:
+                       every default filled in, and under "defaulted" the field paths that
+                       were left unset and so took their default
     GET /clusters      every endpoint: health, ejection, in-flight, latency estimate, pool
     GET /ready         200 once the sidecar has a configuration (and is registered), else 503
 """
@@ -18,6 +20,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mesh.proto.config_pb2 import Cluster
+from sidecar.cluster_settings import ClusterSettings
 from sidecar.config import LiveConfig
 from sidecar.metrics import SidecarMetrics
 
@@ -31,6 +35,14 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in sorted(value, key=str)] if isinstance(value, frozenset | set) \
             else [_plain(v) for v in value]
     return value
+
+
+def effective_view(settings: ClusterSettings) -> dict[str, Any]:
+    """A cluster's settings as JSON-ready data, enums by name (``/config_dump``)."""
+    view: dict[str, Any] = _plain(settings)
+    view["lb_policy"] = Cluster.LbPolicy.Name(settings.lb_policy)
+    view["app_protocol"] = Cluster.Protocol.Name(settings.app_protocol)
+    return view
 
 
 def clusters_view(config: LiveConfig) -> dict[str, Any]:
@@ -65,7 +77,8 @@ def make_admin(config: LiveConfig, metrics: SidecarMetrics,
 
     @routes.get("/config_dump")
     async def config_dump(_: web.Request) -> web.Response:
-        effective = {name: _plain(cluster.settings) for name, cluster in config.clusters.items()}
+        effective = {name: effective_view(cluster.settings)
+                     for name, cluster in config.clusters.items()}
         body = {"resources": config.dump(), "effective_cluster_settings": effective}
         return web.Response(text=json.dumps(body, indent=2, default=str),
                             content_type="application/json")

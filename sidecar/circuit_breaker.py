@@ -28,6 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+DEFAULT_MAX_PENDING_REQUESTS = 1024
+"""Requests waiting for a connection (Envoy's default)."""
+
+DEFAULT_MAX_REQUESTS = 1024
+"""Requests in flight (Envoy's default)."""
+
+DEFAULT_MAX_RETRIES = 3
+"""Retries in flight (Envoy's default): few, since each one is load a failing upstream pays."""
+
 
 class Limit(Enum):
     """What a permit counts; the value is the name of its limit in the configuration."""
@@ -41,9 +50,9 @@ class Limit(Enum):
 class CircuitBreakerConfig:
     """Envoy's ``CircuitBreakers.Thresholds``, with its defaults."""
 
-    max_pending_requests: int = 1024
-    max_requests: int = 1024
-    max_retries: int = 3
+    max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS
+    max_requests: int = DEFAULT_MAX_REQUESTS
+    max_retries: int = DEFAULT_MAX_RETRIES
 
     def __post_init__(self) -> None:
         for limit in Limit:

@@ -1,10 +1,10 @@
-"""A cluster: one upstream service as the sidecar sees it — settings, endpoints, policies, pools.
+"""A cluster: one upstream service as the sidecar sees it — endpoints, policies, pools.
 
-:func:`settings_from` turns the control plane's ``Cluster`` message into settings with every
-default filled in (the one place defaults live), and :class:`UpstreamCluster` holds the runtime
-state that survives updates: the balancer with each endpoint's in-flight count and latency
-estimate, outlier detection, the circuit breaker, the retry budget, and a connection pool per
-endpoint. An update replaces settings and endpoints without dropping that state.
+:class:`UpstreamCluster` holds the runtime state of a cluster that survives updates: the
+balancer with each endpoint's in-flight count and latency estimate, outlier detection, the
+circuit breaker, the retry budget, and a connection pool per endpoint. An update replaces
+settings (``sidecar/cluster_settings.py`` reads them from the ``Cluster`` message) and
+endpoints without dropping that state.
 """
 
 from __future__ import annotations
@@ -14,170 +14,30 @@ import logging
 import random
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-
-from google.protobuf.duration_pb2 import Duration
 
 from mesh.clock import Clock
 from mesh.http2 import Headers, Stream
-from mesh.proto.config_pb2 import Cluster, Endpoint, RetryBudget, RetryPolicy
-from sidecar.backoff import Backoff, Jitter
+from mesh.proto.config_pb2 import Cluster, Endpoint
 from sidecar.balancers import (
     Balancer,
     EndpointSpec,
     LeastRequestBalancer,
-    LeastRequestConfig,
     PeakEwmaBalancer,
-    PeakEwmaConfig,
     RandomBalancer,
     RingHashBalancer,
-    RingHashConfig,
     RoundRobinBalancer,
     hash_key,
 )
-from sidecar.circuit_breaker import (
-    CircuitBreaker,
-    CircuitBreakerConfig,
-    Limit,
-    Overflow,
-    Overloaded,
-)
+from sidecar.circuit_breaker import CircuitBreaker, Limit, Overflow, Overloaded
+from sidecar.cluster_settings import ClusterSettings
+from sidecar.cluster_settings import retry_settings_from as retry_settings_from  # router.py's
 from sidecar.metrics import SidecarMetrics
 from sidecar.outcome import Outcome
-from sidecar.outlier import Ejected, OutlierDetectionConfig, OutlierDetector, Returned
-from sidecar.pool import DEFAULT_MAX_STREAMS, ConnectionPool
-from sidecar.retry import RetryOn, RetrySettings
-from sidecar.retry_budget import (
-    Budget,
-    ConcurrencyBudget,
-    ConcurrencyBudgetConfig,
-    RateBudget,
-    RateBudgetConfig,
-)
+from sidecar.outlier import Ejected, OutlierDetector, Returned
+from sidecar.pool import ConnectionPool
+from sidecar.retry_budget import Budget, ConcurrencyBudget, ConcurrencyBudgetConfig, RateBudget
 
 log = logging.getLogger("sidecar.cluster")
-
-DEFAULT_CONNECT_TIMEOUT = 1.0
-DEFAULT_TIMEOUT = 15.0  # Envoy's route timeout
-DEFAULT_IDLE_TIMEOUT = 60.0
-
-
-def seconds(duration: Duration) -> float:
-    return duration.ToTimedelta().total_seconds()
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterSettings:
-    """A cluster's configuration, defaults applied."""
-
-    name: str
-    lb_policy: int  # Cluster.LbPolicy
-    least_request: LeastRequestConfig
-    peak_ewma: PeakEwmaConfig
-    ring_hash: RingHashConfig
-    hash_header: str  # RING_HASH: the request header whose value is hashed; "" for none
-    connect_timeout: float
-    timeout: float
-    retry_policy: RetrySettings
-    retry_budget: RateBudgetConfig | ConcurrencyBudgetConfig | None
-    outlier: OutlierDetectionConfig | None
-    breakers: CircuitBreakerConfig
-    max_streams_per_connection: int
-    idle_timeout: float
-    app_protocol: int  # Cluster.Protocol
-
-
-def retry_settings_from(proto: RetryPolicy) -> RetrySettings:
-    """The retry settings a ``RetryPolicy`` message asks for.
-
-    Raises:
-        ValueError: an unknown ``retry_on`` condition or a bad value.
-    """
-    retry_on = frozenset(RetryOn.parse(name) for name in proto.retry_on)
-    backoff = Backoff()
-    if proto.HasField("backoff"):
-        b = proto.backoff
-        backoff = Backoff(
-            base_interval=seconds(b.base_interval) if b.HasField("base_interval") else 0.025,
-            max_interval=seconds(b.max_interval) if b.HasField("max_interval") else None,
-            jitter=Jitter.FULL if b.jitter == b.FULL else Jitter.DECORRELATED)
-    return RetrySettings(
-        retry_on=retry_on,
-        num_retries=proto.num_retries if proto.num_retries or not retry_on else 1,
-        per_try_timeout=(seconds(proto.per_try_timeout)
-                         if proto.HasField("per_try_timeout") else None),
-        retriable_status_codes=frozenset(proto.retriable_status_codes),
-        retry_non_idempotent=proto.retry_non_idempotent,
-        backoff=backoff)
-
-
-def settings_from(cluster: Cluster) -> ClusterSettings:
-    """Settings for a ``Cluster`` message, defaults filled in.
-
-    Raises:
-        ValueError: a value out of range (the sidecar NACKs the update).
-    """
-    def duration(field: str, message: object, default: float) -> float:
-        if not message.HasField(field):  # type: ignore[attr-defined]
-            return default
-        value = seconds(getattr(message, field))
-        if value <= 0:
-            raise ValueError(f"cluster {cluster.name}: {field} must be positive, got {value}s")
-        return value
-
-    lr, ewma, ring = cluster.least_request, cluster.peak_ewma, cluster.ring_hash
-    budget: RateBudgetConfig | ConcurrencyBudgetConfig | None = None
-    rb = cluster.retry_budget
-    # The scalars are ``optional`` in the proto, so a written 0 is told apart from "unset".
-    ratio = rb.retry_ratio if rb.HasField("retry_ratio") else 0.2
-    if rb.disabled:
-        pass
-    elif rb.kind == RetryBudget.CONCURRENCY:
-        budget = ConcurrencyBudgetConfig(
-            budget_percent=100 * ratio,
-            min_retry_concurrency=(rb.min_retry_concurrency
-                                   if rb.HasField("min_retry_concurrency") else 3))
-    else:
-        budget = RateBudgetConfig(
-            retry_ratio=ratio,
-            min_retries_per_second=(rb.min_retries_per_second
-                                    if rb.HasField("min_retries_per_second") else 10),
-            ttl=duration("ttl", rb, 10.0))
-    outlier = None
-    if cluster.HasField("outlier_detection"):
-        od = cluster.outlier_detection
-        outlier = OutlierDetectionConfig(
-            consecutive_5xx=od.consecutive_5xx or 5,
-            consecutive_gateway_failure=od.consecutive_gateway_failure or None,
-            interval=duration("interval", od, 10.0),
-            base_ejection_time=duration("base_ejection_time", od, 30.0),
-            max_ejection_time=duration("max_ejection_time", od, 300.0),
-            max_ejection_percent=od.max_ejection_percent or 10)
-    cb = cluster.circuit_breakers
-    return ClusterSettings(
-        name=cluster.name,
-        lb_policy=cluster.lb_policy,
-        least_request=LeastRequestConfig(choice_count=lr.choice_count or 2,
-                                         active_request_bias=(lr.active_request_bias
-                                                              if lr.active_request_bias
-                                                              else 1.0)),
-        peak_ewma=PeakEwmaConfig(decay=duration("decay", ewma, 10.0),
-                                 default_rtt=duration("default_rtt", ewma, 0.030)),
-        ring_hash=RingHashConfig(points_per_weight=ring.points_per_weight or 1024),
-        hash_header=ring.hash_header.lower(),  # HTTP/2 header names are lowercase
-        connect_timeout=duration("connect_timeout", cluster, DEFAULT_CONNECT_TIMEOUT),
-        timeout=duration("timeout", cluster, DEFAULT_TIMEOUT),
-        retry_policy=(retry_settings_from(cluster.retry_policy)
-                      if cluster.HasField("retry_policy") else RetrySettings()),
-        retry_budget=budget,
-        outlier=outlier,
-        breakers=CircuitBreakerConfig(
-            max_pending_requests=cb.max_pending_requests or 1024,
-            max_requests=cb.max_requests or 1024,
-            max_retries=cb.max_retries or 3),
-        max_streams_per_connection=cluster.pool.max_streams_per_connection or DEFAULT_MAX_STREAMS,
-        idle_timeout=duration("idle_timeout", cluster.pool, DEFAULT_IDLE_TIMEOUT),
-        app_protocol=cluster.app_protocol)
 
 
 def _budget(settings: ClusterSettings, clock: Clock) -> Budget | None:
@@ -188,17 +48,22 @@ def _budget(settings: ClusterSettings, clock: Clock) -> Budget | None:
     return RateBudget(config, clock=clock) if config else None
 
 
+def _balancing(settings: ClusterSettings) -> tuple[object, ...]:
+    """What the balancer is built from: a change of any of it builds another."""
+    return (settings.lb_policy, settings.round_robin, settings.least_request,
+            settings.peak_ewma, settings.ring_hash)
+
+
 def _balancer(settings: ClusterSettings, clock: Clock, rng: random.Random) -> Balancer:
-    policy = settings.lb_policy
-    if policy == Cluster.ROUND_ROBIN:
-        return RoundRobinBalancer(clock=clock, rng=rng)
-    if policy == Cluster.RANDOM:
-        return RandomBalancer(clock=clock, rng=rng)
-    if policy == Cluster.PEAK_EWMA:
+    if settings.round_robin is not None:
+        return RoundRobinBalancer(settings.round_robin, clock=clock, rng=rng)
+    if settings.least_request is not None:
+        return LeastRequestBalancer(settings.least_request, clock=clock, rng=rng)
+    if settings.peak_ewma is not None:
         return PeakEwmaBalancer(settings.peak_ewma, clock=clock, rng=rng)
-    if policy == Cluster.RING_HASH:
+    if settings.ring_hash is not None:
         return RingHashBalancer(settings.ring_hash, clock=clock, rng=rng)
-    return LeastRequestBalancer(settings.least_request, clock=clock, rng=rng)
+    return RandomBalancer(clock=clock, rng=rng)
 
 
 class UpstreamCluster:
@@ -212,35 +77,35 @@ class UpstreamCluster:
         self.clock = clock
         self.rng = rng
         self.balancer = _balancer(settings, clock, rng)
-        self.outlier = OutlierDetector(settings.outlier, clock=clock) if settings.outlier \
-            else None
-        self.breaker = CircuitBreaker(settings.breakers)
+        self.outlier = self._detector(settings)
+        self.breaker = CircuitBreaker(settings.circuit_breakers)
         self.budget = _budget(settings, clock)
         self.endpoints: list[Endpoint] = []
         self.pools: dict[str, ConnectionPool] = {}
         self._tls = tls
-        self._next_sweep = clock.now() + (settings.outlier.interval if settings.outlier else 0)
+        detection = settings.outlier_detection
+        self._next_sweep = clock.now() + (detection.interval if detection else 0)
 
     def update(self, settings: ClusterSettings) -> None:
         """New settings; state is kept wherever the setting it depends on did not change."""
         old, self.settings = self.settings, settings
-        if (old.lb_policy, old.least_request, old.peak_ewma, old.ring_hash) != \
-                (settings.lb_policy, settings.least_request, settings.peak_ewma,
-                 settings.ring_hash):
+        if _balancing(old) != _balancing(settings):
             self.balancer = _balancer(settings, self.clock, self.rng)
             self._apply_endpoints()
-        if old.outlier != settings.outlier:
-            self.outlier = OutlierDetector(settings.outlier, clock=self.clock) \
-                if settings.outlier else None
+        if old.outlier_detection != settings.outlier_detection:
+            self.outlier = self._detector(settings)
             self._apply_endpoints()
-        self.breaker.config = settings.breakers
+        self.breaker.config = settings.circuit_breakers
         if old.retry_budget != settings.retry_budget:
             self.budget = _budget(settings, self.clock)
-        if (old.connect_timeout, old.max_streams_per_connection, old.idle_timeout) != \
-                (settings.connect_timeout, settings.max_streams_per_connection,
-                 settings.idle_timeout):
+        if (old.connect_timeout, old.pool) != (settings.connect_timeout, settings.pool):
             for address in list(self.pools):
                 self._drop_pool(address)  # new connections get the new settings
+
+    def _detector(self, settings: ClusterSettings) -> OutlierDetector | None:
+        detection = settings.outlier_detection
+        return None if detection is None else \
+            OutlierDetector(detection, clock=self.clock, rng=self.rng)
 
     def hash_key(self, headers: Mapping[str, str]) -> int | None:
         """A request's key on the ring: the hash of its ``hash_header`` value.
@@ -287,8 +152,8 @@ class UpstreamCluster:
             settings = self.settings
             pool = self.pools[address] = ConnectionPool(
                 host, int(port), ssl=self._tls(), connect_timeout=settings.connect_timeout,
-                max_streams_per_connection=settings.max_streams_per_connection,
-                idle_timeout=settings.idle_timeout, on_connect=self._connected,
+                max_streams_per_connection=settings.pool.max_streams_per_connection,
+                idle_timeout=settings.pool.idle_timeout, on_connect=self._connected,
                 peer_identity=next((e.identity for e in self.endpoints
                                     if f"{e.address}:{e.port}" == address), ""))
         return pool
@@ -331,7 +196,7 @@ class UpstreamCluster:
 
     def tick(self) -> None:
         """Called often; runs outlier detection's sweep once per its ``interval``."""
-        settings = self.settings.outlier
+        settings = self.settings.outlier_detection
         if self.outlier is None or settings is None or self.clock.now() < self._next_sweep:
             return
         self._next_sweep = self.clock.now() + settings.interval

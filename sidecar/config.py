@@ -32,7 +32,8 @@ from mesh.proto.config_pb2 import (
 )
 from mesh.proto.resources import AUTHORIZATION, CLUSTERS, ENDPOINTS, ROUTES
 from sidecar.authz import Authorizer
-from sidecar.cluster import UpstreamCluster, settings_from
+from sidecar.cluster import UpstreamCluster
+from sidecar.cluster_settings import settings_from
 from sidecar.metrics import SidecarMetrics
 from sidecar.router import Router
 

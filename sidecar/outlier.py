@@ -1,22 +1,37 @@
 """Outlier detection: stop sending calls to an endpoint that keeps failing, for a while (Envoy).
 
 Discovery says which instances exist, not which of them work. Outlier detection is passive
-health checking: the sidecar reports every call's outcome, and an endpoint that fails
-``consecutive_5xx`` times in a row (or ``consecutive_gateway_failure`` times with 502, 503, 504
-or no response) is *ejected*: balancers pass it over until it is returned. Ejection lasts
-``base_ejection_time × times ejected``, capped at ``max_ejection_time``, so an endpoint that
-fails again right after returning stays out longer each time; the multiplier steps down by one
-for each interval the endpoint spends healthy. Never more than ``max_ejection_percent`` of the
-endpoints are out at once, but one may always go, as Envoy long documented (Envoy now needs
-``always_eject_one_host`` for that; without it, at the default 10 %, it ejects nobody from a
-cluster of fewer than ten endpoints).
+health checking: the sidecar reports every call's outcome, and the detector's rules find the
+endpoints that fail far more than they should. Each rule *detects* an outlier; it is then
+*ejected* (balancers pass it over until it is returned) with the probability the rule's
+``enforcing_*`` percentage gives, as in Envoy, so a rule can be watched before it acts (0) or
+ramped up. The rules, with Envoy's names and defaults:
 
-Optionally, every ``interval`` the detector compares success rates: among endpoints that served
-at least ``request_volume`` calls in the interval (and only if there are ``minimum_hosts`` of
-them), those below ``mean - stdev_factor × stdev`` are ejected. Consecutive failures eject
-inline, on the call that reaches the threshold; returns and success-rate ejections happen in
-``sweep()``, which the sidecar calls every ``interval`` (so an ejection lasts until the first
-sweep after it expires, as in Envoy).
+    rule                         detects                                           enforcing
+    consecutive_5xx              5 failures in a row (5xx or no response)          100 %
+    consecutive_gateway_failure  5 in a row of 502, 503, 504 or no response        0 %
+    success rate                 at a sweep, a success rate below                  100 %
+                                 mean - (success_rate_stdev_factor / 1000) x stdev
+                                 of the endpoints with success_rate_request_volume
+                                 (100) calls in the interval, if there are
+                                 success_rate_minimum_hosts (5) of them
+    failure percentage           at a sweep, failure_percentage_threshold (85) %   0 %
+                                 of calls or more failed, among endpoints with
+                                 failure_percentage_request_volume (50) calls, if
+                                 there are failure_percentage_minimum_hosts (5)
+
+Success rate finds the endpoint that is worse than its peers; failure percentage the one that
+is bad in absolute terms, which matters when every endpoint is similar or few are judged.
+
+Ejection lasts ``base_ejection_time × times ejected``, capped at ``max_ejection_time``, so an
+endpoint that fails again right after returning stays out longer each time; the multiplier
+steps down by one for each interval the endpoint spends healthy. Never more than
+``max_ejection_percent`` of the endpoints are out at once, but one may always go, as Envoy long
+documented (Envoy now needs ``always_eject_one_host`` for that; without it, at the default
+10 %, it ejects nobody from a cluster of fewer than ten endpoints): with 0, one at a time.
+Consecutive failures eject inline, on the call that reaches the threshold; returns and the
+rate rules act in ``sweep()``, which the sidecar calls every ``interval`` (so an ejection
+lasts until the first sweep after it expires, as in Envoy).
 
 Outcomes are judged as Envoy's router reports them (``sidecar.outcome.http_status_of``): a
 response's HTTP status; a gRPC status as its HTTP equivalent (UNAVAILABLE 503,
@@ -25,65 +40,81 @@ DEADLINE_EXCEEDED 504, INTERNAL, UNKNOWN and DATA_LOSS 500); a call that got no 
 method a service lacks is the caller's mistake, not a sign of a sick endpoint.
 
 Decisions are values (``Ejected``, ``Returned``); whoever owns the balancer applies them to
-``EndpointState.ejected`` and logs them. Envoy's consecutive-gateway rule counts but is not enforced
-by default; here it is off unless configured (``None``), the 5xx rule on at 5.
+``EndpointState.ejected`` and logs them.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 
 from mesh.clock import Clock
 from sidecar.outcome import Outcome, http_status_of
 
+# Envoy's defaults, each in one place (sidecar/cluster.py and config.proto's comments read them).
+DEFAULT_CONSECUTIVE_5XX = 5
+DEFAULT_ENFORCING_CONSECUTIVE_5XX = 100
+DEFAULT_CONSECUTIVE_GATEWAY_FAILURE = 5
+DEFAULT_ENFORCING_CONSECUTIVE_GATEWAY_FAILURE = 0  # detected, not enforced
+DEFAULT_INTERVAL = 10.0  # seconds between sweeps
+DEFAULT_BASE_EJECTION_TIME = 30.0  # seconds
+DEFAULT_MAX_EJECTION_TIME = 300.0  # seconds (or base_ejection_time, if that is longer)
+DEFAULT_MAX_EJECTION_PERCENT = 10
+DEFAULT_SUCCESS_RATE_MINIMUM_HOSTS = 5
+DEFAULT_SUCCESS_RATE_REQUEST_VOLUME = 100
+DEFAULT_SUCCESS_RATE_STDEV_FACTOR = 1900  # thousandths: 1.9 standard deviations
+DEFAULT_ENFORCING_SUCCESS_RATE = 100
+DEFAULT_FAILURE_PERCENTAGE_THRESHOLD = 85
+DEFAULT_FAILURE_PERCENTAGE_MINIMUM_HOSTS = 5
+DEFAULT_FAILURE_PERCENTAGE_REQUEST_VOLUME = 50
+DEFAULT_ENFORCING_FAILURE_PERCENTAGE = 0  # off unless asked for
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SuccessRateConfig:
-    """Envoy's success-rate ejection settings."""
-
-    minimum_hosts: int = 5  # endpoints with enough calls needed to judge any of them
-    request_volume: int = 100  # calls in the interval for an endpoint to be judged
-    stdev_factor: float = 1.9  # eject below mean - stdev_factor * stdev (Envoy's 1900 / 1000)
-
-    def __post_init__(self) -> None:
-        if self.minimum_hosts < 1 or self.request_volume < 1:
-            raise ValueError(f"success rate minimum_hosts {self.minimum_hosts} and "
-                             f"request_volume {self.request_volume}: must be at least 1")
-        if self.stdev_factor < 0:
-            raise ValueError(f"success rate stdev_factor {self.stdev_factor}: must not be "
-                             f"negative")
+_PERCENTAGES = ("max_ejection_percent", "failure_percentage_threshold")  # and every enforcing_*
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutlierDetectionConfig:
-    """Envoy's ``OutlierDetection``, with Envoy's defaults."""
+    """Envoy's ``OutlierDetection``: its field names, its defaults (percentages are 0..100)."""
 
-    consecutive_5xx: int | None = 5  # None: rule off
-    consecutive_gateway_failure: int | None = None  # None: rule off (Envoy: not enforced)
-    interval: float = 10.0  # seconds between sweeps
-    base_ejection_time: float = 30.0  # seconds, times the number of ejections
-    max_ejection_time: float = 300.0  # seconds: the longest ejection
-    max_ejection_percent: float = 10.0  # most endpoints out at once, in percent (one may go)
-    success_rate: SuccessRateConfig | None = None  # None: no success-rate ejection
+    consecutive_5xx: int = DEFAULT_CONSECUTIVE_5XX
+    enforcing_consecutive_5xx: int = DEFAULT_ENFORCING_CONSECUTIVE_5XX
+    consecutive_gateway_failure: int = DEFAULT_CONSECUTIVE_GATEWAY_FAILURE
+    enforcing_consecutive_gateway_failure: int = DEFAULT_ENFORCING_CONSECUTIVE_GATEWAY_FAILURE
+    interval: float = DEFAULT_INTERVAL
+    base_ejection_time: float = DEFAULT_BASE_EJECTION_TIME
+    max_ejection_time: float = DEFAULT_MAX_EJECTION_TIME
+    max_ejection_percent: int = DEFAULT_MAX_EJECTION_PERCENT
+    success_rate_minimum_hosts: int = DEFAULT_SUCCESS_RATE_MINIMUM_HOSTS
+    success_rate_request_volume: int = DEFAULT_SUCCESS_RATE_REQUEST_VOLUME
+    success_rate_stdev_factor: int = DEFAULT_SUCCESS_RATE_STDEV_FACTOR
+    enforcing_success_rate: int = DEFAULT_ENFORCING_SUCCESS_RATE
+    failure_percentage_threshold: int = DEFAULT_FAILURE_PERCENTAGE_THRESHOLD
+    failure_percentage_minimum_hosts: int = DEFAULT_FAILURE_PERCENTAGE_MINIMUM_HOSTS
+    failure_percentage_request_volume: int = DEFAULT_FAILURE_PERCENTAGE_REQUEST_VOLUME
+    enforcing_failure_percentage: int = DEFAULT_ENFORCING_FAILURE_PERCENTAGE
 
     def __post_init__(self) -> None:
-        for name in ("consecutive_5xx", "consecutive_gateway_failure"):
-            threshold = getattr(self, name)
-            if threshold is not None and threshold < 1:
-                raise ValueError(f"outlier detection {name} {threshold}: must be at least 1 "
-                                 f"(or unset to turn the rule off)")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value < 0:
+                raise ValueError(f"outlier detection {field.name} {value}: must not be negative")
+            if (field.name.startswith("enforcing_") or field.name in _PERCENTAGES) \
+                    and value > 100:
+                raise ValueError(f"outlier detection {field.name} {value}: must be within "
+                                 f"0..100 (a percentage)")
+        for rule in ("consecutive_5xx", "consecutive_gateway_failure"):
+            if getattr(self, rule) < 1:
+                raise ValueError(f"outlier detection {rule} 0: must be at least 1 (to turn the "
+                                 f"rule off, set enforcing_{rule} to 0)")
         if self.interval <= 0 or self.base_ejection_time <= 0:
             raise ValueError(f"outlier detection interval {self.interval} and "
                              f"base_ejection_time {self.base_ejection_time}: must be positive")
         if self.max_ejection_time < self.base_ejection_time:
             raise ValueError(f"outlier detection max_ejection_time {self.max_ejection_time}: "
                              f"must be at least base_ejection_time ({self.base_ejection_time})")
-        if not 0 <= self.max_ejection_percent <= 100:
-            raise ValueError(f"outlier detection max_ejection_percent "
-                             f"{self.max_ejection_percent}: must be within 0..100")
 
 
 class EjectionReason(Enum):
@@ -92,6 +123,7 @@ class EjectionReason(Enum):
     CONSECUTIVE_5XX = "consecutive-5xx"  # consecutive_5xx failures in a row
     CONSECUTIVE_GATEWAY_FAILURE = "consecutive-gateway-failure"  # 502/503/504 or no response
     SUCCESS_RATE = "success-rate"  # far below the other endpoints' success rate
+    FAILURE_PERCENTAGE = "failure-percentage"  # failed failure_percentage_threshold % or more
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,16 +154,23 @@ class _Host:
         self.multiplier = 0  # ejection time = base x multiplier, capped
         self.ejected_until: float | None = None  # None: in service
         self.healthy_interval = False  # in service for the whole interval since the last sweep
-        self.calls = 0  # calls in the current interval (for success rate)
+        self.calls = 0  # calls in the current interval (for the rate rules)
         self.successes = 0
 
 
 class OutlierDetector:
-    """Ejects failing endpoints of one cluster and returns them after their time."""
+    """Ejects failing endpoints of one cluster and returns them after their time.
 
-    def __init__(self, config: OutlierDetectionConfig | None = None, *, clock: Clock) -> None:
+    Args:
+        clock: ejections last until a time on it.
+        rng: rolls the dice of an ``enforcing_*`` percentage between 0 and 100.
+    """
+
+    def __init__(self, config: OutlierDetectionConfig | None = None, *, clock: Clock,
+                 rng: random.Random) -> None:
         self._config = config or OutlierDetectionConfig()
         self._clock = clock
+        self._rng = rng
         self._hosts: dict[str, _Host] = {}
 
     @property
@@ -161,18 +200,22 @@ class OutlierDetector:
         host.consecutive_5xx += 1
         if host.ejected_until is not None:
             return None
-        gateway_limit, server_limit = (self._config.consecutive_gateway_failure,
-                                       self._config.consecutive_5xx)
-        if gateway_limit is not None and host.consecutive_gateway >= gateway_limit:
-            host.consecutive_gateway = 0  # the next ejection takes as many failures again
-            return self._eject(address, host, EjectionReason.CONSECUTIVE_GATEWAY_FAILURE)
-        if server_limit is not None and host.consecutive_5xx >= server_limit:
+        config = self._config
+        # A detection starts its count over, ejected or not: the next takes as many failures.
+        if host.consecutive_gateway >= config.consecutive_gateway_failure:
+            host.consecutive_gateway = 0
+            ejected = self._eject(address, host, EjectionReason.CONSECUTIVE_GATEWAY_FAILURE,
+                                  config.enforcing_consecutive_gateway_failure)
+            if ejected is not None:
+                return ejected
+        if host.consecutive_5xx >= config.consecutive_5xx:
             host.consecutive_5xx = 0
-            return self._eject(address, host, EjectionReason.CONSECUTIVE_5XX)
+            return self._eject(address, host, EjectionReason.CONSECUTIVE_5XX,
+                               config.enforcing_consecutive_5xx)
         return None
 
     def sweep(self) -> list[Ejected | Returned]:
-        """The interval's work: return endpoints whose time is up, judge success rates."""
+        """The interval's work: return endpoints whose time is up, then apply the rate rules."""
         now = self._clock.now()
         changes: list[Ejected | Returned] = []
         for address, host in self._hosts.items():
@@ -182,28 +225,51 @@ class OutlierDetector:
                 changes.append(Returned(address=address))
             elif host.ejected_until is None and host.healthy_interval and host.multiplier > 0:
                 host.multiplier -= 1
-        if self._config.success_rate is not None:
-            changes.extend(self._eject_by_success_rate(self._config.success_rate))
+        changes.extend(self._eject_by_success_rate())
+        changes.extend(self._eject_by_failure_percentage())
         for host in self._hosts.values():
             host.healthy_interval = host.ejected_until is None
             host.calls = host.successes = 0
         return changes
 
-    def _eject_by_success_rate(self, config: SuccessRateConfig) -> list[Ejected]:
-        rates = {a: h.successes / h.calls for a, h in self._hosts.items()
-                 if h.ejected_until is None and h.calls >= config.request_volume}
-        if len(rates) < config.minimum_hosts:
+    def _success_rates(self, request_volume: int) -> dict[str, float]:
+        """The success rate in percent of each endpoint in service with enough calls."""
+        return {a: 100 * h.successes / h.calls for a, h in self._hosts.items()
+                if h.ejected_until is None and h.calls > 0 and h.calls >= request_volume}
+
+    def _eject_by_success_rate(self) -> list[Ejected]:
+        config = self._config
+        rates = self._success_rates(config.success_rate_request_volume)
+        if not rates or len(rates) < config.success_rate_minimum_hosts:
             return []
+        factor = config.success_rate_stdev_factor / 1000
         threshold = (statistics.fmean(rates.values())
-                     - config.stdev_factor * statistics.pstdev(rates.values()))
-        ejections = (self._eject(a, self._hosts[a], EjectionReason.SUCCESS_RATE)
+                     - factor * statistics.pstdev(rates.values()))
+        ejections = (self._eject(a, self._hosts[a], EjectionReason.SUCCESS_RATE,
+                                 config.enforcing_success_rate)
                      for a, rate in rates.items() if rate < threshold)
         return [e for e in ejections if e is not None]
 
-    def _eject(self, address: str, host: _Host, reason: EjectionReason) -> Ejected | None:
+    def _eject_by_failure_percentage(self) -> list[Ejected]:
+        config = self._config
+        # Endpoints the success-rate rule just ejected are out of service, so not judged again.
+        rates = self._success_rates(config.failure_percentage_request_volume)
+        if not rates or len(rates) < config.failure_percentage_minimum_hosts:
+            return []
+        ejections = (self._eject(a, self._hosts[a], EjectionReason.FAILURE_PERCENTAGE,
+                                 config.enforcing_failure_percentage)
+                     for a, rate in rates.items()
+                     if 100 - rate >= config.failure_percentage_threshold)
+        return [e for e in ejections if e is not None]
+
+    def _eject(self, address: str, host: _Host, reason: EjectionReason,
+               enforcing: int) -> Ejected | None:
+        """Eject a detected outlier, if the cap allows and the rule's enforcing dice say so."""
         out = sum(h.ejected_until is not None for h in self._hosts.values())
         if out > 0 and 100 * (out + 1) / len(self._hosts) > self._config.max_ejection_percent:
             return None  # too many out already
+        if enforcing < 100 and (enforcing <= 0 or self._rng.random() * 100 >= enforcing):
+            return None  # detected, not enforced
         base, cap = self._config.base_ejection_time, self._config.max_ejection_time
         if base * host.multiplier < cap:
             host.multiplier += 1

@@ -34,12 +34,25 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mesh.clock import Clock
+from mesh.proto.bounds import MAX_RETRY_BUDGET_TTL, MIN_RETRY_BUDGET_TTL
 
 DEPOSIT = 1000
 """What one request puts into a ``RateBudget`` (Finagle's scale, so ratios stay integral)."""
 
 SLOTS = 10
 """How many slots the window is kept in (Finagle's ``WindowedAdder``)."""
+
+DEFAULT_RETRY_RATIO = 0.2
+"""Retries may add 20 % to the requests (Finagle, Linkerd; Envoy's ``budget_percent`` 20)."""
+
+DEFAULT_MIN_RETRIES_PER_SECOND = 10
+"""The rate budget's floor, so a quiet client may retry at all (Finagle, Linkerd)."""
+
+DEFAULT_TTL = 10.0
+"""Seconds a request or retry counts in the rate budget (Finagle, Linkerd)."""
+
+DEFAULT_MIN_RETRY_CONCURRENCY = 3
+"""Retries in progress the concurrency budget always allows (Envoy)."""
 
 
 class Budget(Protocol):
@@ -62,9 +75,9 @@ class Budget(Protocol):
 class RateBudgetConfig:
     """Finagle's and Linkerd's retry budget settings."""
 
-    retry_ratio: float = 0.2  # retries per request, on top of the floor; 0..1000
-    min_retries_per_second: int = 10  # the floor, for clients with little traffic
-    ttl: float = 10.0  # seconds a deposit or withdrawal counts; 1..60
+    retry_ratio: float = DEFAULT_RETRY_RATIO  # retries per request, on top of the floor; 0..1000
+    min_retries_per_second: int = DEFAULT_MIN_RETRIES_PER_SECOND  # the floor, for quiet clients
+    ttl: float = DEFAULT_TTL  # seconds a deposit or withdrawal counts; 1..60
 
     def __post_init__(self) -> None:
         if not 0 <= self.retry_ratio <= 1000:
@@ -73,8 +86,9 @@ class RateBudgetConfig:
         if self.min_retries_per_second < 0:
             raise ValueError(f"retry budget min_retries_per_second "
                              f"{self.min_retries_per_second}: must not be negative")
-        if not 1 <= self.ttl <= 60:
-            raise ValueError(f"retry budget ttl {self.ttl}: must be within 1..60 seconds")
+        if not MIN_RETRY_BUDGET_TTL <= self.ttl <= MAX_RETRY_BUDGET_TTL:
+            raise ValueError(f"retry budget ttl {self.ttl}: must be within "
+                             f"{MIN_RETRY_BUDGET_TTL:g}..{MAX_RETRY_BUDGET_TTL:g} seconds")
 
 
 class RateBudget:
@@ -134,8 +148,9 @@ class RateBudget:
 class ConcurrencyBudgetConfig:
     """Envoy's ``CircuitBreakers.Thresholds.RetryBudget``."""
 
-    budget_percent: float = 20.0  # retries in progress, in percent of requests in progress
-    min_retry_concurrency: int = 3  # retries in progress always allowed
+    # retries in progress, in percent of requests in progress (the same 20 %)
+    budget_percent: float = 100 * DEFAULT_RETRY_RATIO
+    min_retry_concurrency: int = DEFAULT_MIN_RETRY_CONCURRENCY  # retries always allowed
 
     def __post_init__(self) -> None:
         if not 0 <= self.budget_percent <= 100:

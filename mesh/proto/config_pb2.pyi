@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "namespace", "lb_policy", "least_request", "peak_ewma", "ring_hash", "connect_timeout", "timeout", "retry_policy", "retry_budget", "outlier_detection", "circuit_breakers", "pool", "app_protocol")
+    __slots__ = ("name", "namespace", "lb_policy", "round_robin", "least_request", "peak_ewma", "ring_hash", "connect_timeout", "timeout", "retry_policy", "retry_budget", "outlier_detection", "circuit_breakers", "pool", "app_protocol")
     class LbPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         LEAST_REQUEST: _ClassVar[Cluster.LbPolicy]
@@ -33,6 +33,7 @@ class Cluster(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LB_POLICY_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ROBIN_FIELD_NUMBER: _ClassVar[int]
     LEAST_REQUEST_FIELD_NUMBER: _ClassVar[int]
     PEAK_EWMA_FIELD_NUMBER: _ClassVar[int]
     RING_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +48,7 @@ class Cluster(_message.Message):
     name: str
     namespace: str
     lb_policy: Cluster.LbPolicy
+    round_robin: RoundRobin
     least_request: LeastRequest
     peak_ewma: PeakEwma
     ring_hash: RingHash
@@ -58,15 +60,33 @@ class Cluster(_message.Message):
     circuit_breakers: CircuitBreakers
     pool: ConnectionPool
     app_protocol: Cluster.Protocol
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., lb_policy: _Optional[_Union[Cluster.LbPolicy, str]] = ..., least_request: _Optional[_Union[LeastRequest, _Mapping]] = ..., peak_ewma: _Optional[_Union[PeakEwma, _Mapping]] = ..., ring_hash: _Optional[_Union[RingHash, _Mapping]] = ..., connect_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., circuit_breakers: _Optional[_Union[CircuitBreakers, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., app_protocol: _Optional[_Union[Cluster.Protocol, str]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., lb_policy: _Optional[_Union[Cluster.LbPolicy, str]] = ..., round_robin: _Optional[_Union[RoundRobin, _Mapping]] = ..., least_request: _Optional[_Union[LeastRequest, _Mapping]] = ..., peak_ewma: _Optional[_Union[PeakEwma, _Mapping]] = ..., ring_hash: _Optional[_Union[RingHash, _Mapping]] = ..., connect_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., circuit_breakers: _Optional[_Union[CircuitBreakers, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., app_protocol: _Optional[_Union[Cluster.Protocol, str]] = ...) -> None: ...
+
+class RoundRobin(_message.Message):
+    __slots__ = ("slow_start_config",)
+    SLOW_START_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    slow_start_config: SlowStartConfig
+    def __init__(self, slow_start_config: _Optional[_Union[SlowStartConfig, _Mapping]] = ...) -> None: ...
 
 class LeastRequest(_message.Message):
-    __slots__ = ("choice_count", "active_request_bias")
+    __slots__ = ("choice_count", "active_request_bias", "slow_start_config")
     CHOICE_COUNT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_REQUEST_BIAS_FIELD_NUMBER: _ClassVar[int]
+    SLOW_START_CONFIG_FIELD_NUMBER: _ClassVar[int]
     choice_count: int
     active_request_bias: float
-    def __init__(self, choice_count: _Optional[int] = ..., active_request_bias: _Optional[float] = ...) -> None: ...
+    slow_start_config: SlowStartConfig
+    def __init__(self, choice_count: _Optional[int] = ..., active_request_bias: _Optional[float] = ..., slow_start_config: _Optional[_Union[SlowStartConfig, _Mapping]] = ...) -> None: ...
+
+class SlowStartConfig(_message.Message):
+    __slots__ = ("slow_start_window", "aggression", "min_weight_percent")
+    SLOW_START_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    AGGRESSION_FIELD_NUMBER: _ClassVar[int]
+    MIN_WEIGHT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    slow_start_window: _duration_pb2.Duration
+    aggression: float
+    min_weight_percent: float
+    def __init__(self, slow_start_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., aggression: _Optional[float] = ..., min_weight_percent: _Optional[float] = ...) -> None: ...
 
 class PeakEwma(_message.Message):
     __slots__ = ("decay", "default_rtt")
@@ -139,20 +159,40 @@ class RetryBudget(_message.Message):
     def __init__(self, kind: _Optional[_Union[RetryBudget.Kind, str]] = ..., retry_ratio: _Optional[float] = ..., min_retries_per_second: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_retry_concurrency: _Optional[int] = ..., disabled: _Optional[bool] = ...) -> None: ...
 
 class OutlierDetection(_message.Message):
-    __slots__ = ("consecutive_5xx", "consecutive_gateway_failure", "interval", "base_ejection_time", "max_ejection_time", "max_ejection_percent")
+    __slots__ = ("consecutive_5xx", "enforcing_consecutive_5xx", "consecutive_gateway_failure", "enforcing_consecutive_gateway_failure", "interval", "base_ejection_time", "max_ejection_time", "max_ejection_percent", "success_rate_minimum_hosts", "success_rate_request_volume", "success_rate_stdev_factor", "enforcing_success_rate", "failure_percentage_threshold", "failure_percentage_minimum_hosts", "failure_percentage_request_volume", "enforcing_failure_percentage")
     CONSECUTIVE_5XX_FIELD_NUMBER: _ClassVar[int]
+    ENFORCING_CONSECUTIVE_5XX_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_GATEWAY_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    ENFORCING_CONSECUTIVE_GATEWAY_FAILURE_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_FIELD_NUMBER: _ClassVar[int]
     BASE_EJECTION_TIME_FIELD_NUMBER: _ClassVar[int]
     MAX_EJECTION_TIME_FIELD_NUMBER: _ClassVar[int]
     MAX_EJECTION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_MINIMUM_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_REQUEST_VOLUME_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_STDEV_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    ENFORCING_SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_PERCENTAGE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_PERCENTAGE_MINIMUM_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_PERCENTAGE_REQUEST_VOLUME_FIELD_NUMBER: _ClassVar[int]
+    ENFORCING_FAILURE_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
     consecutive_5xx: int
+    enforcing_consecutive_5xx: int
     consecutive_gateway_failure: int
+    enforcing_consecutive_gateway_failure: int
     interval: _duration_pb2.Duration
     base_ejection_time: _duration_pb2.Duration
     max_ejection_time: _duration_pb2.Duration
     max_ejection_percent: int
-    def __init__(self, consecutive_5xx: _Optional[int] = ..., consecutive_gateway_failure: _Optional[int] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., base_ejection_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_ejection_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_ejection_percent: _Optional[int] = ...) -> None: ...
+    success_rate_minimum_hosts: int
+    success_rate_request_volume: int
+    success_rate_stdev_factor: int
+    enforcing_success_rate: int
+    failure_percentage_threshold: int
+    failure_percentage_minimum_hosts: int
+    failure_percentage_request_volume: int
+    enforcing_failure_percentage: int
+    def __init__(self, consecutive_5xx: _Optional[int] = ..., enforcing_consecutive_5xx: _Optional[int] = ..., consecutive_gateway_failure: _Optional[int] = ..., enforcing_consecutive_gateway_failure: _Optional[int] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., base_ejection_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_ejection_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_ejection_percent: _Optional[int] = ..., success_rate_minimum_hosts: _Optional[int] = ..., success_rate_request_volume: _Optional[int] = ..., success_rate_stdev_factor: _Optional[int] = ..., enforcing_success_rate: _Optional[int] = ..., failure_percentage_threshold: _Optional[int] = ..., failure_percentage_minimum_hosts: _Optional[int] = ..., failure_percentage_request_volume: _Optional[int] = ..., enforcing_failure_percentage: _Optional[int] = ...) -> None: ...
 
 class CircuitBreakers(_message.Message):
     __slots__ = ("max_pending_requests", "max_requests", "max_retries")
@@ -225,12 +265,52 @@ class VirtualHost(_message.Message):
     def __init__(self, name: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("match", "route")
+    __slots__ = ("match", "route", "fault", "rate_limit")
     MATCH_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
+    FAULT_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     match: RouteMatch
     route: RouteAction
-    def __init__(self, match: _Optional[_Union[RouteMatch, _Mapping]] = ..., route: _Optional[_Union[RouteAction, _Mapping]] = ...) -> None: ...
+    fault: FaultInjection
+    rate_limit: LocalRateLimit
+    def __init__(self, match: _Optional[_Union[RouteMatch, _Mapping]] = ..., route: _Optional[_Union[RouteAction, _Mapping]] = ..., fault: _Optional[_Union[FaultInjection, _Mapping]] = ..., rate_limit: _Optional[_Union[LocalRateLimit, _Mapping]] = ...) -> None: ...
+
+class FaultInjection(_message.Message):
+    __slots__ = ("delay", "abort", "headers")
+    class Delay(_message.Message):
+        __slots__ = ("fixed_delay", "percentage")
+        FIXED_DELAY_FIELD_NUMBER: _ClassVar[int]
+        PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+        fixed_delay: _duration_pb2.Duration
+        percentage: float
+        def __init__(self, fixed_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., percentage: _Optional[float] = ...) -> None: ...
+    class Abort(_message.Message):
+        __slots__ = ("http_status", "grpc_status", "percentage")
+        HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+        GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
+        PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+        http_status: int
+        grpc_status: int
+        percentage: float
+        def __init__(self, http_status: _Optional[int] = ..., grpc_status: _Optional[int] = ..., percentage: _Optional[float] = ...) -> None: ...
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    delay: FaultInjection.Delay
+    abort: FaultInjection.Abort
+    headers: _containers.RepeatedCompositeFieldContainer[HeaderMatcher]
+    def __init__(self, delay: _Optional[_Union[FaultInjection.Delay, _Mapping]] = ..., abort: _Optional[_Union[FaultInjection.Abort, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[HeaderMatcher, _Mapping]]] = ...) -> None: ...
+
+class LocalRateLimit(_message.Message):
+    __slots__ = ("max_tokens", "tokens_per_fill", "fill_interval")
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_FILL_FIELD_NUMBER: _ClassVar[int]
+    FILL_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval: _duration_pb2.Duration
+    def __init__(self, max_tokens: _Optional[int] = ..., tokens_per_fill: _Optional[int] = ..., fill_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RouteMatch(_message.Message):
     __slots__ = ("prefix", "path", "safe_regex", "headers")

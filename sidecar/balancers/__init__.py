@@ -23,7 +23,7 @@ from sidecar.balancers.least_request import LeastRequestBalancer, LeastRequestCo
 from sidecar.balancers.peak_ewma import PeakEwmaBalancer, PeakEwmaConfig
 from sidecar.balancers.random import RandomBalancer
 from sidecar.balancers.ring_hash import RingHashBalancer, RingHashConfig, hash_key
-from sidecar.balancers.round_robin import RoundRobinBalancer
+from sidecar.balancers.round_robin import RoundRobinBalancer, RoundRobinConfig
 from sidecar.balancers.slow_start import SlowStart
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "RingHashBalancer",
     "RingHashConfig",
     "RoundRobinBalancer",
+    "RoundRobinConfig",
     "SlowStart",
     "hash_key",
 ]

@@ -30,19 +30,24 @@ from sidecar.balancers.edf import EdfSchedule
 from sidecar.balancers.endpoint import EndpointSpec, EndpointState
 from sidecar.balancers.slow_start import SlowStart
 
+DEFAULT_CHOICE_COUNT = 2
+"""Endpoints sampled per pick: power of *two* choices (Envoy's default)."""
+
+DEFAULT_ACTIVE_REQUEST_BIAS = 1.0
+"""Divide the weight by the load, exactly (Envoy's default); 0 ignores the load."""
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LeastRequestConfig:
     """Envoy's ``LeastRequestLbConfig``."""
 
-    choice_count: int = 2  # endpoints sampled per pick; at least 2
-    active_request_bias: float = 1.0  # exponent of (active + 1) with unequal weights; >= 0
-    slow_start: SlowStart | None = None  # ramp new endpoints' weights up; None: no ramp
+    choice_count: int = DEFAULT_CHOICE_COUNT  # endpoints sampled per pick; at least 2
+    active_request_bias: float = DEFAULT_ACTIVE_REQUEST_BIAS  # exponent of (active + 1); >= 0
+    slow_start_config: SlowStart | None = None  # ramp new endpoints' weights up; None: no ramp
 
     def __post_init__(self) -> None:
         if self.choice_count < 2:
             raise ValueError(f"least request choice_count {self.choice_count}: must be at least 2")
-        if self.active_request_bias < 0:
+        if not self.active_request_bias >= 0:  # NaN too
             raise ValueError(f"least request active_request_bias {self.active_request_bias}: "
                              f"must not be negative")
 
@@ -69,11 +74,11 @@ class LeastRequestBalancer(Balancer):
         """Envoy's switch: EDF unless every weight is equal and no endpoint is ramping up."""
         if any(e.weight != available[0].weight for e in available):
             return True
-        slow_start, now = self._config.slow_start, self._clock.now()
+        slow_start, now = self._config.slow_start_config, self._clock.now()
         return slow_start is not None and any(slow_start.ramping(e, now) for e in available)
 
     def _effective_weight(self, endpoint: EndpointState) -> float:
-        slow_start = self._config.slow_start
+        slow_start = self._config.slow_start_config
         weight = (float(endpoint.weight) if slow_start is None
                   else slow_start.weight(endpoint, self._clock.now()))
         return weight / math.pow(endpoint.active + 1, self._config.active_request_bias)

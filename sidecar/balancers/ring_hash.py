@@ -34,11 +34,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mesh.clock import Clock
+from mesh.proto.bounds import MAX_RING_SIZE
 from sidecar.balancers.base import Balancer
 from sidecar.balancers.endpoint import EndpointSpec, EndpointState
 
-MAX_RING_SIZE = 1 << 18
-"""Most points on one ring: 262,144 (Envoy allows 8M, but a Python list of those is ~300 MB)."""
+DEFAULT_POINTS_PER_WEIGHT = 1024
+"""Ring points per unit of weight: Envoy's minimum ring size, for every endpoint alone."""
 
 
 def hash_key(value: str | bytes) -> int:
@@ -51,7 +52,7 @@ def hash_key(value: str | bytes) -> int:
 class RingHashConfig:
     """How many points each endpoint gets on the ring."""
 
-    points_per_weight: int = 1024  # Envoy's minimum ring size, per unit of weight
+    points_per_weight: int = DEFAULT_POINTS_PER_WEIGHT  # within 1..MAX_RING_SIZE
 
     def __post_init__(self) -> None:
         if not 1 <= self.points_per_weight <= MAX_RING_SIZE:

@@ -5,7 +5,7 @@ cost the same, and the baseline the load-aware balancers are measured against (a
 gets its full share, so the client's tail latency follows the slow one). Weights are honoured
 by an earliest-deadline-first schedule (``edf.py``), as in Envoy, so an endpoint of weight 3
 gets three calls spread among the others rather than three in a row; with equal weights it is
-plain rotation. With ``slow_start`` a new endpoint's weight ramps up over a window
+plain rotation. With a ``slow_start_config`` a new endpoint's weight ramps up over a window
 (``slow_start.py``).
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from mesh.clock import Clock
 from sidecar.balancers.base import Balancer
@@ -21,17 +22,20 @@ from sidecar.balancers.endpoint import EndpointSpec, EndpointState
 from sidecar.balancers.slow_start import SlowStart
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundRobinConfig:
+    """Envoy's ``RoundRobinLbConfig``."""
+
+    slow_start_config: SlowStart | None = None  # ramp new endpoints' weights up; None: no ramp
+
+
 class RoundRobinBalancer(Balancer):
-    """Smooth weighted round robin over the available endpoints.
+    """Smooth weighted round robin over the available endpoints."""
 
-    Args:
-        slow_start: ramp new endpoints' weights up over a window; None: full weight at once.
-    """
-
-    def __init__(self, *, clock: Clock, rng: random.Random,
-                 slow_start: SlowStart | None = None) -> None:
+    def __init__(self, config: RoundRobinConfig | None = None, *, clock: Clock,
+                 rng: random.Random) -> None:
         super().__init__(clock=clock, rng=rng)
-        self._slow_start = slow_start
+        self._slow_start = (config or RoundRobinConfig()).slow_start_config
         self._schedule = EdfSchedule(rng)
 
     def _choose(self, candidates: Sequence[EndpointState], available: Sequence[EndpointState],

@@ -7,7 +7,7 @@ import pytest
 from controlplane.policy_file import parse
 from mesh.proto.config_pb2 import Cluster, MeshPolicy
 
-CLUSTER_FIELDS = ("name, namespace, lb_policy, least_request, peak_ewma, ring_hash, "
+CLUSTER_FIELDS = ("name, namespace, lb_policy, round_robin, least_request, peak_ewma, ring_hash, "
                   "connect_timeout, timeout, retry_policy, retry_budget, outlier_detection, "
                   "circuit_breakers, pool, app_protocol")
 

@@ -10,7 +10,7 @@ from google.protobuf.json_format import ParseDict
 from controlplane.policy import PolicyError, PolicyStore, merge
 from controlplane.validation import RETRY_ON
 from mesh.proto.config_pb2 import MeshPolicy
-from sidecar.cluster import settings_from
+from sidecar.cluster_settings import settings_from
 from sidecar.retry import RetryOn
 from sidecar.router import Router
 

@@ -1,5 +1,4 @@
-"""Clusters: the control plane's ``Cluster`` message with every default filled in (the values
-REFERENCE.md cites from Envoy, Linkerd and Finagle), and the runtime state a live update keeps."""
+"""Clusters: the runtime state a live update keeps, and the policies each setting builds."""
 
 from __future__ import annotations
 
@@ -11,20 +10,21 @@ from google.protobuf.json_format import ParseDict
 
 from mesh.clock import FakeClock
 from mesh.proto.config_pb2 import Cluster, Endpoint
-from sidecar.backoff import Backoff, Jitter
-from sidecar.balancers import LeastRequestBalancer, PeakEwmaBalancer, RoundRobinBalancer
-from sidecar.circuit_breaker import CircuitBreakerConfig, Limit, Overflow, Permit
-from sidecar.cluster import ClusterSettings, UpstreamCluster, settings_from
+from sidecar.balancers import (
+    LeastRequestBalancer,
+    PeakEwmaBalancer,
+    RandomBalancer,
+    RingHashBalancer,
+    RoundRobinBalancer,
+)
+from sidecar.circuit_breaker import Limit, Overflow, Permit
+from sidecar.cluster import UpstreamCluster
+from sidecar.cluster_settings import ClusterSettings, settings_from
 from sidecar.metrics import SidecarMetrics
 from sidecar.outcome import Outcome
-from sidecar.outlier import OutlierDetectionConfig
-from sidecar.retry import RetryOn, RetrySettings
-from sidecar.retry_budget import (
-    ConcurrencyBudget,
-    ConcurrencyBudgetConfig,
-    RateBudgetConfig,
-)
+from sidecar.retry_budget import ConcurrencyBudget
 
+OK = Outcome(status=200)
 E503 = Outcome(status=503)
 ADDRESSES = ["10.0.0.1:15006", "10.0.0.2:15006", "10.0.0.3:15006"]
 
@@ -51,102 +51,14 @@ def ejections(metrics: SidecarMetrics) -> float:
     return value or 0.0
 
 
-# -- defaults: one place, the anchors' values ----------------------------------------------
-
-
-def test_an_empty_cluster_gets_the_anchors_defaults() -> None:
-    s = settings()
-    assert s.lb_policy == Cluster.LEAST_REQUEST  # Envoy's default balancer here
-    assert (s.least_request.choice_count, s.least_request.active_request_bias) == (2, 1.0)
-    assert (s.peak_ewma.decay, s.peak_ewma.default_rtt) == (10.0, 0.030)  # Linkerd
-    assert s.ring_hash.points_per_weight == 1024  # Envoy's minimum ring
-    assert (s.connect_timeout, s.timeout) == (1.0, 15.0)  # Envoy's route timeout
-    assert s.retry_policy == RetrySettings()  # no retries until a policy says so
-    assert s.retry_budget == RateBudgetConfig(retry_ratio=0.2, min_retries_per_second=10,
-                                               ttl=10.0)  # Finagle / Linkerd
-    assert s.outlier is None  # off unless configured, as in Envoy
-    assert s.breakers == CircuitBreakerConfig(max_pending_requests=1024, max_requests=1024,
-                                              max_retries=3)  # Envoy
-
-
-def test_outlier_detection_defaults_are_envoys() -> None:
-    assert settings(outlier_detection={}).outlier == OutlierDetectionConfig(
-        consecutive_5xx=5, consecutive_gateway_failure=None, interval=10.0,
-        base_ejection_time=30.0, max_ejection_time=300.0, max_ejection_percent=10)
-
-
-def test_a_retry_policy_defaults_to_one_retry_with_envoys_backoff() -> None:
-    policy = settings(retry_policy={"retry_on": ["5xx", "reset"]}).retry_policy
-    assert policy.retry_on == {RetryOn.SERVER_ERROR, RetryOn.RESET}
-    assert policy.num_retries == 1  # Envoy's default
-    assert policy.per_try_timeout is None
-    assert policy.backoff == Backoff(base_interval=0.025, max_interval=None,
-                                     jitter=Jitter.DECORRELATED)
-    assert policy.backoff.cap == 0.25  # ten times the base
-
-
-def test_retry_settings_are_read() -> None:
-    policy = settings(retry_policy={
-        "retry_on": ["retriable-status-codes"], "num_retries": 3, "per_try_timeout": "0.2s",
-        "retriable_status_codes": [409], "retry_non_idempotent": True,
-        "backoff": {"base_interval": "0.01s", "max_interval": "1s", "jitter": "FULL"}},
-    ).retry_policy
-    assert policy == RetrySettings(
-        retry_on=frozenset({RetryOn.RETRIABLE_STATUS_CODES}), num_retries=3,
-        per_try_timeout=0.2, retriable_status_codes=frozenset({409}),
-        retry_non_idempotent=True,
-        backoff=Backoff(base_interval=0.01, max_interval=1.0, jitter=Jitter.FULL))
-
-
-def test_a_budget_block_fills_in_what_it_leaves_out_and_one_may_be_switched_off() -> None:
-    # The floor left out: the documented 10 per second, not proto3's 0.
-    assert settings(retry_budget={"retry_ratio": 0.1}).retry_budget == RateBudgetConfig(
-        retry_ratio=0.1, min_retries_per_second=10, ttl=10.0)
-    assert settings(retry_budget={"ttl": "5s"}).retry_budget == RateBudgetConfig(
-        retry_ratio=0.2, min_retries_per_second=10, ttl=5.0)
-    assert settings(retry_budget={"disabled": True}).retry_budget is None
-
-
-def test_a_written_zero_in_a_budget_means_zero() -> None:
-    # No retries beyond the floor, or no floor: both valid, neither is "use the default".
-    assert settings(retry_budget={"retry_ratio": 0}).retry_budget == RateBudgetConfig(
-        retry_ratio=0.0, min_retries_per_second=10, ttl=10.0)
-    assert settings(retry_budget={"min_retries_per_second": 0}).retry_budget == \
-        RateBudgetConfig(retry_ratio=0.2, min_retries_per_second=0, ttl=10.0)
-    assert settings(retry_budget={"kind": "CONCURRENCY", "retry_ratio": 0,
-                                  "min_retry_concurrency": 0}).retry_budget == \
-        ConcurrencyBudgetConfig(budget_percent=0.0, min_retry_concurrency=0)
-
-
-def test_a_written_zero_survives_the_wire() -> None:
-    # What the control plane sends is serialised: presence must travel with the value.
-    sent = ParseDict({"name": "orders", "retry_budget": {"retry_ratio": 0,
-                                                         "min_retries_per_second": 0}}, Cluster())
-    received = Cluster.FromString(sent.SerializeToString())
-    assert settings_from(received).retry_budget == RateBudgetConfig(
-        retry_ratio=0.0, min_retries_per_second=0, ttl=10.0)
-
-
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"timeout": "0s"}, "orders: timeout must be positive"),
-    ({"connect_timeout": "-1s"}, "orders: connect_timeout must be positive"),
-    ({"peak_ewma": {"decay": "0s"}}, "orders: decay must be positive"),
-    ({"retry_budget": {"ttl": "90s"}}, "ttl 90.0: must be within 1..60"),
-    ({"retry_policy": {"retry_on": ["sometimes"]}}, "retry_on 'sometimes': unknown condition"),
-    ({"outlier_detection": {"base_ejection_time": "400s"}}, "max_ejection_time 300.0"),
-])
-def test_bad_values_are_refused_with_the_field_named(fields: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        settings(**fields)
-
-
 # -- runtime state ---------------------------------------------------------------------------
 
 
 def test_each_lb_policy_gets_its_balancer() -> None:
     clock = FakeClock()
     for policy, kind in [("ROUND_ROBIN", RoundRobinBalancer), ("PEAK_EWMA", PeakEwmaBalancer),
-                         ("LEAST_REQUEST", LeastRequestBalancer)]:
+                         ("LEAST_REQUEST", LeastRequestBalancer), ("RANDOM", RandomBalancer),
+                         ("RING_HASH", RingHashBalancer)]:
         made, _ = cluster(clock, lb_policy=policy)
         assert isinstance(made.balancer, kind)
         assert list(made.balancer.endpoints) == ADDRESSES
@@ -233,10 +145,54 @@ def test_a_budget_change_replaces_the_budget() -> None:
 
 
 def test_envoys_concurrency_budget_is_chosen_by_kind() -> None:
-    chosen = settings(retry_budget={"kind": "CONCURRENCY", "retry_ratio": 0.5})
-    assert chosen.retry_budget == ConcurrencyBudgetConfig(budget_percent=50.0,
-                                                          min_retry_concurrency=3)
-    assert settings(retry_budget={"kind": "CONCURRENCY"}).retry_budget == \
-        ConcurrencyBudgetConfig(budget_percent=20.0, min_retry_concurrency=3)
     made, _ = cluster(FakeClock(), retry_budget={"kind": "CONCURRENCY"})
     assert isinstance(made.budget, ConcurrencyBudget)
+
+
+# -- what each policy field builds -----------------------------------------------------------
+
+
+def test_slow_start_ramps_a_new_endpoint_of_a_round_robin_cluster() -> None:
+    clock = FakeClock()
+    made, _ = cluster(clock, lb_policy="ROUND_ROBIN",
+                      round_robin={"slow_start_config": {"slow_start_window": "60s"}})
+    clock.advance(120.0)  # the first three are past their window
+    made.set_endpoints(endpoints(*ADDRESSES, "10.0.0.4:15006"))
+    picks = [made.balancer.pick() for _ in range(3100)]
+    new = sum(1 for e in picks if e is not None and e.address == "10.0.0.4:15006")
+    assert new == pytest.approx(3100 * 0.1 / 3.1, abs=10)  # weight 0.1 (the 10 % floor) vs 3
+
+
+def test_a_least_request_bias_of_zero_ignores_the_load() -> None:
+    made, _ = cluster(FakeClock(), least_request={"active_request_bias": 0})
+    made.set_endpoints([Endpoint(address="10.0.0.1", port=15006, weight=2),
+                        Endpoint(address="10.0.0.2", port=15006, weight=1)])
+    heavy = made.balancer.endpoints["10.0.0.1:15006"]
+    for _ in range(50):
+        heavy.start()  # busy, but a bias of 0 does not care
+    picks = [made.balancer.pick() for _ in range(300)]
+    assert sum(1 for e in picks if e is heavy) == 200
+
+
+def test_a_rule_enforced_at_zero_detects_but_never_ejects() -> None:
+    clock = FakeClock()
+    made, metrics = cluster(clock, outlier_detection={"enforcing_consecutive_5xx": 0})
+    for _ in range(20):
+        made.record(ADDRESSES[2], E503)
+    assert not made.balancer.endpoints[ADDRESSES[2]].ejected
+    assert ejections(metrics) == 0
+
+
+def test_failure_percentage_ejects_at_the_sweep_when_enforced() -> None:
+    clock = FakeClock()
+    made, metrics = cluster(clock, outlier_detection={
+        "interval": "1s", "consecutive_5xx": 1000, "enforcing_success_rate": 0,
+        "enforcing_failure_percentage": 100, "failure_percentage_minimum_hosts": 3,
+        "failure_percentage_request_volume": 10, "max_ejection_percent": 50})
+    for address in ADDRESSES:
+        for i in range(20):
+            made.record(address, E503 if address == ADDRESSES[2] or i == 0 else OK)
+    clock.advance(1.0)
+    made.tick()
+    assert [a for a, e in made.balancer.endpoints.items() if e.ejected] == [ADDRESSES[2]]
+    assert ejections(metrics) == 1

@@ -81,7 +81,7 @@ def test_bias_zero_is_weighted_round_robin() -> None:
 
 def test_a_new_endpoint_in_slow_start_switches_to_weighted_picks() -> None:
     clock = FakeClock()
-    config = LeastRequestConfig(slow_start=SlowStart(window=100.0))
+    config = LeastRequestConfig(slow_start_config=SlowStart(slow_start_window=100.0))
     balancer = LeastRequestBalancer(config, clock=clock, rng=random.Random(17))
     balancer.set_endpoints(specs("a", "b"))
     clock.advance(200.0)
@@ -94,6 +94,7 @@ def test_a_new_endpoint_in_slow_start_switches_to_weighted_picks() -> None:
 @pytest.mark.parametrize(("choices", "bias", "message"), [
     (1, 1.0, "choice_count"),
     (2, -0.5, "active_request_bias"),
+    (2, float("nan"), "active_request_bias"),
 ])
 def test_rejects_nonsense(choices: int, bias: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from mesh.clock import FakeClock
-from sidecar.balancers import RoundRobinBalancer, SlowStart
+from sidecar.balancers import RoundRobinBalancer, RoundRobinConfig, SlowStart
 from tests.unit.sidecar.balancers.helpers import count_picks, pick_addresses, specs
 
 
@@ -54,8 +54,8 @@ def test_sidecars_seeded_differently_start_on_different_endpoints() -> None:
 
 def test_slow_start_ramps_a_new_endpoint_up_over_its_window() -> None:
     clock = FakeClock()
-    balancer = RoundRobinBalancer(clock=clock, rng=random.Random(3),
-                                  slow_start=SlowStart(window=60.0))
+    balancer = RoundRobinBalancer(RoundRobinConfig(slow_start_config=SlowStart(
+        slow_start_window=60.0)), clock=clock, rng=random.Random(3))
     balancer.set_endpoints(specs("a", "b"))
     clock.advance(120.0)  # a and b are past their window
     balancer.set_endpoints(specs("a", "b", "new"))

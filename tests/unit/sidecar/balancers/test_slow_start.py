@@ -24,21 +24,21 @@ def weight_at(age: float, slow_start: SlowStart, weight: int = 10) -> float:
     (500.0, 10.0),
 ])
 def test_linear_ramp_with_a_floor(age: float, expected: float) -> None:
-    assert weight_at(age, SlowStart(window=100.0)) == pytest.approx(expected)
+    assert weight_at(age, SlowStart(slow_start_window=100.0)) == pytest.approx(expected)
 
 
 def test_aggression_ramps_faster_early() -> None:
-    slow_start = SlowStart(window=100.0, aggression=2.0)
+    slow_start = SlowStart(slow_start_window=100.0, aggression=2.0)
     assert weight_at(25.0, slow_start) == pytest.approx(10 * 0.25 ** 0.5)  # 5, not 2.5
 
 
 def test_the_age_counts_as_at_least_one_second() -> None:
-    slow_start = SlowStart(window=4.0, min_weight_percent=1.0)
+    slow_start = SlowStart(slow_start_window=4.0, min_weight_percent=1.0)
     assert weight_at(0.0, slow_start) == pytest.approx(10 * 1 / 4)
 
 
 def test_ramping_only_inside_the_window() -> None:
-    slow_start = SlowStart(window=30.0)
+    slow_start = SlowStart(slow_start_window=30.0)
     clock = FakeClock()
     endpoint = EndpointState("a:1", clock=clock)
     assert slow_start.ramping(endpoint, clock.now())
@@ -54,4 +54,4 @@ def test_ramping_only_inside_the_window() -> None:
 ])
 def test_rejects_nonsense(window: float, aggression: float, floor: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        SlowStart(window=window, aggression=aggression, min_weight_percent=floor)
+        SlowStart(slow_start_window=window, aggression=aggression, min_weight_percent=floor)
