@@ -242,7 +242,7 @@ class Http2Connection(asyncio.Protocol):
             stream.on_end()
 
     def _on_stream_reset(self, event: StreamReset) -> None:
-        self._on_reset(event.stream_id, int(event.error_code or 0), event.remote_reset)
+        self._on_reset(event.stream_id, int(event.error_code or 0))
 
     def _on_window_updated(self, event: WindowUpdated) -> None:
         if event.stream_id == 0:
@@ -294,7 +294,7 @@ class Http2Connection(asyncio.Protocol):
             log.error("handler returned without ending stream %d from %s", stream.id, self.peer)
             stream.reset(ErrorCode.INTERNAL_ERROR)
 
-    def _on_reset(self, stream_id: int, code: int, by_peer: bool) -> None:
+    def _on_reset(self, stream_id: int, code: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.on_reset(code)
