@@ -243,7 +243,7 @@ class _Call:
             return await self._relay(attempt, response, outcome)
 
     async def _attempt(self, attempt: _Attempt, attempt_deadline: float
-                   ) -> tuple[Outcome, Headers | None]:
+                       ) -> tuple[Outcome, Headers | None]:
         """Send the request on ``attempt``; return how it ended, and the response headers.
 
         Raises:
