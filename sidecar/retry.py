@@ -196,10 +196,7 @@ class RetryState:
     """One request's attempts: counts them, keeps the endpoints tried, decides on each outcome.
 
     Creating it deposits the request into ``budget``; ``close()`` ends it (call it once the
-    response is delivered or the caller gave up, whatever happened; it is idempotent). A
-    ``Retry`` holds a retry in the budget and a ``max_retries`` permit of ``breaker`` from the
-    moment it is decided (its backoff included, Envoy issue 30205) until the next ``decide()``
-    or ``close()``, as Envoy's retry state does::
+    response is delivered or the caller gave up, whatever happened; it is idempotent)::
 
         phase        begin_attempt()   decide() -> Retry   decide() -> Stop   close()
         READY        ATTEMPTING        -                   -                  CLOSED
@@ -207,6 +204,10 @@ class RetryState:
         STOPPED      -                 -                   -                  CLOSED
 
     Anything marked ``-`` is a bug in the caller and raises ``RuntimeError``.
+
+    A ``Retry`` holds a retry in the budget and a ``max_retries`` permit of ``breaker`` from the
+    moment it is decided (its backoff included, Envoy issue 30205) until the next ``decide()``
+    or ``close()``, as Envoy's retry state holds its cluster's ``retries`` resource.
 
     Args:
         policy: the route's retry settings.
