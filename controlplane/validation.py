@@ -10,8 +10,16 @@ or worse, a policy every sidecar accepts and that routes nowhere. The rules:
     retry policy    retry_on conditions the sidecar knows; status codes within 100..599;
                     per_try_timeout no longer than the timeout over it (else a slow try is cut
                     by the overall timeout and never retried); backoff max ≥ base
-    retry budget    retry_ratio within 0..1; ttl within 1s..60s
-    outliers        max_ejection_percent ≤ 100; max_ejection_time ≥ base_ejection_time
+    balancers       least_request: choice_count ≥ 2, active_request_bias a number ≥ 0; a
+                    slow_start_config has a slow_start_window, aggression > 0 and
+                    min_weight_percent within (0, 100]; ring_hash: points_per_weight within
+                    1..MAX_RING_SIZE (mesh/proto/bounds.py)
+    retry budget    retry_ratio within 0..1; ttl within 1s..60s; each field for its kind only
+    outliers        consecutive_5xx and consecutive_gateway_failure ≥ 1 (an enforcing_* of 0
+                    turns a rule off); every percentage ≤ 100 (max_ejection_percent,
+                    failure_percentage_threshold, enforcing_*); max_ejection_time ≥
+                    base_ejection_time
+    pool            max_streams_per_connection ≥ 1
     routes          a unique name; each virtual host has domains, none served twice (the
                     first would win silently); each route a path specifier (prefix, path or
                     safe_regex) that starts with '/' or compiles, lower-case header names, and a
@@ -29,10 +37,15 @@ Authorization for a service that the policy declares no cluster for is accepted:
 exists as soon as its instances register (the snapshot gives it a default cluster), and the
 policy protecting it may well be written first. A route, though, must name a declared cluster,
 so that a typo fails here rather than as a 404 at run time.
+
+Rules check ranges, never defaults: a field left unset is the sidecar's to fill in (its defaults
+live beside its algorithms, which the control plane does not import), and a field set to 0 is
+checked as 0 (``max_ejection_percent: 0`` is valid, ``consecutive_5xx: 0`` is not).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,13 +55,16 @@ from google.protobuf.message import Message
 
 from mesh.identity import SCHEME
 from mesh.identity import parse as parse_spiffe_id
+from mesh.proto.bounds import MAX_RETRY_BUDGET_TTL, MAX_RING_SIZE, MIN_RETRY_BUDGET_TTL
 from mesh.proto.config_pb2 import (
     Cluster,
     MeshPolicy,
+    OutlierDetection,
     RetryBudget,
     RetryPolicy,
     RouteAction,
     RouteMatch,
+    SlowStartConfig,
 )
 
 # The sidecar's RetryOn names (sidecar/retry.py); kept here because the control plane never
@@ -62,7 +78,6 @@ PRINCIPAL_SHAPE = "'<trust-domain>/ns/<namespace>/sa/<service>' or '*'"
 GRANTED_SHAPE = ("'spiffe://<td>/ns/<namespace>/sa/<service>' or "
                  "'spiffe://<td>/ns/<namespace>/sa/*'")
 _NAME = re.compile(r"[A-Za-z0-9._-]+")  # a service name is also a SPIFFE path segment
-MIN_BUDGET_TTL, MAX_BUDGET_TTL = 1.0, 60.0  # seconds, as the sidecar's retry budget enforces
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,29 +146,13 @@ def check(policy: MeshPolicy, origins: Origins) -> list[Problem]:
         timeout = cluster.timeout if cluster.HasField("timeout") else None
         if cluster.HasField("retry_policy"):
             _retry_policy(cluster.retry_policy, "retry_policy", timeout, "timeout", report)
-        budget = cluster.retry_budget
-        if not 0 <= budget.retry_ratio <= 1:
-            report("retry_budget.retry_ratio",
-                   f"{budget.retry_ratio} is outside 0..1 (a fraction of requests)")
-        if budget.HasField("ttl") and \
-                not MIN_BUDGET_TTL <= budget.ttl.ToTimedelta().total_seconds() <= MAX_BUDGET_TTL:
-            report("retry_budget.ttl", f"{budget.ttl.ToJsonString()} is outside 1s..60s")
-        if budget.kind == RetryBudget.CONCURRENCY:
-            rate_only = {"ttl": budget.HasField("ttl"),
-                         "min_retries_per_second": budget.min_retries_per_second > 0}
-            for name in (name for name, present in rate_only.items() if present):
-                report(f"retry_budget.{name}", "applies to kind RATE only (a CONCURRENCY "
-                                               "budget counts retries in progress, not per second)")
-        elif budget.min_retry_concurrency:
-            report("retry_budget.min_retry_concurrency", "applies to kind CONCURRENCY only")
-        outlier = cluster.outlier_detection
-        if outlier.max_ejection_percent > 100:
-            report("outlier_detection.max_ejection_percent",
-                   f"{outlier.max_ejection_percent} is over 100")
-        if _longer(outlier, "base_ejection_time", "max_ejection_time"):
-            report("outlier_detection.max_ejection_time",
-                   "must be at least base_ejection_time "
-                   f"({outlier.base_ejection_time.ToJsonString()})")
+        _balancers(cluster, report)
+        _retry_budget(cluster.retry_budget, report)
+        _outlier_detection(cluster.outlier_detection, report)
+        pool = cluster.pool
+        if pool.HasField("max_streams_per_connection") and pool.max_streams_per_connection < 1:
+            report("pool.max_streams_per_connection",
+                   "0 opens no stream at all: at least 1 per connection")
 
     names: dict[str, str] = {}
     domains: dict[str, str] = {}  # domain → the virtual host that serves it first
@@ -211,6 +210,79 @@ def check(policy: MeshPolicy, origins: Origins) -> list[Problem]:
                                            f"{GRANTED_SHAPE}: an account name alone would "
                                            f"match that name in every namespace)")
     return problems
+
+
+def _balancers(cluster: Cluster, report: Report) -> None:
+    """The balancers' ranges, whichever lb_policy is chosen (a mistake is one anyway)."""
+    least = cluster.least_request
+    if least.HasField("choice_count") and least.choice_count < 2:
+        report("least_request.choice_count",
+               f"{least.choice_count} is below 2 (a pick compares two endpoints or more)")
+    if least.HasField("active_request_bias") and \
+            not 0 <= least.active_request_bias < math.inf:
+        report("least_request.active_request_bias",
+               f"{least.active_request_bias} is not a number of 0 or more (0 ignores the load; "
+               f"1 divides the weight by it)")
+    for at, section in (("round_robin", cluster.round_robin),
+                        ("least_request", cluster.least_request)):
+        if section.HasField("slow_start_config"):
+            _slow_start(section.slow_start_config, f"{at}.slow_start_config", report)
+    ring = cluster.ring_hash
+    if ring.HasField("points_per_weight") and \
+            not 1 <= ring.points_per_weight <= MAX_RING_SIZE:
+        report("ring_hash.points_per_weight",
+               f"{ring.points_per_weight} is outside 1..{MAX_RING_SIZE}")
+
+
+def _slow_start(config: SlowStartConfig, at: str, report: Report) -> None:
+    if not config.HasField("slow_start_window"):
+        report(f"{at}.slow_start_window",
+               "a slow start needs its window (how long a new endpoint's weight ramps up)")
+    if config.HasField("aggression") and not 0 < config.aggression < math.inf:
+        report(f"{at}.aggression",
+               f"{config.aggression} is not positive (1 ramps linearly, more ramps faster early)")
+    if config.HasField("min_weight_percent") and not 0 < config.min_weight_percent <= 100:
+        report(f"{at}.min_weight_percent",
+               f"{config.min_weight_percent} is outside 0..100 (above 0: a weight of 0 never "
+               f"gets a turn)")
+
+
+def _retry_budget(budget: RetryBudget, report: Report) -> None:
+    if not 0 <= budget.retry_ratio <= 1:
+        report("retry_budget.retry_ratio",
+               f"{budget.retry_ratio} is outside 0..1 (a fraction of requests)")
+    if budget.HasField("ttl") and not MIN_RETRY_BUDGET_TTL <= \
+            budget.ttl.ToTimedelta().total_seconds() <= MAX_RETRY_BUDGET_TTL:
+        report("retry_budget.ttl", f"{budget.ttl.ToJsonString()} is outside "
+                                   f"{MIN_RETRY_BUDGET_TTL:g}s..{MAX_RETRY_BUDGET_TTL:g}s")
+    if budget.kind == RetryBudget.CONCURRENCY:
+        for name in ("ttl", "min_retries_per_second"):
+            if budget.HasField(name):
+                report(f"retry_budget.{name}", "applies to kind RATE only (a CONCURRENCY "
+                                               "budget counts retries in progress, not per second)")
+    elif budget.HasField("min_retry_concurrency"):
+        report("retry_budget.min_retry_concurrency", "applies to kind CONCURRENCY only")
+
+
+_PERCENTAGES = ("max_ejection_percent", "failure_percentage_threshold",
+                "enforcing_consecutive_5xx", "enforcing_consecutive_gateway_failure",
+                "enforcing_success_rate", "enforcing_failure_percentage")
+
+
+def _outlier_detection(outlier: OutlierDetection, report: Report) -> None:
+    for rule in ("consecutive_5xx", "consecutive_gateway_failure"):
+        if outlier.HasField(rule) and getattr(outlier, rule) == 0:
+            report(f"outlier_detection.{rule}",
+                   f"0 failures in a row never happen: to turn the rule off, set "
+                   f"enforcing_{rule}: 0")
+    for name in _PERCENTAGES:
+        value = getattr(outlier, name)
+        if value > 100:
+            report(f"outlier_detection.{name}", f"{value} is over 100 (a percentage)")
+    if _longer(outlier, "base_ejection_time", "max_ejection_time"):
+        report("outlier_detection.max_ejection_time",
+               "must be at least base_ejection_time "
+               f"({outlier.base_ejection_time.ToJsonString()})")
 
 
 def _namespace(namespace: str, report: Report) -> None:

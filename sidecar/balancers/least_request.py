@@ -47,9 +47,9 @@ class LeastRequestConfig:
     def __post_init__(self) -> None:
         if self.choice_count < 2:
             raise ValueError(f"least request choice_count {self.choice_count}: must be at least 2")
-        if not self.active_request_bias >= 0:  # NaN too
+        if not 0 <= self.active_request_bias < math.inf:  # NaN too; infinity zeroes weights
             raise ValueError(f"least request active_request_bias {self.active_request_bias}: "
-                             f"must not be negative")
+                             f"must be a number of 0 or more")
 
 
 class LeastRequestBalancer(Balancer):

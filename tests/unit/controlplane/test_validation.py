@@ -81,6 +81,50 @@ def test_a_policy_using_every_feature_passes_and_the_sidecar_accepts_it_too() ->
     Router(list(policy.routes), [c.name for c in policy.clusters])
 
 
+TUNED = """
+clusters:
+- name: orders
+  least_request:
+    choice_count: 3
+    active_request_bias: 0               # ignore the load: weighted round robin
+    slow_start_config: {slow_start_window: 30s, aggression: 2, min_weight_percent: 5}
+  outlier_detection:
+    consecutive_5xx: 3
+    enforcing_consecutive_5xx: 0         # watched, never ejected
+    consecutive_gateway_failure: 2
+    enforcing_consecutive_gateway_failure: 100
+    max_ejection_percent: 0              # one endpoint out at a time
+    success_rate_minimum_hosts: 3
+    success_rate_request_volume: 20
+    success_rate_stdev_factor: 1000
+    enforcing_success_rate: 50
+    failure_percentage_threshold: 50
+    failure_percentage_minimum_hosts: 3
+    failure_percentage_request_volume: 10
+    enforcing_failure_percentage: 100
+  circuit_breakers: {max_retries: 0}
+- name: payments
+  lb_policy: ROUND_ROBIN
+  round_robin: {slow_start_config: {slow_start_window: 60s}}
+"""
+
+
+def test_written_zeros_and_every_new_field_are_accepted_and_the_sidecar_runs_them() -> None:
+    store = PolicyStore()
+    store.apply_text(TUNED, "p.yaml")
+    orders, payments = (settings_from(c) for c in store.current[1].clusters)
+    assert orders.least_request is not None and orders.outlier_detection is not None
+    assert orders.least_request.active_request_bias == 0.0  # not the default 1.0
+    assert orders.least_request.slow_start_config is not None
+    assert orders.least_request.slow_start_config.min_weight_percent == 5.0
+    assert orders.outlier_detection.max_ejection_percent == 0  # not the default 10
+    assert orders.outlier_detection.enforcing_consecutive_5xx == 0  # not the default 100
+    assert orders.outlier_detection.enforcing_failure_percentage == 100
+    assert orders.circuit_breakers.max_retries == 0  # not the default 3
+    assert payments.round_robin is not None and payments.round_robin.slow_start_config is not None
+    assert payments.round_robin.slow_start_config.slow_start_window == 60.0
+
+
 def test_the_retry_conditions_are_the_sidecars() -> None:
     assert set(RETRY_ON) == {condition.value for condition in RetryOn}
 
@@ -146,8 +190,61 @@ CLUSTER = "clusters:\n- name: orders\n"
                   "CONCURRENCY only"],
                  id="budget-rate-with-concurrency-field"),
     pytest.param(CLUSTER + "  outlier_detection: {max_ejection_percent: 101}\n",
-                 ["p.yaml: clusters[0].outlier_detection.max_ejection_percent: 101 is over 100"],
-                 id="ejection-percent"),
+                 ["p.yaml: clusters[0].outlier_detection.max_ejection_percent: 101 is over 100 "
+                  "(a percentage)"], id="ejection-percent"),
+    pytest.param(CLUSTER + "  outlier_detection: {max_ejection_percent: -5}\n",
+                 ["p.yaml: clusters[0].outlier_detection.max_ejection_percent: Value out of "
+                  "range: -5"], id="ejection-percent-negative"),
+    pytest.param(CLUSTER + "  outlier_detection: {enforcing_success_rate: 101, "
+                           "enforcing_failure_percentage: 200, "
+                           "failure_percentage_threshold: 150}\n",
+                 ["p.yaml: clusters[0].outlier_detection.failure_percentage_threshold: 150 is "
+                  "over 100 (a percentage)",
+                  "p.yaml: clusters[0].outlier_detection.enforcing_success_rate: 101 is over 100 "
+                  "(a percentage)",
+                  "p.yaml: clusters[0].outlier_detection.enforcing_failure_percentage: 200 is "
+                  "over 100 (a percentage)"], id="outlier-percentages"),
+    pytest.param(CLUSTER + "  outlier_detection: {consecutive_5xx: 0}\n",
+                 ["p.yaml: clusters[0].outlier_detection.consecutive_5xx: 0 failures in a row "
+                  "never happen: to turn the rule off, set enforcing_consecutive_5xx: 0"],
+                 id="consecutive-5xx-zero"),
+    pytest.param(CLUSTER + "  outlier_detection: {interval: 0s}\n",
+                 ["p.yaml: clusters[0].outlier_detection.interval: must be positive, not 0s"],
+                 id="outlier-interval-zero"),
+    pytest.param(CLUSTER + "  least_request: {active_request_bias: -1}\n",
+                 ["p.yaml: clusters[0].least_request.active_request_bias: -1.0 is not a number "
+                  "of 0 or more (0 ignores the load; 1 divides the weight by it)"],
+                 id="bias-negative"),
+    pytest.param(CLUSTER + "  least_request: {active_request_bias: Infinity}\n",
+                 ["p.yaml: clusters[0].least_request.active_request_bias: inf is not a number "
+                  "of 0 or more (0 ignores the load; 1 divides the weight by it)"],
+                 id="bias-infinite"),
+    pytest.param(CLUSTER + "  least_request: {choice_count: 1}\n",
+                 ["p.yaml: clusters[0].least_request.choice_count: 1 is below 2 (a pick compares "
+                  "two endpoints or more)"], id="choice-count"),
+    pytest.param(CLUSTER + "  least_request: {slow_start_config: {aggression: 0, "
+                           "min_weight_percent: 150}}\n",
+                 ["p.yaml: clusters[0].least_request.slow_start_config.slow_start_window: a slow "
+                  "start needs its window (how long a new endpoint's weight ramps up)",
+                  "p.yaml: clusters[0].least_request.slow_start_config.aggression: 0.0 is not "
+                  "positive (1 ramps linearly, more ramps faster early)",
+                  "p.yaml: clusters[0].least_request.slow_start_config.min_weight_percent: 150.0 "
+                  "is outside 0..100 (above 0: a weight of 0 never gets a turn)"],
+                 id="slow-start-ranges"),
+    pytest.param(CLUSTER + "  lb_policy: ROUND_ROBIN\n"
+                           "  round_robin: {slow_start_config: {slow_start_window: 0s}}\n",
+                 ["p.yaml: clusters[0].round_robin.slow_start_config.slow_start_window: must be "
+                  "positive, not 0s"], id="slow-start-window-zero"),
+    pytest.param(CLUSTER + "  ring_hash: {points_per_weight: 0}\n",
+                 ["p.yaml: clusters[0].ring_hash.points_per_weight: 0 is outside 1..262144"],
+                 id="ring-points"),
+    pytest.param(CLUSTER + "  pool: {max_streams_per_connection: 0}\n",
+                 ["p.yaml: clusters[0].pool.max_streams_per_connection: 0 opens no stream at "
+                  "all: at least 1 per connection"], id="pool-streams-zero"),
+    pytest.param(CLUSTER + "  retry_budget: {kind: CONCURRENCY, min_retries_per_second: 0}\n",
+                 ["p.yaml: clusters[0].retry_budget.min_retries_per_second: applies to kind "
+                  "RATE only (a CONCURRENCY budget counts retries in progress, not per second)"],
+                 id="budget-concurrency-with-a-written-zero"),
     pytest.param(CLUSTER + "  outlier_detection: {base_ejection_time: 30s, "
                            "max_ejection_time: 10s}\n",
                  ["p.yaml: clusters[0].outlier_detection.max_ejection_time: must be at least "

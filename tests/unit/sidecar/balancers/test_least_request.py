@@ -95,6 +95,7 @@ def test_a_new_endpoint_in_slow_start_switches_to_weighted_picks() -> None:
     (1, 1.0, "choice_count"),
     (2, -0.5, "active_request_bias"),
     (2, float("nan"), "active_request_bias"),
+    (2, float("inf"), "active_request_bias"),
 ])
 def test_rejects_nonsense(choices: int, bias: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
