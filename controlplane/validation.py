@@ -20,6 +20,9 @@ or worse, a policy every sidecar accepts and that routes nowhere. The rules:
                     failure_percentage_threshold, enforcing_*); max_ejection_time ≥
                     base_ejection_time
     pool            max_streams_per_connection ≥ 1
+    faults          a delay (with its fixed_delay) or an abort (an HTTP status 200..599 or a
+                    gRPC status 1..16), percentages within 0..100
+    rate limits     max_tokens and tokens_per_fill at least 1, a fill_interval
     routes          a unique name; each virtual host has domains, none served twice (the
                     first would win silently); each route a path specifier (prefix, path or
                     safe_regex) that starts with '/' or compiles, lower-case header names, and a
@@ -58,6 +61,9 @@ from mesh.identity import parse as parse_spiffe_id
 from mesh.proto.bounds import MAX_RETRY_BUDGET_TTL, MAX_RING_SIZE, MIN_RETRY_BUDGET_TTL
 from mesh.proto.config_pb2 import (
     Cluster,
+    FaultInjection,
+    HeaderMatcher,
+    LocalRateLimit,
     MeshPolicy,
     OutlierDetection,
     RetryBudget,
@@ -179,6 +185,10 @@ def check(policy: MeshPolicy, origins: Origins) -> list[Problem]:
             for k, route in enumerate(host.routes):
                 _match(route.match, f"{at}.routes[{k}].match", report)
                 _action(route.route, f"{at}.routes[{k}].route", declared, report)
+                if route.HasField("fault"):
+                    _fault(route.fault, f"{at}.routes[{k}].fault", report)
+                if route.HasField("rate_limit"):
+                    _rate_limit(route.rate_limit, f"{at}.routes[{k}].rate_limit", report)
 
     for i, authorization in enumerate(policy.authorization):
         report, _ = entry("authorization", i)
@@ -325,13 +335,49 @@ def _match(match: RouteMatch, at: str, report: Report) -> None:
         value = getattr(match, kind)
         if (value or kind == "path") and not value.startswith("/"):
             report(f"{at}.{kind}", f"{value!r} must start with '/'")
-    for n, header in enumerate(match.headers):
+    _headers(list(match.headers), f"{at}.headers", report)
+
+
+def _headers(headers: list[HeaderMatcher], at: str, report: Report) -> None:
+    for n, header in enumerate(headers):
         if not header.name:
-            report(f"{at}.headers[{n}].name", "a header matcher needs a header name")
+            report(f"{at}[{n}].name", "a header matcher needs a header name")
         elif header.name != header.name.lower():
-            report(f"{at}.headers[{n}].name",
+            report(f"{at}[{n}].name",
                    f"{header.name!r}: header names are matched in lower case, write "
                    f"{header.name.lower()!r}")
+
+
+def _fault(fault: FaultInjection, at: str, report: Report) -> None:
+    if not (fault.HasField("delay") or fault.HasField("abort")):
+        report(at, "a fault needs a delay, an abort or both")
+    for name in ("delay", "abort"):
+        if fault.HasField(name) and not 0 <= getattr(fault, name).percentage <= 100:
+            report(f"{at}.{name}.percentage",
+                   f"{getattr(fault, name).percentage} is outside 0..100 (a percentage of "
+                   f"requests)")
+    if fault.HasField("delay") and not fault.delay.HasField("fixed_delay"):
+        report(f"{at}.delay.fixed_delay", "a delay needs its fixed_delay")
+    if fault.HasField("abort"):
+        kind = fault.abort.WhichOneof("error_type")
+        if kind is None:
+            report(f"{at}.abort", "an abort needs an http_status or a grpc_status")
+        elif kind == "http_status" and not 200 <= fault.abort.http_status <= 599:
+            report(f"{at}.abort.http_status", f"{fault.abort.http_status} is not an HTTP "
+                                              f"status (200..599)")
+        elif kind == "grpc_status" and not 1 <= fault.abort.grpc_status <= 16:
+            report(f"{at}.abort.grpc_status", f"{fault.abort.grpc_status} is not a gRPC error "
+                                              f"status (1..16)")
+    _headers(list(fault.headers), f"{at}.headers", report)
+
+
+def _rate_limit(limit: LocalRateLimit, at: str, report: Report) -> None:
+    if limit.max_tokens < 1:
+        report(f"{at}.max_tokens", "a bucket needs at least one token (max_tokens >= 1)")
+    if limit.HasField("tokens_per_fill") and limit.tokens_per_fill < 1:
+        report(f"{at}.tokens_per_fill", "0 would never refill the bucket")
+    if not limit.HasField("fill_interval"):
+        report(f"{at}.fill_interval", "a bucket needs its fill_interval")
 
 
 def _action(action: RouteAction, at: str, declared: dict[str, Cluster], report: Report) -> None:

@@ -67,7 +67,8 @@ class LiveConfig:
                                    if isinstance(r, ClusterLoadAssignment)])
         elif type_url == ROUTES:
             routes = [r for r in resources if isinstance(r, RouteConfiguration)]
-            self.router = Router(routes, self.clusters.keys())
+            self.router = Router(routes, self.clusters.keys(), clock=self._clock,
+                                 previous=self.router)
             self._routes = routes
         elif type_url == AUTHORIZATION:
             policies = [r for r in resources if isinstance(r, AuthorizationPolicy)]
@@ -80,7 +81,8 @@ class LiveConfig:
         settings = {c.name: settings_from(c) for c in clusters}  # raises before any change
         if len(settings) != len(clusters):
             raise ValueError("two clusters share a name")
-        router = Router(self._routes, settings.keys())  # the fallback must see new names
+        # The fallback must see new names; the routes' rate-limit buckets carry over.
+        router = Router(self._routes, settings.keys(), clock=self._clock, previous=self.router)
         updated: dict[str, UpstreamCluster] = {}
         for name, new in settings.items():
             cluster = self.clusters.get(name)

@@ -18,7 +18,12 @@ not validate cluster names by default, the route is kept and its requests are an
 configuration, which has no later update to wait for, is checked up front
 (:meth:`Router.check_clusters`, Envoy's ``validate_clusters`` for static routes).
 
-Pure: the weighted choice takes the caller's ``random.Random``.
+A route may also carry a fault to inject (:mod:`sidecar.fault`) and a local rate limit
+(:mod:`sidecar.rate_limit`): the target hands them to the outbound side. A rate limit's bucket
+lives as long as its route: a new configuration that keeps a route's name and limit keeps its
+bucket, so that a change elsewhere does not hand out a fresh burst.
+
+Pure: the weighted choice takes the caller's ``random.Random``; buckets read a ``Clock``.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.proto.config_pb2 import HeaderMatcher, Route, RouteConfiguration
 from sidecar.cluster import retry_settings_from
+from sidecar.fault import FaultPolicy, fault_policy_from
+from sidecar.rate_limit import RateLimiter, rate_limit_settings_from
 from sidecar.retry import RetrySettings
 
 
@@ -41,6 +49,8 @@ class RouteTarget:
     route: str  # a name for logs and metrics: "<virtual host>/<index>", or "default"
     timeout: float | None  # seconds; None: the cluster's
     retry_policy: RetrySettings | None  # None: the cluster's
+    fault: FaultPolicy | None = None  # faults to inject into the request
+    rate_limit: RateLimiter | None = None  # the route's bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +63,8 @@ class _CompiledRoute:
     clusters: tuple[tuple[str, int], ...]  # (cluster, cumulative weight) for weighted splits
     timeout: float | None
     retry_policy: RetrySettings | None
+    fault: FaultPolicy | None
+    rate_limit: RateLimiter | None
 
     def matches(self, path: str, headers: Mapping[str, str]) -> bool:
         if self.path is not None and path.split("?", 1)[0] != self.path:
@@ -61,7 +73,7 @@ class _CompiledRoute:
             return False
         if self.regex is not None and self.regex.fullmatch(path.split("?", 1)[0]) is None:
             return False
-        return all(_header_matches(m, headers) for m in self.headers)
+        return all(header_matches(m, headers) for m in self.headers)
 
     def pick(self, rng: random.Random) -> str:
         if len(self.clusters) == 1:
@@ -70,7 +82,8 @@ class _CompiledRoute:
         return next(name for name, upto in self.clusters if draw < upto)
 
 
-def _header_matches(matcher: HeaderMatcher, headers: Mapping[str, str]) -> bool:
+def header_matches(matcher: HeaderMatcher, headers: Mapping[str, str]) -> bool:
+    """Whether ``headers`` satisfy ``matcher`` (routes and faults mean the same by it)."""
     value = headers.get(matcher.name)
     kind = matcher.WhichOneof("match")
     if kind == "exact":
@@ -86,8 +99,13 @@ class Router:
     """Compiled routes; :meth:`route` is called once per request."""
 
     def __init__(self, configurations: list[RouteConfiguration],
-                 clusters: Collection[str]) -> None:
+                 clusters: Collection[str], *, clock: Clock = SYSTEM_CLOCK,
+                 previous: Router | None = None) -> None:
         """Compile ``configurations``; ``clusters`` are the cluster names the sidecar has.
+
+        Args:
+            previous: the router this one replaces; its routes' buckets are kept where a route
+                keeps its name and limit.
 
         Raises:
             ValueError: a route names no cluster, has a bad regex, or weights that do not add
@@ -95,6 +113,9 @@ class Router:
                 ``clusters`` is not an error here (see :meth:`check_clusters`).
         """
         self._clusters = frozenset(clusters)
+        self._clock = clock
+        self.limiters: dict[str, RateLimiter] = {}  # by route name
+        self._kept = previous.limiters if previous is not None else {}  # while compiling
         self._unknown: list[tuple[str, str]] = []  # (route, cluster) for check_clusters
         self._hosts: dict[str, list[_CompiledRoute]] = {}
         for configuration in configurations:
@@ -103,6 +124,7 @@ class Router:
                           for i, r in enumerate(host.routes)]
                 for domain in host.domains:
                     self._hosts.setdefault(domain.lower(), routes)
+        self._kept = {}  # the old router's buckets are not needed any more
 
     def _compile(self, name: str, route: Route) -> _CompiledRoute:
         match, action = route.match, route.route
@@ -137,7 +159,17 @@ class Router:
                      if action.HasField("timeout") else None),
             retry_policy=(retry_settings_from(action.retry_policy)
                           if action.HasField("retry_policy") else None),
+            fault=fault_policy_from(route.fault) if route.HasField("fault") else None,
+            rate_limit=self._limiter(name, route) if route.HasField("rate_limit") else None,
         )
+
+    def _limiter(self, name: str, route: Route) -> RateLimiter:
+        settings = rate_limit_settings_from(route.rate_limit)
+        kept = self._kept.get(name)
+        limiter = kept if kept is not None and kept.settings == settings else \
+            RateLimiter(settings, self._clock, name=f"route {name}")
+        self.limiters[name] = limiter
+        return limiter
 
     def check_clusters(self) -> None:
         """Insist that every route names a known cluster (for a static configuration).
@@ -162,7 +194,7 @@ class Router:
             for route in routes:
                 if route.matches(path, headers):
                     return RouteTarget(route.pick(rng), route.name, route.timeout,
-                                       route.retry_policy)
+                                       route.retry_policy, route.fault, route.rate_limit)
             return None
         if host in self._clusters:
             return RouteTarget(host, "default", None, None)
