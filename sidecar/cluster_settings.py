@@ -232,7 +232,7 @@ def settings_from(cluster: Cluster) -> ClusterSettings:
                                          CircuitBreakerConfig),
             pool=read.config(cluster.pool, "pool", PoolSettings),
             app_protocol=cluster.app_protocol,
-            defaulted=tuple(read.defaulted))  # the last argument: every field has been read
+            defaulted=tuple(sorted(read.defaulted)))  # last: every field has been read
     except ValueError as error:
         raise ValueError(f"cluster {cluster.name}: {error}") from None
     return settings

@@ -57,7 +57,10 @@ async def test_config_dump_shows_the_resources_and_effective_settings(mesh: Mesh
     assert hosts == {"shop", "greeter-strict", "web-strict"}
     effective = dump["effective_cluster_settings"]
     assert effective["ghost"]["connect_timeout"] == 0.3  # as configured
-    assert effective["web"]["timeout"] == 15.0  # the default, filled in
+    assert "connect_timeout" not in effective["ghost"]["defaulted"]
+    assert effective["web"]["timeout"] == 15.0  # the default, filled in, and marked so
+    assert "timeout" in effective["web"]["defaulted"]
+    assert effective["web"]["lb_policy"] == "LEAST_REQUEST"
 
 
 async def test_clusters_list_each_endpoint_with_its_state(mesh: Mesh) -> None:
