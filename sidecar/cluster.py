@@ -30,9 +30,6 @@ from sidecar.balancers import (
 )
 from sidecar.circuit_breaker import CircuitBreaker, Limit, Overflow, Overloaded
 from sidecar.cluster_settings import ClusterSettings
-
-# Re-exported: sidecar/router.py still imports it from here (it moved to cluster_settings.py).
-from sidecar.cluster_settings import retry_settings_from as retry_settings_from
 from sidecar.metrics import SidecarMetrics
 from sidecar.outcome import Outcome
 from sidecar.outlier import Ejected, OutlierDetector, Returned

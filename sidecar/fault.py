@@ -22,9 +22,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from mesh.grpc import StatusCode
+from mesh.grpc.status import code_for_http_status
 from mesh.proto.config_pb2 import FaultInjection, HeaderMatcher
+from sidecar.outcome import Outcome, http_status_of
 
-FAULT_HEADER = "x-mesh-fault"  # on an injected answer: "abort"; on a delayed call: "delay"
+FAULT_HEADER = "x-mesh-fault"  # on an answer the fault made: "abort", or "delay" (a timeout)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +35,15 @@ class Abort:
 
     http_status: int | None = None
     grpc_status: StatusCode | None = None
+
+    def reply(self) -> tuple[int, StatusCode]:
+        """The HTTP status and gRPC status to answer with (a gRPC caller sees the latter, as
+        its library would map an HTTP status; an HTTP caller the former)."""
+        if self.http_status is not None:
+            return self.http_status, code_for_http_status(self.http_status)
+        assert self.grpc_status is not None, "an abort has a status"
+        as_http = http_status_of(Outcome(status=200, grpc_status=self.grpc_status))
+        return (as_http if as_http != 200 else 500), self.grpc_status
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -39,6 +39,12 @@ class SidecarMetrics:
         self.overflows = Counter("mesh_sidecar_circuit_breaker_overflows",
                                  "Calls refused by a circuit breaker", ["cluster", "limit"],
                                  registry=r)
+        self.faults = Counter("mesh_sidecar_faults_injected",
+                              "Faults a route's policy injected, by route and kind (delay, "
+                              "abort)", ["route", "kind"], registry=r)
+        self.rate_limited = Counter("mesh_sidecar_rate_limited",
+                                    "Requests refused by a local rate limit, by direction and "
+                                    "limit", ["direction", "limit"], registry=r)
         self.ejections = Counter("mesh_sidecar_outlier_ejections", "Endpoints ejected",
                                  ["cluster"], registry=r)
         self.upstream_connections = Counter("mesh_sidecar_upstream_connections_opened",

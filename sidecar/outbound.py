@@ -3,9 +3,12 @@
 Per request, in order (each step can answer locally instead, never hang):
 
 1. **route**: the router picks a cluster from ``:authority``, path and headers (404 /
-   UNIMPLEMENTED when nothing matches);
+   UNIMPLEMENTED when nothing matches); the route's local rate limit, if it has one, may
+   refuse the call at once (429 / RESOURCE_EXHAUSTED, ``x-mesh-ratelimited``);
 2. **deadline**: the route's timeout, capped by the caller's own (``grpc-timeout`` or
-   ``x-mesh-timeout-ms``) — every call has a timeout, shorter than its caller's;
+   ``x-mesh-timeout-ms``) — every call has a timeout, shorter than its caller's; then the
+   route's fault, if it has one: a delay (within the deadline) and an abort, answered here
+   with ``x-mesh-fault`` (:mod:`sidecar.fault`);
 3. **circuit breaker**: over ``max_requests`` the call is refused at once (503 /
    UNAVAILABLE, ``x-mesh-overloaded`` names the limit);
 4. **attempts**: the balancer picks an endpoint (avoiding ones already tried), the pool opens a
@@ -28,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import cast
 
@@ -41,6 +45,7 @@ from sidecar.balancers import EndpointState
 from sidecar.circuit_breaker import Limit, Overflow, Overloaded
 from sidecar.cluster import UpstreamCluster
 from sidecar.config import LiveConfig
+from sidecar.fault import FAULT_HEADER, NO_FAULT, FaultDecision, decide
 from sidecar.forward import (
     Downstream,
     Replay,
@@ -53,7 +58,9 @@ from sidecar.forward import (
 from sidecar.metrics import RESET, SidecarMetrics
 from sidecar.outcome import Failure, Outcome, http_status_of
 from sidecar.pool import ConnectFailure
+from sidecar.rate_limit import RATE_LIMITED_HEADER
 from sidecar.retry import Retry, RetrySettings, RetryState, StopReason
+from sidecar.router import RouteTarget, header_matches
 
 log = logging.getLogger("sidecar.outbound")
 
@@ -83,38 +90,53 @@ class Outbound:
         grpc = mesh_headers.is_grpc(request)
         authority = values.get(":authority", "")
         path = values.get(":path", "/")
+
+        async def answer(cluster: str, status: int, code: StatusCode, message: str,
+                         extra: Headers | None = None) -> None:
+            await local_reply(down, grpc=grpc, status=status, grpc_status=code,
+                              message=message, extra=extra)
+            self.metrics.request_done("outbound", cluster, status, self.clock.now() - started)
+
         target = self.config.router.route(authority, path, values, self.rng)
         if target is None:
-            await local_reply(down, grpc=grpc, status=404, grpc_status=StatusCode.UNIMPLEMENTED,
-                              message=f"no route to {authority}{path}")
-            self.metrics.request_done("outbound", "none", 404, self.clock.now() - started)
-            return
+            return await answer("none", 404, StatusCode.UNIMPLEMENTED,
+                                f"no route to {authority}{path}")
+        limit = target.rate_limit
+        if limit is not None and not limit.admit():
+            self.metrics.rate_limited.labels("outbound", limit.name).inc()
+            return await answer(target.cluster, 429, StatusCode.RESOURCE_EXHAUSTED,
+                                f"{limit.name}: local rate limit", [(RATE_LIMITED_HEADER,
+                                                                     limit.name)])
         cluster = self.config.clusters.get(target.cluster)
         if cluster is None:  # the route names a cluster not (yet, or any more) known
-            await local_reply(down, grpc=grpc, status=503, grpc_status=StatusCode.UNAVAILABLE,
-                              message=f"no cluster {target.cluster}")
-            self.metrics.request_done("outbound", target.cluster, 503,
-                                      self.clock.now() - started)
-            return
+            return await answer(target.cluster, 503, StatusCode.UNAVAILABLE,
+                                f"no cluster {target.cluster}")
         settings = cluster.settings
         timeout = target.timeout or settings.timeout
         caller = mesh_headers.caller_timeout(values)
         if caller is not None:
             timeout = min(timeout, caller)
+        deadline = started + timeout
+        if target.fault is not None:
+            fault = decide(target.fault, values, self.rng, header_matches)
+            try:
+                if fault is not NO_FAULT and not await self._inject(fault, target, deadline,
+                                                                    answer):
+                    return
+            except asyncio.CancelledError:  # the caller left during the delay
+                self.metrics.request_done("outbound", target.cluster, RESET,
+                                          self.clock.now() - started)
+                raise
         policy = target.retry_policy or settings.retry_policy
         permit = cluster.breaker.try_acquire(Limit.REQUESTS)
         if isinstance(permit, Overflow):
             self.metrics.overflows.labels(target.cluster, permit.limit.value).inc()
-            await local_reply(down, grpc=grpc, status=503, grpc_status=StatusCode.UNAVAILABLE,
-                              message=f"cluster {target.cluster}: {permit.limit.value} "
-                                      f"({permit.maximum}) reached",
-                              extra=[(mesh_headers.OVERLOADED_HEADER, permit.limit.value)])
-            self.metrics.request_done("outbound", target.cluster, 503,
-                                      self.clock.now() - started)
-            return
+            return await answer(target.cluster, 503, StatusCode.UNAVAILABLE,
+                                f"cluster {target.cluster}: {permit.limit.value} "
+                                f"({permit.maximum}) reached",
+                                [(mesh_headers.OVERLOADED_HEADER, permit.limit.value)])
         call = _Call(self, down, cluster, policy, grpc, mesh_headers.from_app(request),
-                     values.get(":method", "GET"), started + timeout,
-                     key=cluster.hash_key(values))
+                     values.get(":method", "GET"), deadline, key=cluster.hash_key(values))
         status: int | str = RESET  # unless run() returns: the caller reset the stream, which
         try:  # cancels this task
             status = await call.run()
@@ -122,6 +144,32 @@ class Outbound:
             permit.release()
             self.metrics.request_done("outbound", target.cluster, status,
                                       self.clock.now() - started)
+
+    async def _inject(self, fault: FaultDecision, target: RouteTarget, deadline: float,
+                      answer: Callable[[str, int, StatusCode, str, Headers], Awaitable[None]]
+                      ) -> bool:
+        """Carry out a route's fault; False when it answered the call itself.
+
+        The delay counts against the call's deadline, as a slow upstream would: a delay longer
+        than the route's timeout is a timeout (504), which is what it is there to show.
+        """
+        route = target.route
+        if fault.delay:
+            self.metrics.faults.labels(route, "delay").inc()
+            remaining = deadline - self.clock.now()
+            await asyncio.sleep(max(0.0, min(fault.delay, remaining)))
+            if fault.delay >= remaining:
+                await answer(target.cluster, 504, StatusCode.DEADLINE_EXCEEDED,
+                             f"route {route}: deadline exceeded during an injected delay of "
+                             f"{fault.delay:g}s", [(FAULT_HEADER, "delay")])
+                return False
+        if fault.abort is not None:
+            self.metrics.faults.labels(route, "abort").inc()
+            status, code = fault.abort.reply()
+            await answer(target.cluster, status, code, f"route {route}: fault injected (abort)",
+                         [(FAULT_HEADER, "abort")])
+            return False
+        return True
 
 
 class _Phase(Enum):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.proto.config_pb2 import HeaderMatcher, Route, RouteConfiguration
-from sidecar.cluster import retry_settings_from
+from sidecar.cluster_settings import retry_settings_from
 from sidecar.fault import FaultPolicy, fault_policy_from
 from sidecar.rate_limit import RateLimiter, rate_limit_settings_from
 from sidecar.retry import RetrySettings

@@ -252,6 +252,7 @@ def client_config() -> dict[str, Any]:
                                                                "weight": 10}]}}}]},
             strict("greeter-strict", "greeter"),
             strict("web-strict", "web"),
+            *route_policy_hosts(),
         ]}],
         "endpoints": {
             "greeter": [{"address": B_HOST, "port": INBOUND}],
@@ -263,6 +264,33 @@ def client_config() -> dict[str, Any]:
             "narrow": [{"address": W1_HOST, "port": INBOUND}],
         },
     }
+
+
+def route_policy_hosts() -> list[dict[str, Any]]:
+    """Virtual hosts whose routes inject faults or limit the rate (test_route_policies.py)."""
+    def to(cluster: str, **policy: Any) -> list[dict[str, Any]]:
+        return [{"match": {"prefix": "/"}, "route": {"cluster": cluster}, **policy}]
+
+    only_chaos = [{"name": "x-chaos", "exact": "yes"}]
+    return [
+        {"name": "web-abort", "domains": ["web-abort"], "routes": to(
+            "web", fault={"abort": {"http_status": 503, "percentage": 100},
+                          "headers": only_chaos})},
+        {"name": "web-delay", "domains": ["web-delay"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "web", "timeout": "0.5s"},
+             "fault": {"delay": {"fixed_delay": "0.2s", "percentage": 100},
+                       "headers": only_chaos}},
+            ]},
+        {"name": "web-stall", "domains": ["web-stall"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "web", "timeout": "0.3s"},
+             "fault": {"delay": {"fixed_delay": "5s", "percentage": 100}}}]},
+        {"name": "web-limited", "domains": ["web-limited"], "routes": to(
+            "web", rate_limit={"max_tokens": 3, "fill_interval": "3600s"})},
+        {"name": "greeter-abort", "domains": ["greeter-abort"], "routes": to(
+            "greeter", fault={"abort": {"grpc_status": 14, "percentage": 100}})},
+        {"name": "greeter-limited", "domains": ["greeter-limited"], "routes": to(
+            "greeter", rate_limit={"max_tokens": 2, "fill_interval": "3600s"})},
+    ]
 
 
 def greeter_config() -> dict[str, Any]:

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from tests.integration.sidecar.conftest import B_HOST, INBOUND, Mesh, parse_metrics, run_tool
+from tests.integration.sidecar.conftest import (
+    B_HOST,
+    INBOUND,
+    Mesh,
+    parse_metrics,
+    route_policy_hosts,
+    run_tool,
+)
 
 CLUSTERS = {"greeter", "web", "web-canary", "pooled", "ghost", "idle", "narrow"}
 
@@ -54,7 +61,8 @@ async def test_config_dump_shows_the_resources_and_effective_settings(mesh: Mesh
                    if a["cluster_name"] == "greeter")
     assert greeter["endpoints"] == [{"address": B_HOST, "port": INBOUND}]
     hosts = {h["name"] for h in dump["resources"]["RouteConfiguration"][0]["virtual_hosts"]}
-    assert hosts == {"shop", "greeter-strict", "web-strict"}
+    assert hosts == {"shop", "greeter-strict", "web-strict",
+                     *(h["name"] for h in route_policy_hosts())}
     effective = dump["effective_cluster_settings"]
     assert effective["ghost"]["connect_timeout"] == 0.3  # as configured
     assert "connect_timeout" not in effective["ghost"]["defaulted"]
