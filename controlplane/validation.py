@@ -22,7 +22,8 @@ or worse, a policy every sidecar accepts and that routes nowhere. The rules:
     pool            max_streams_per_connection ≥ 1
     faults          a delay (with its fixed_delay) or an abort (an HTTP status 200..599 or a
                     gRPC status 1..16), percentages within 0..100
-    rate limits     max_tokens and tokens_per_fill at least 1, a fill_interval
+    rate limits     max_tokens and tokens_per_fill at least 1, a fill_interval (a route's
+                    rate_limit, a cluster's inbound_rate_limit)
     routes          a unique name; each virtual host has domains, none served twice (the
                     first would win silently); each route a path specifier (prefix, path or
                     safe_regex) that starts with '/' or compiles, lower-case header names, and a
@@ -149,6 +150,8 @@ def check(policy: MeshPolicy, origins: Origins) -> list[Problem]:
             clusters[cluster.name] = where
             declared[cluster.name] = cluster
         _namespace(cluster.namespace, report)
+        if cluster.HasField("inbound_rate_limit"):
+            _rate_limit(cluster.inbound_rate_limit, "inbound_rate_limit", report)
         timeout = cluster.timeout if cluster.HasField("timeout") else None
         if cluster.HasField("retry_policy"):
             _retry_policy(cluster.retry_policy, "retry_policy", timeout, "timeout", report)

@@ -49,6 +49,7 @@ from sidecar.outlier import (
     OutlierDetectionConfig,
 )
 from sidecar.pool import DEFAULT_MAX_STREAMS
+from sidecar.rate_limit import RateLimitSettings, rate_limit_settings_from
 from sidecar.retry import RetryOn, RetrySettings
 from sidecar.retry_budget import DEFAULT_RETRY_RATIO, ConcurrencyBudgetConfig, RateBudgetConfig
 
@@ -98,6 +99,7 @@ class ClusterSettings:
     circuit_breakers: CircuitBreakerConfig
     pool: PoolSettings
     app_protocol: int  # Cluster.Protocol
+    inbound_rate_limit: RateLimitSettings | None  # what this service's own sidecar accepts
     # The field paths the message left unset, so that their default applies ("pool.idle_timeout").
     defaulted: tuple[str, ...] = ()
 
@@ -232,6 +234,8 @@ def settings_from(cluster: Cluster) -> ClusterSettings:
                                          CircuitBreakerConfig),
             pool=read.config(cluster.pool, "pool", PoolSettings),
             app_protocol=cluster.app_protocol,
+            inbound_rate_limit=(rate_limit_settings_from(cluster.inbound_rate_limit)
+                                if cluster.HasField("inbound_rate_limit") else None),
             defaulted=tuple(sorted(read.defaulted)))  # last: every field has been read
     except ValueError as error:
         raise ValueError(f"cluster {cluster.name}: {error}") from None

@@ -4,7 +4,9 @@ Per request:
 
 1. **who**: the caller's SPIFFE ID, proved by its client certificate in the mTLS handshake
    (the listener accepts no connection without one), read once per connection (:class:`Caller`);
-2. **may they**: the service's authorization policy decides (403 / PERMISSION_DENIED);
+2. **may they**: the service's authorization policy decides (403 / PERMISSION_DENIED); then
+   its ``inbound_rate_limit``, if it has one (429 / RESOURCE_EXHAUSTED, ``x-mesh-ratelimited``):
+   after authorization, so a caller that may not call cannot spend the others' tokens;
 3. **headers**: ``x-forwarded-client-cert`` is set from the verified identity, and whatever the
    caller sent as ``x-forwarded-client-cert`` or ``x-forwarded-for`` is dropped;
 4. **deadline**: the caller's remaining time (``grpc-timeout`` / ``x-mesh-timeout-ms``) bounds
@@ -37,6 +39,7 @@ from sidecar.forward import Upstream, local_reply, send_request_body, send_respo
 from sidecar.metrics import RESET, SidecarMetrics
 from sidecar.outcome import Outcome, http_status_of
 from sidecar.pool import ConnectFailure
+from sidecar.rate_limit import RATE_LIMITED_HEADER, RateLimiter
 
 log = logging.getLogger("sidecar.inbound")
 
@@ -73,6 +76,7 @@ class Inbound:
         self.clock = clock
         self._callers: weakref.WeakKeyDictionary[StreamOwner, Caller] = \
             weakref.WeakKeyDictionary()
+        self._bucket: RateLimiter | None = None  # see _limiter
 
     def app(self) -> App:
         """The app, spoken to as told, else as the service's cluster declares, else h2c."""
@@ -81,6 +85,16 @@ class Inbound:
             cluster = self.config.clusters.get(self.config.service)
             protocol = cluster.settings.app_protocol if cluster is not None else Cluster.GRPC
         return self.http1 if protocol == Cluster.HTTP1 else self.h2c
+
+    def _limiter(self) -> RateLimiter | None:
+        """The bucket of the service's ``inbound_rate_limit``; kept while its settings are."""
+        cluster = self.config.clusters.get(self.config.service)
+        settings = cluster.settings.inbound_rate_limit if cluster is not None else None
+        if settings is None:
+            self._bucket = None
+        elif self._bucket is None or self._bucket.settings != settings:
+            self._bucket = RateLimiter(settings, self.clock, name=f"inbound {self.config.service}")
+        return self._bucket
 
     async def handle(self, down: Stream) -> None:
         started = self.clock.now()
@@ -123,6 +137,14 @@ class Inbound:
             await local_reply(down, grpc=grpc, status=403,
                               grpc_status=StatusCode.PERMISSION_DENIED, message=verdict.reason)
             return 403
+        limiter = self._limiter()
+        if limiter is not None and not limiter.admit():
+            self.metrics.rate_limited.labels("inbound", limiter.name).inc()
+            await local_reply(down, grpc=grpc, status=429,
+                              grpc_status=StatusCode.RESOURCE_EXHAUSTED,
+                              message=f"{limiter.name}: local rate limit",
+                              extra=[(RATE_LIMITED_HEADER, limiter.name)])
+            return 429
         forwarded = mesh_headers.from_peer(request, client_cert=caller.client_cert)
         timeout = mesh_headers.caller_timeout(values)
         up: Upstream | None = None

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "namespace", "lb_policy", "round_robin", "least_request", "peak_ewma", "ring_hash", "connect_timeout", "timeout", "retry_policy", "retry_budget", "outlier_detection", "circuit_breakers", "pool", "app_protocol")
+    __slots__ = ("name", "namespace", "lb_policy", "round_robin", "least_request", "peak_ewma", "ring_hash", "connect_timeout", "timeout", "retry_policy", "retry_budget", "outlier_detection", "circuit_breakers", "pool", "app_protocol", "inbound_rate_limit")
     class LbPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         LEAST_REQUEST: _ClassVar[Cluster.LbPolicy]
@@ -45,6 +45,7 @@ class Cluster(_message.Message):
     CIRCUIT_BREAKERS_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     APP_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    INBOUND_RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     lb_policy: Cluster.LbPolicy
@@ -60,7 +61,8 @@ class Cluster(_message.Message):
     circuit_breakers: CircuitBreakers
     pool: ConnectionPool
     app_protocol: Cluster.Protocol
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., lb_policy: _Optional[_Union[Cluster.LbPolicy, str]] = ..., round_robin: _Optional[_Union[RoundRobin, _Mapping]] = ..., least_request: _Optional[_Union[LeastRequest, _Mapping]] = ..., peak_ewma: _Optional[_Union[PeakEwma, _Mapping]] = ..., ring_hash: _Optional[_Union[RingHash, _Mapping]] = ..., connect_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., circuit_breakers: _Optional[_Union[CircuitBreakers, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., app_protocol: _Optional[_Union[Cluster.Protocol, str]] = ...) -> None: ...
+    inbound_rate_limit: LocalRateLimit
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., lb_policy: _Optional[_Union[Cluster.LbPolicy, str]] = ..., round_robin: _Optional[_Union[RoundRobin, _Mapping]] = ..., least_request: _Optional[_Union[LeastRequest, _Mapping]] = ..., peak_ewma: _Optional[_Union[PeakEwma, _Mapping]] = ..., ring_hash: _Optional[_Union[RingHash, _Mapping]] = ..., connect_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., circuit_breakers: _Optional[_Union[CircuitBreakers, _Mapping]] = ..., pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., app_protocol: _Optional[_Union[Cluster.Protocol, str]] = ..., inbound_rate_limit: _Optional[_Union[LocalRateLimit, _Mapping]] = ...) -> None: ...
 
 class RoundRobin(_message.Message):
     __slots__ = ("slow_start_config",)

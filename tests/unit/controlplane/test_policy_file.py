@@ -9,7 +9,7 @@ from mesh.proto.config_pb2 import Cluster, MeshPolicy
 
 CLUSTER_FIELDS = ("name, namespace, lb_policy, round_robin, least_request, peak_ewma, ring_hash, "
                   "connect_timeout, timeout, retry_policy, retry_budget, outlier_detection, "
-                  "circuit_breakers, pool, app_protocol")
+                  "circuit_breakers, pool, app_protocol, inbound_rate_limit")
 
 
 def problems(text: str) -> list[str]:

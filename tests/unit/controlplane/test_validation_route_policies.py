@@ -84,3 +84,10 @@ AT = "p.yaml: routes[0].virtual_hosts[0].routes[0]"
 ])
 def test_nonsense_is_refused_with_the_field_path(extra: str, expected: list[str]) -> None:
     assert problems(policy_with(extra)) == expected
+
+
+def test_a_clusters_inbound_limit_is_checked_too() -> None:
+    assert problems("clusters:\n- name: orders\n  inbound_rate_limit: {max_tokens: 0}\n") == [
+        "p.yaml: clusters[0].inbound_rate_limit.max_tokens: a bucket needs at least one token "
+        "(max_tokens >= 1)",
+        "p.yaml: clusters[0].inbound_rate_limit.fill_interval: a bucket needs its fill_interval"]
