@@ -17,4 +17,11 @@ Glossary:
     outlier          outlier detection: endpoints that keep failing are ejected for a growing time.
     circuit_breaker  per-cluster caps on connections, pending requests, requests and retries;
                      overflow is answered at once (503 / UNAVAILABLE).
+    cluster_settings a Cluster message read into the settings a cluster runs with, every
+                     default filled in from the constant beside its algorithm (and which were).
+    fault            a route's injected delay and abort (Envoy's fault filter).
+    rate_limit       a token bucket per route or per service's inbound side (Envoy's local
+                     rate limit): over it, 429 / RESOURCE_EXHAUSTED.
+    pool             HTTP/2 connections to one endpoint, shared by every request; a new one
+                     must prove the identity that registered the endpoint.
 """
