@@ -48,7 +48,7 @@ from sidecar.outlier import (
     DEFAULT_MAX_EJECTION_TIME,
     OutlierDetectionConfig,
 )
-from sidecar.pool import DEFAULT_MAX_STREAMS
+from sidecar.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS
 from sidecar.rate_limit import RateLimitSettings, rate_limit_settings_from
 from sidecar.retry import RetryOn, RetrySettings
 from sidecar.retry_budget import DEFAULT_RETRY_RATIO, ConcurrencyBudgetConfig, RateBudgetConfig
@@ -58,9 +58,6 @@ DEFAULT_CONNECT_TIMEOUT = 1.0
 
 DEFAULT_TIMEOUT = 15.0
 """Seconds for a whole call, retries included: Envoy's route timeout."""
-
-DEFAULT_IDLE_TIMEOUT = 60.0
-"""Seconds a pooled connection may idle before the pool closes it."""
 
 
 def seconds(duration: Duration) -> float:

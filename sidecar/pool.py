@@ -49,6 +49,11 @@ streams in flight. A burst opens its connections side by side (see above); opene
 another, 5,000 streams took 23 s instead of 4 s to reach the app."""
 
 
+DEFAULT_IDLE_TIMEOUT = 60.0
+"""Seconds a pooled connection may idle before the pool closes it: shorter than the servers'
+(Envoy's and nghttpd's idle timeouts are longer), so the client decides when it is done."""
+
+
 class ConnectFailure(Exception):
     """No connection to the endpoint could be made (refused, timed out, TLS failed)."""
 
@@ -63,7 +68,7 @@ class ConnectionPool:
     def __init__(self, host: str, port: int, *, ssl: ssl_module.SSLContext | None,
                  connect_timeout: float = 1.0,
                  max_streams_per_connection: int = DEFAULT_MAX_STREAMS,
-                 idle_timeout: float = 60.0,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  on_connect: Callable[[], None] | None = None,
                  peer_identity: str = "") -> None:
         """Args:

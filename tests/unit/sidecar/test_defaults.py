@@ -15,13 +15,8 @@ from google.protobuf.json_format import ParseDict
 from mesh.proto.config_pb2 import Cluster
 from sidecar import circuit_breaker, outlier, retry_budget
 from sidecar.balancers import endpoint, least_request, ring_hash, slow_start
-from sidecar.cluster_settings import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_TIMEOUT,
-    settings_from,
-)
-from sidecar.pool import DEFAULT_MAX_STREAMS
+from sidecar.cluster_settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, settings_from
+from sidecar.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS
 from sidecar.retry_budget import ConcurrencyBudgetConfig
 
 PROTO = Path(__file__).resolve().parents[3] / "mesh" / "proto" / "config.proto"
