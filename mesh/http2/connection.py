@@ -1,7 +1,9 @@
 """One HTTP/2 connection, client or server side: the only module that drives ``h2`` and a socket.
 
 This is an ``asyncio.Protocol`` (callbacks, not streams: it is the hot path). Bytes from the
-socket go into the sans-IO ``h2`` state machine; the events it returns are dispatched to
+socket go into the sans-IO ``h2`` state machine, at most :data:`_FRAMES_PER_TURN` frames per
+event-loop turn (the rest of a large read waits for the next turn, so that a flood neither
+outruns the limits nor holds up other connections); the events it returns are dispatched to
 :class:`~mesh.http2.stream.Stream` objects; frames ``h2`` wants to send are written in batches:
 at the end of each event-loop turn, and every :data:`_BATCH_BLOCKS` header blocks — or at once
 when a stream ends that is alone on its connection, with nothing to share the write.
@@ -66,6 +68,18 @@ a proxy that answers 100 streams in one turn would otherwise hand the next hop a
 once and then wait for it, the two taking turns; written in eights, the next hop starts on the
 first while this one works on the rest (``bench/sidecar_pair.py``: about 1.15× the req/s at
 100 streams in flight, for one more write per eight streams)."""
+_FRAMES_PER_TURN = 64
+"""Frames taken in from one connection per event-loop turn. h2 parses every frame it is handed
+before it returns a single event, and one read can hold thousands of frames (asyncio reads up
+to 256 KiB at a time, and its TLS transport hands over all it decrypted in one call): no
+limit could act before the last was parsed, and no other connection was served meanwhile
+(``bench/floods.py``: a rapid-reset flood took in 3,800 to 8,500 frames where the limit
+trips at 2,004, over mTLS as over h2c, while another caller waited up to 0.6 s; behind a
+SETTINGS flood, 7 to 12 s). Now the rest of a read waits in h2's buffer, the socket unread,
+until every other connection has had its turn: a limit acts within 64 frames, and a flood
+delays other connections by a few turns of 64 frames (same bench: 5 to 20 ms at worst;
+256 frames a turn made it 30 to 45 ms, 16 no better than 64 but slower to cut a flood off).
+Bulk data is unaffected: 64 frames of 16 KiB are more than one read."""
 _DEFAULT_WINDOW = 65_535  # every connection-level window starts here (RFC 9113 §6.9.2)
 _BURST = 1024 * 1024  # body bytes queued before they are written and the socket is asked
 # whether to pause. Without it a stream whose peer grants a huge window queues its whole body in
@@ -91,6 +105,7 @@ class Http2Connection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.close_reason: ConnectionClosed | None = None
         self.streams_opened = 0
+        self.frames_received = 0  # frames h2 has taken in from the peer (bench/floods.py)
         self._handler = handler
         self._on_open = on_open
         self._on_close = on_close
@@ -98,6 +113,7 @@ class Http2Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._flush_scheduled = False
+        self._backlog_scheduled = False  # frames of the last read wait for the next turn
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []  # streams waiting in writable()
         self._unflushed_data = 0  # body bytes queued in h2 since the last write
@@ -149,22 +165,52 @@ class Http2Connection(asyncio.Protocol):
             self._on_open(self)
 
     def data_received(self, data: bytes) -> None:
+        self._take_in(data)
+
+    def _take_in(self, data: bytes) -> None:
+        """Give ``data`` to h2, which parses at most :data:`_FRAMES_PER_TURN` of the frames it
+        holds, and act on their events; if frames may be left, stop reading and carry on with
+        them in the next turn."""
+        buffer = self._h2.incoming_buffer
+        buffer.budget = _FRAMES_PER_TURN
         try:
             events = self._h2.receive_data(data)
         except ProtocolError as error:
-            code = int(getattr(error, "error_code", ErrorCode.PROTOCOL_ERROR))
-            if self._h2.state_machine.state is not ConnectionState.CLOSED:
-                # h2 queues a GOAWAY for errors inside a frame, but not for an invalid preface.
-                self._h2.close_connection(code, additional_data=str(error).encode()[:256])
-            log.warning("closing connection from %s: GOAWAY(%s): %s", self.peer,
-                        code_name(code), error)
-            self._close(ConnectionClosed(f"protocol error by peer: {error}", code))
+            self._on_protocol_error(error)
             return
+        finally:
+            self.frames_received += _FRAMES_PER_TURN - buffer.budget
+        if buffer.budget == 0 and not self._backlog_scheduled:
+            # Queued before the events start handlers: in the next turn, the rest of a burst
+            # of requests is taken in before the first of them is handled, as it was when a
+            # read was taken in whole (tests/interop/test_h2load.py: 100 streams at once).
+            assert self._transport is not None
+            self._backlog_scheduled = True
+            self._transport.pause_reading()
+            self._loop.call_soon(self._take_in_backlog)
         for event in events:
             if self.close_reason is not None:
                 return  # closed by an earlier event (a limit): the rest would be wasted work
             self._dispatch(event)
         self._schedule_flush()
+
+    def _take_in_backlog(self) -> None:
+        self._backlog_scheduled = False
+        transport = self._transport
+        if self.close_reason is not None or transport is None or transport.is_closing():
+            return
+        self._take_in(b"")
+        if not self._backlog_scheduled:  # all taken in (or closed: then this does nothing)
+            transport.resume_reading()
+
+    def _on_protocol_error(self, error: ProtocolError) -> None:
+        code = int(getattr(error, "error_code", ErrorCode.PROTOCOL_ERROR))
+        if self._h2.state_machine.state is not ConnectionState.CLOSED:
+            # h2 queues a GOAWAY for errors inside a frame, but not for an invalid preface.
+            self._h2.close_connection(code, additional_data=str(error).encode()[:256])
+        log.warning("closing connection from %s: GOAWAY(%s): %s", self.peer,
+                    code_name(code), error)
+        self._close(ConnectionClosed(f"protocol error by peer: {error}", code))
 
     def pause_writing(self) -> None:
         self._write_paused = True

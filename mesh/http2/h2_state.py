@@ -1,6 +1,6 @@
-"""Three adjustments to the ``h2`` state machine that a long-lived mesh connection needs.
+"""Four adjustments to the ``h2`` state machine that a long-lived mesh connection needs.
 
-``h2`` is the sans-IO HTTP/2 state machine everything here stands on. Three of its choices do
+``h2`` is the sans-IO HTTP/2 state machine everything here stands on. Four of its choices do
 not fit a proxy, and all are corrected here, in one place, by subclassing:
 
 1. **Graceful GOAWAY.** ``h2`` treats any GOAWAY, sent or received, as the end of the
@@ -17,6 +17,13 @@ not fit a proxy, and all are corrected here, in one place, by subclassing:
    trace log (``repr(frame)``, evaluated before the logger is even called): 4 % of a
    sidecar's time at one stream in ``bench/sidecar_pair.py``. :meth:`_receive_frame` is h2's
    own, without that line.
+4. **Bounded work per call.** ``h2`` parses every frame of the bytes it is handed before it
+   returns a single event, and a read can be large: asyncio reads up to 256 KiB at a time
+   (29,000 empty SETTINGS frames, 6,000 streams opened and reset), and its TLS transport
+   hands over all it decrypted in one call. No limit can act before the last of them is
+   parsed. :class:`BoundedFrameBuffer` parses at most :attr:`~BoundedFrameBuffer.budget`
+   frames per ``receive_data`` call and keeps the rest, whole or in part, for the next call
+   (``receive_data(b"")`` carries on with them).
 """
 
 from __future__ import annotations
@@ -40,13 +47,23 @@ _HEADER_FRAMES = (HeadersFrame, ContinuationFrame, PushPromiseFrame)
 
 
 class BoundedFrameBuffer(FrameBuffer):
-    """h2's frame buffer, refusing header blocks past a size limit or h2's 64 frames."""
+    """h2's frame buffer, refusing header blocks past a size limit or h2's 64 frames, and
+    parsing at most :attr:`budget` frames until the budget is set again."""
 
     def __init__(self, *, server: bool, max_header_block_size: int) -> None:
         super().__init__(server=server)
         self.max_header_block_size = max_header_block_size
+        self.budget = 0  # frames it may still parse: set before each receive_data
+
+    def __next__(self) -> Frame:
+        # h2 iterates over the buffer until StopIteration; the bytes not parsed stay buffered.
+        # A header block's frames are parsed by recursion into here, so they count one by one.
+        if self.budget <= 0:
+            raise StopIteration
+        return super().__next__()
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        self.budget -= 1  # called once for every frame parsed
         # Only a block spread over several frames can outgrow the limit unnoticed: a single
         # frame is bounded by the frame size and then by HPACK's header list limit. Checking
         # only while a block is pending keeps this off the per-frame hot path.
@@ -64,11 +81,12 @@ class BoundedFrameBuffer(FrameBuffer):
 
 
 class MeshH2Connection(H2Connection):
-    """h2's connection with graceful GOAWAY and bounded header blocks (see module docstring)."""
+    """h2's connection with graceful GOAWAY, bounded header blocks and bounded work per call
+    (see the module docstring)."""
 
     def __init__(self, config: H2Configuration, *, max_header_block_size: int) -> None:
         super().__init__(config)
-        self.incoming_buffer = BoundedFrameBuffer(
+        self.incoming_buffer: BoundedFrameBuffer = BoundedFrameBuffer(
             server=not config.client_side, max_header_block_size=max_header_block_size
         )
 

@@ -22,8 +22,14 @@ Each limit turns a known attack or mistake into a clean error on the offending c
   send only that much before we have read it; more gets GOAWAY(FLOW_CONTROL_ERROR).
 - ``max_write_buffer`` bounds what waits in our socket buffer for a peer that does not read
   (stream data waits politely, but PING/SETTINGS acks do not): past it the connection is
-  aborted — the answer to PING and SETTINGS floods and to zero-window stalls.
+  aborted — the answer to PING and SETTINGS floods and to zero-window stalls. A peer that
+  does read its answers is served like any other: one turn's frames at a time (below).
 - ``idle_timeout`` closes a connection with no open stream for that long (GOAWAY NO_ERROR).
+
+Whatever the size of a read, h2c or TLS, a connection's frames are taken in at most 64 per
+event-loop turn (``mesh/http2/connection.py``), the rest waiting for the next turn: so every
+limit above acts within 64 frames of being passed, and a flood holds up the other
+connections for a few such turns, milliseconds (``bench/floods.py``).
 """
 
 from __future__ import annotations

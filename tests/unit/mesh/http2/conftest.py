@@ -52,8 +52,8 @@ async def raw_peer() -> AsyncIterator[Callable[..., Awaitable[RawPeer]]]:
     """``await raw_peer(port)``: a :class:`RawPeer` connected (not yet handshaken)."""
     peers: list[RawPeer] = []
 
-    async def open_peer(port: int, **options: int) -> RawPeer:
-        peer = await RawPeer.connect(port, **options)
+    async def open_peer(port: int, *, receive_buffer: int | None = None) -> RawPeer:
+        peer = await RawPeer.connect(port, receive_buffer=receive_buffer)
         peers.append(peer)
         return peer
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -138,8 +139,10 @@ class RawPeer:
         self.stream_windows: dict[int, int] = {}
 
     @classmethod
-    async def connect(cls, port: int, *, receive_buffer: int | None = None) -> RawPeer:
-        """Connect to 127.0.0.1:``port``; ``receive_buffer`` shrinks the socket's SO_RCVBUF.
+    async def connect(cls, port: int, *, receive_buffer: int | None = None,
+                      tls: ssl.SSLContext | None = None) -> RawPeer:
+        """Connect to 127.0.0.1:``port``; ``receive_buffer`` shrinks the socket's SO_RCVBUF;
+        ``tls`` speaks HTTP/2 over TLS (the context offers ALPN ``h2``) instead of h2c.
 
         A small receive buffer makes a peer that does not read fill the server's send buffer
         quickly (set before connecting, so TCP advertises the small window from the start).
@@ -149,7 +152,8 @@ class RawPeer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=sock)
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=tls, server_hostname="127.0.0.1" if tls is not None else None)
         return cls(reader, writer)
 
     # -- sending ---------------------------------------------------------------------------
