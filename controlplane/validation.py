@@ -10,6 +10,9 @@ or worse, a policy every sidecar accepts and that routes nowhere. The rules:
     retry policy    retry_on conditions the sidecar knows; status codes within 100..599;
                     per_try_timeout no longer than the timeout over it (else a slow try is cut
                     by the overall timeout and never retried); backoff max ≥ base
+    hedging         hedging_delay or hedge_on_per_try_timeout (with a per_try_timeout), not
+                    both; a hedging_delay shorter than the per_try_timeout and the timeout
+                    over it (else no hedge could ever start)
     balancers       least_request: choice_count ≥ 2, active_request_bias a number ≥ 0; a
                     slow_start_config has a slow_start_window, aggression > 0 and
                     min_weight_percent within (0, 100]; ring_hash: points_per_weight within
@@ -322,6 +325,27 @@ def _retry_policy(policy: RetryPolicy, at: str, timeout: Duration | None, timeou
     if _longer(backoff, "base_interval", "max_interval"):
         report(f"{at}.backoff.max_interval",
                f"must be at least base_interval ({backoff.base_interval.ToJsonString()})")
+    _hedging(policy, at, timeout, timeout_name, report)
+
+
+def _hedging(policy: RetryPolicy, at: str, timeout: Duration | None, timeout_name: str,
+             report: Report) -> None:
+    if policy.hedge_on_per_try_timeout:
+        if not policy.HasField("per_try_timeout"):
+            report(f"{at}.hedge_on_per_try_timeout",
+                   "needs per_try_timeout: the delay after which a try gets a hedge")
+        if policy.HasField("hedging_delay"):
+            report(f"{at}.hedging_delay",
+                   "set hedging_delay (gRPC) or hedge_on_per_try_timeout (Envoy), not both")
+    if not policy.HasField("hedging_delay"):
+        return
+    delay = policy.hedging_delay
+    for limit, name in ((policy.per_try_timeout if policy.HasField("per_try_timeout")
+                         else None, "per_try_timeout"), (timeout, timeout_name)):
+        if limit is not None and delay.ToTimedelta() >= limit.ToTimedelta():
+            report(f"{at}.hedging_delay",
+                   f"{delay.ToJsonString()} is not shorter than {name} "
+                   f"{limit.ToJsonString()}: a try ends before any hedge could join it")
 
 
 def _match(match: RouteMatch, at: str, report: Report) -> None:

@@ -10,8 +10,9 @@ Glossary:
     backoff          growing, jittered delays between attempts (AWS decorrelated and full jitter).
     outcome          how one call to an endpoint ended (a response, or a failure and why), and
                      the HTTP status it counts as; judged by retry, outlier detection, metrics.
-    retry            a route's retry policy, and one request's attempts: retry after a delay, or
-                     stop and say why.
+    retry            a route's retry policy, and one request's attempts: retry after a delay,
+                     hedge beside a slow one (gRPC's hedging, Envoy's hedge on per-try
+                     timeout), or stop and say why.
     retry_budget     retries capped at a share of recent requests (Finagle, Linkerd) or of
                      requests in progress (Envoy).
     outlier          outlier detection: endpoints that keep failing are ejected for a growing time.

@@ -104,10 +104,21 @@ class ClusterSettings:
 def retry_settings_from(proto: RetryPolicy) -> RetrySettings:
     """The retry settings a ``RetryPolicy`` message asks for.
 
+    Envoy's ``hedge_on_per_try_timeout`` is read as gRPC's ``hedging_delay``: the per-try
+    timeout becomes the delay after which a hedge joins a try, and no longer cuts the try.
+
     Raises:
         ValueError: an unknown ``retry_on`` condition or a bad value.
     """
     retry_on = frozenset(RetryOn.parse(name) for name in proto.retry_on)
+    per_try_timeout = (seconds(proto.per_try_timeout)
+                       if proto.HasField("per_try_timeout") else None)
+    hedging_delay = seconds(proto.hedging_delay) if proto.HasField("hedging_delay") else None
+    if proto.hedge_on_per_try_timeout:
+        if per_try_timeout is None or hedging_delay is not None:
+            raise ValueError("retry hedge_on_per_try_timeout: needs per_try_timeout, and "
+                             "no hedging_delay (it is the per-try timeout)")
+        hedging_delay, per_try_timeout = per_try_timeout, None
     backoff = Backoff()
     if proto.HasField("backoff"):
         b = proto.backoff
@@ -119,12 +130,13 @@ def retry_settings_from(proto: RetryPolicy) -> RetrySettings:
         backoff = Backoff(**written)
     return RetrySettings(
         retry_on=retry_on,
-        num_retries=proto.num_retries if proto.num_retries or not retry_on else 1,
-        per_try_timeout=(seconds(proto.per_try_timeout)
-                         if proto.HasField("per_try_timeout") else None),
+        num_retries=(proto.num_retries if proto.num_retries or not (retry_on or hedging_delay)
+                     else 1),
+        per_try_timeout=per_try_timeout,
         retriable_status_codes=frozenset(proto.retriable_status_codes),
         retry_non_idempotent=proto.retry_non_idempotent,
-        backoff=backoff)
+        backoff=backoff,
+        hedging_delay=hedging_delay)
 
 
 _Config = TypeVar("_Config")

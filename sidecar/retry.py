@@ -41,6 +41,20 @@ only idempotent methods (RFC 9110: GET, HEAD, OPTIONS, TRACE, PUT, DELETE) and g
 gRPC's own retry design, a retry policy on a gRPC service is its owner's word that its methods
 may be retried) unless the route sets ``retry_non_idempotent``; but after a connect failure or a
 refused stream, which the upstream never processed (RFC 9113 §8.7), any method may go again.
+
+**Hedging** (gRPC's hedging policy, gRFC A6; Envoy's ``hedge_on_per_try_timeout``) is a retry
+that does not wait for the failure: when an attempt has had no response for ``hedging_delay``,
+``hedge()`` may start another beside it, and the first response that is not retriable wins.
+A hedge passes the same gates as a retry, in the same order, but has no backoff (its delay is
+the hedging delay) and no exemption for a request the upstream never saw — the first attempt
+is still out, so the method must be idempotent (or gRPC, or ``retry_non_idempotent``): Envoy
+hedges any method; we hedge what we would retry. Hedges and retries share ``num_retries``
+(gRPC's ``maxAttempts`` is ``num_retries + 1``), the ``max_retries`` breaker and the budget
+(gRFC A6: "throttling also applies to hedged RPCs"); each holds its permit and its budget
+withdrawal until its own attempt is decided. While other attempts are in flight, an attempt's
+outcome is only final if it is a response ``retry_on`` does not name — a success, or a fatal
+status (gRPC's non-fatal codes are ``retry_on``'s): a failure or a retriable status is a
+``Wait``, and the others go on.
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import overload
 
 from mesh.clock import Clock
 from mesh.grpc.status import StatusCode
@@ -121,13 +136,16 @@ class RetrySettings:
     retriable_status_codes: frozenset[int] = frozenset()  # for retriable-status-codes
     retry_non_idempotent: bool = False  # True: retry POST and PATCH as well
     backoff: Backoff = field(default_factory=Backoff)
+    # Seconds an attempt waits for its response before a hedge joins it; None: no hedging
+    hedging_delay: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_retries < 0:
             raise ValueError(f"retry num_retries {self.num_retries}: must not be negative")
-        if self.per_try_timeout is not None and self.per_try_timeout <= 0:
-            raise ValueError(f"retry per_try_timeout {self.per_try_timeout}: must be positive "
-                             f"seconds")
+        for name in ("per_try_timeout", "hedging_delay"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"retry {name} {value}: must be positive seconds")
         for code in sorted(self.retriable_status_codes):
             if not 100 <= code <= 599:
                 raise ValueError(f"retry retriable_status_codes {code}: must be within "
@@ -174,20 +192,49 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Hedge:
+    """Start attempt number ``attempt`` now, beside those in flight."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Wait:
+    """This attempt's outcome is not the answer: another attempt in flight may still give it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Stop:
-    """Make no further attempt; the last outcome is the answer."""
+    """Make no further attempt (``decide``: the last outcome is the answer, and any other
+    attempt in flight is to be closed; ``hedge``: those in flight go on alone)."""
 
     reason: StopReason
 
 
-RetryDecision = Retry | Stop
+RetryDecision = Retry | Wait | Stop
+HedgeDecision = Hedge | Stop
+
+
+@dataclass(slots=True)
+class _Charge:
+    """What an admitted retry or hedge holds until its attempt is decided: a withdrawal from
+    the budget, a permit of the ``max_retries`` breaker."""
+
+    budget: Budget | None
+    permit: Permit | None
+
+    def release(self) -> None:
+        if self.budget is not None:
+            self.budget.retry_ended()
+        if self.permit is not None:
+            self.permit.release()
 
 
 class Phase(Enum):
     """Where a request is in its attempts (see ``RetryState``)."""
 
-    READY = "ready"  # created, or a retry was decided: the next attempt may begin
-    ATTEMPTING = "attempting"  # an attempt is in flight: its outcome is awaited
+    READY = "ready"  # created, or a retry or hedge was decided: the next attempt may begin
+    ATTEMPTING = "attempting"  # attempts are in flight (one, or with hedges a few)
     STOPPED = "stopped"  # no further attempt; the response is being delivered
     CLOSED = "closed"  # the request is over and its budget released
 
@@ -198,16 +245,24 @@ class RetryState:
     Creating it deposits the request into ``budget``; ``close()`` ends it (call it once the
     response is delivered or the caller gave up, whatever happened; it is idempotent)::
 
-        phase        begin_attempt()   decide() -> Retry   decide() -> Stop   close()
-        READY        ATTEMPTING        -                   -                  CLOSED
-        ATTEMPTING   -                 READY               STOPPED            CLOSED
-        STOPPED      -                 -                   -                  CLOSED
+        phase        begin_attempt()   hedge()            decide()                     close()
+        READY        ATTEMPTING        -                  -                            CLOSED
+        ATTEMPTING   -                 Hedge: READY       Retry: READY (it was the     CLOSED
+                                       Stop: ATTEMPTING     last in flight)
+                                                          Wait: ATTEMPTING (others
+                                                            are in flight)
+                                                          Stop: STOPPED
+        STOPPED      -                 -                  -                            CLOSED
 
-    Anything marked ``-`` is a bug in the caller and raises ``RuntimeError``.
+    Anything marked ``-`` is a bug in the caller and raises ``RuntimeError``. Without hedging
+    one attempt at a time is in flight, ``decide()`` never says ``Wait`` and needs no attempt
+    number; with hedging each attempt is decided by its number (``decide(attempt=n)``), and a
+    ``Stop`` from ``decide()`` means the others in flight are to be closed.
 
-    A ``Retry`` holds a retry in the budget and a ``max_retries`` permit of ``breaker`` from the
-    moment it is decided (its backoff included, Envoy issue 30205) until the next ``decide()``
-    or ``close()``, as Envoy's retry state holds its cluster's ``retries`` resource.
+    A ``Retry`` or ``Hedge`` holds a retry in the budget and a ``max_retries`` permit of
+    ``breaker`` from the moment it is decided (a retry's backoff included, Envoy issue 30205)
+    until its attempt is decided — or the request stops or closes — as Envoy's retry state
+    holds its cluster's ``retries`` resource.
 
     Args:
         policy: the route's retry settings.
@@ -230,9 +285,9 @@ class RetryState:
         self._breaker = breaker
         self._delays = policy.backoff.delays(rng)
         self._tried: set[str] = set()
-        self._holds_retry = False  # a retry counted in the budget has not ended yet
-        self._retry_permit: Permit | None = None  # the breaker's count of that retry
-        self.attempt = 0  # attempts begun; the one in flight has this number (x-mesh-attempt)
+        self._in_flight: set[int] = set()  # attempts begun and not yet decided
+        self._charges: dict[int, _Charge] = {}  # by attempt number: what its retry holds
+        self.attempt = 0  # attempts begun; the latest has this number (x-mesh-attempt)
         self.phase = Phase.READY
         if budget is not None:
             budget.deposit()
@@ -241,6 +296,11 @@ class RetryState:
     def tried(self) -> frozenset[str]:
         """The endpoints attempts went to, for the balancer's ``avoid``."""
         return frozenset(self._tried)
+
+    @property
+    def in_flight(self) -> int:
+        """How many attempts are out, their outcome not yet decided."""
+        return len(self._in_flight)
 
     def begin_attempt(self, address: str | None) -> float:
         """An attempt starts, to ``address`` (None if no endpoint was available).
@@ -251,45 +311,103 @@ class RetryState:
         self._expect(Phase.READY, "begin_attempt")
         self.phase = Phase.ATTEMPTING
         self.attempt += 1
+        self._in_flight.add(self.attempt)
         if address is not None:
             self._tried.add(address)
         if self._policy.per_try_timeout is None:
             return self._deadline
         return min(self._deadline, self._clock.now() + self._policy.per_try_timeout)
 
-    def decide(self, outcome: Outcome, *, replayable: bool = True) -> RetryDecision:
+    def hedge(self, *, replayable: bool = True) -> HedgeDecision:
+        """Whether another attempt may start now, beside those in flight (the hedging delay
+        passed with no answer, or one of them ended with a ``Wait``).
+
+        Args:
+            replayable: False once the request body has outgrown what the sidecar keeps.
+        """
+        self._expect(Phase.ATTEMPTING, "hedge")
+        admitted = self._admit(idempotent=self._idempotent, replayable=replayable,
+                               backoff=False)
+        if isinstance(admitted, Stop):
+            return admitted
+        self.phase = Phase.READY
+        return Hedge(attempt=self.attempt + 1)
+
+    @overload
+    def decide(self, outcome: Outcome, *, replayable: bool = True) -> Retry | Stop: ...
+    @overload
+    def decide(self, outcome: Outcome, *, attempt: int,
+               replayable: bool = True) -> RetryDecision: ...
+
+    def decide(self, outcome: Outcome, *, attempt: int | None = None,
+               replayable: bool = True) -> RetryDecision:
         """Whether the attempt that ended with ``outcome`` is followed by another, and when.
 
         Args:
             outcome: how the attempt ended.
+            attempt: its number; None for the one attempt in flight.
             replayable: False once the request body has outgrown what the sidecar keeps, so
                 no second copy of it can be sent.
         """
         self._expect(Phase.ATTEMPTING, "decide")
-        self._end_retry()
+        if attempt is None:
+            if len(self._in_flight) != 1:
+                raise RuntimeError(f"retry state: decide() without an attempt number, with "
+                                   f"{len(self._in_flight)} attempts in flight")
+            attempt = next(iter(self._in_flight))
+        if attempt not in self._in_flight:
+            raise RuntimeError(f"retry state: decide(attempt={attempt}), which is not in "
+                               f"flight")
+        self._end(attempt)
         decision = self._judge(outcome, replayable)
-        self.phase = Phase.READY if isinstance(decision, Retry) else Phase.STOPPED
+        if isinstance(decision, Stop):
+            self._release()  # the others in flight are to be closed: they hold nothing now
+            self.phase = Phase.STOPPED
+        elif isinstance(decision, Retry):
+            self.phase = Phase.READY
         return decision
+
+    def abandon(self, attempt: int) -> None:
+        """Attempt ``attempt`` was never sent (the pending-requests breaker refused its
+        stream) while others are in flight: forget it, and release what it holds."""
+        self._expect(Phase.ATTEMPTING, "abandon")
+        if attempt not in self._in_flight or len(self._in_flight) == 1:
+            raise RuntimeError(f"retry state: abandon(attempt={attempt}) needs it and another "
+                               f"attempt in flight")
+        self._end(attempt)
 
     def close(self) -> None:
         """The request is over: release what it holds in the budget and the breaker."""
         if self.phase is Phase.CLOSED:
             return
         self.phase = Phase.CLOSED
-        self._end_retry()
+        self._release()
         if self._budget is not None:
             self._budget.request_ended()
 
     def _judge(self, outcome: Outcome, replayable: bool) -> RetryDecision:
-        if not self._policy.retriable(outcome):
+        retriable = self._policy.retriable(outcome)
+        if self._in_flight and (retriable or outcome.failure is not None):
+            return Wait()  # no answer, or one to retry: the others may still answer
+        if not retriable:
             return Stop(reason=StopReason.NOT_RETRIABLE)
-        if not self._idempotent and outcome.failure not in _NEVER_PROCESSED:
+        idempotent = self._idempotent or outcome.failure in _NEVER_PROCESSED
+        admitted = self._admit(idempotent=idempotent, replayable=replayable, backoff=True)
+        if isinstance(admitted, Stop):
+            return admitted
+        return Retry(delay=admitted, attempt=self.attempt + 1)
+
+    def _admit(self, *, idempotent: bool, replayable: bool, backoff: bool) -> float | Stop:
+        """The gates one more attempt passes, in ``StopReason``'s order: its delay (from the
+        backoff for a retry, none for a hedge) or why not. Once admitted it is charged to the
+        breaker and the budget (asked last: nothing else can refuse it then)."""
+        if not idempotent:
             return Stop(reason=StopReason.NON_IDEMPOTENT)
         if self.attempt > self._policy.num_retries:
             return Stop(reason=StopReason.RETRIES_EXHAUSTED)
         if not replayable:
             return Stop(reason=StopReason.BODY_TOO_LARGE)
-        delay = next(self._delays)
+        delay = next(self._delays) if backoff else 0.0
         if self._clock.now() + delay >= self._deadline:
             return Stop(reason=StopReason.DEADLINE)
         permit: Permit | None = None
@@ -298,23 +416,24 @@ class RetryState:
             if isinstance(acquired, Overflow):
                 return Stop(reason=StopReason.CIRCUIT_BREAKER)
             permit = acquired
-        if self._budget is not None:
-            if not self._budget.try_withdraw():  # last: nothing else can refuse this retry now
-                if permit is not None:
-                    permit.release()
-                return Stop(reason=StopReason.BUDGET_EXHAUSTED)
-            self._holds_retry = True
-        self._retry_permit = permit
-        return Retry(delay=delay, attempt=self.attempt + 1)
+        if self._budget is not None and not self._budget.try_withdraw():
+            if permit is not None:
+                permit.release()
+            return Stop(reason=StopReason.BUDGET_EXHAUSTED)
+        self._charges[self.attempt + 1] = _Charge(self._budget, permit)
+        return delay
 
-    def _end_retry(self) -> None:
-        if self._holds_retry:
-            assert self._budget is not None  # only a budget's retry is held
-            self._budget.retry_ended()
-            self._holds_retry = False
-        if self._retry_permit is not None:
-            self._retry_permit.release()
-            self._retry_permit = None
+    def _end(self, attempt: int) -> None:
+        self._in_flight.discard(attempt)
+        charge = self._charges.pop(attempt, None)
+        if charge is not None:
+            charge.release()
+
+    def _release(self) -> None:
+        for charge in self._charges.values():
+            charge.release()
+        self._charges.clear()
+        self._in_flight.clear()
 
     def _expect(self, phase: Phase, action: str) -> None:
         if self.phase is not phase:

@@ -107,20 +107,24 @@ class RingHash(_message.Message):
     def __init__(self, hash_header: _Optional[str] = ..., points_per_weight: _Optional[int] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
-    __slots__ = ("retry_on", "num_retries", "per_try_timeout", "retriable_status_codes", "retry_non_idempotent", "backoff")
+    __slots__ = ("retry_on", "num_retries", "per_try_timeout", "retriable_status_codes", "retry_non_idempotent", "backoff", "hedging_delay", "hedge_on_per_try_timeout")
     RETRY_ON_FIELD_NUMBER: _ClassVar[int]
     NUM_RETRIES_FIELD_NUMBER: _ClassVar[int]
     PER_TRY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RETRIABLE_STATUS_CODES_FIELD_NUMBER: _ClassVar[int]
     RETRY_NON_IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    HEDGING_DELAY_FIELD_NUMBER: _ClassVar[int]
+    HEDGE_ON_PER_TRY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     retry_on: _containers.RepeatedScalarFieldContainer[str]
     num_retries: int
     per_try_timeout: _duration_pb2.Duration
     retriable_status_codes: _containers.RepeatedScalarFieldContainer[int]
     retry_non_idempotent: bool
     backoff: Backoff
-    def __init__(self, retry_on: _Optional[_Iterable[str]] = ..., num_retries: _Optional[int] = ..., per_try_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retriable_status_codes: _Optional[_Iterable[int]] = ..., retry_non_idempotent: _Optional[bool] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ...) -> None: ...
+    hedging_delay: _duration_pb2.Duration
+    hedge_on_per_try_timeout: bool
+    def __init__(self, retry_on: _Optional[_Iterable[str]] = ..., num_retries: _Optional[int] = ..., per_try_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retriable_status_codes: _Optional[_Iterable[int]] = ..., retry_non_idempotent: _Optional[bool] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., hedging_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hedge_on_per_try_timeout: _Optional[bool] = ...) -> None: ...
 
 class Backoff(_message.Message):
     __slots__ = ("base_interval", "max_interval", "jitter")
