@@ -34,8 +34,10 @@ class SidecarMetrics:
                                   ["direction", "cluster"], buckets=LATENCY_BUCKETS, registry=r)
         self.retries = Counter("mesh_sidecar_retries", "Retries made", ["cluster"], registry=r)
         self.retries_refused = Counter("mesh_sidecar_retries_refused",
-                                       "Retries not made, by reason (budget, deadline, ...)",
-                                       ["cluster", "reason"], registry=r)
+                                       "Retries and hedges not made, by reason (budget, "
+                                       "deadline, ...)", ["cluster", "reason"], registry=r)
+        self.hedges = Counter("mesh_sidecar_hedges", "Hedges sent: attempts started beside "
+                              "a slow one", ["cluster"], registry=r)
         self.overflows = Counter("mesh_sidecar_circuit_breaker_overflows",
                                  "Calls refused by a circuit breaker", ["cluster", "limit"],
                                  registry=r)

@@ -17,12 +17,14 @@ Per request, in order (each step can answer locally instead, never hang):
    *remaining* time as its ``grpc-timeout`` / ``x-mesh-timeout-ms`` and ``x-mesh-attempt``.
    Until response headers arrive, a failure or a retriable status may be retried — if the
    retry policy, the deadline, the ``max_retries`` breaker and the budget agree (the retry
-   state asks them all, the budget last) — after a jittered backoff;
+   state asks them all, the budget last) — after a jittered backoff. With a hedging delay, an
+   attempt that has no answer by then gets a *hedge* beside it, on an endpoint not tried yet,
+   past the same gates; the first final answer wins and the others are reset;
 5. **relay**: the response streams back; body bytes flow both ways as they come.
 
-The request body is kept (``replay``) while it is small enough, so a retry can send it again;
-a larger one makes the call's first attempt its only one. ``_Call`` shows the phases of a call
-and ``_Attempt`` those of one attempt, each as a table.
+The request body is kept (``replay``) while it is small enough, so a retry or a hedge can send
+it again; a larger one makes the call's first attempt its only one. ``_Call`` shows the phases
+of a call and ``_Attempt`` those of one attempt, each as a table.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
-from typing import cast
+from typing import Any, cast
 
 from mesh.clock import Clock
 from mesh.grpc import StatusCode
@@ -59,7 +61,7 @@ from sidecar.metrics import RESET, SidecarMetrics
 from sidecar.outcome import Failure, Outcome, http_status_of
 from sidecar.pool import ConnectFailure
 from sidecar.rate_limit import RATE_LIMITED_HEADER
-from sidecar.retry import Retry, RetrySettings, RetryState, StopReason
+from sidecar.retry import Hedge, Retry, RetryDecision, RetrySettings, RetryState, Stop, StopReason
 from sidecar.router import RouteTarget, header_matches
 
 log = logging.getLogger("sidecar.outbound")
@@ -175,27 +177,39 @@ class Outbound:
 class _Phase(Enum):
     """Where an outbound call is (see ``_Call``)."""
 
-    ATTEMPTING = "attempting"  # endpoint picked, request sent, response headers awaited
+    ATTEMPTING = "attempting"  # attempts sent (one, or a few hedged), response headers awaited
     BACKOFF = "backoff"  # a retry was decided and its delay is running
     RELAYING = "relaying"  # the chosen response is streaming to the caller
     ANSWERING = "answering"  # the sidecar answers the caller itself (503 / 504)
     DONE = "done"  # the caller has its answer or is gone; nothing is held any more
 
 
+_Racing = dict["asyncio.Task[tuple[Outcome, Headers | None]]", "_Attempt"]
+"""The attempts of a hedging race, by the task that runs each."""
+
+
 class _Call:
     """One outbound request, from its first attempt to the end of its answer.
 
-    A call makes attempts (``_Attempt``) one at a time until an outcome is final, then relays
-    that response or answers itself. ``run()`` carries it through these phases; ``state`` (the
-    request's ``RetryState``) decides after every attempt, and the deadline bounds it all::
+    A call makes attempts (``_Attempt``) until an outcome is final, then relays that response
+    or answers itself: one at a time, or — with a hedging delay — a few at once. ``run()``
+    carries it through these phases; ``state`` (the request's ``RetryState``) decides after
+    every attempt and on every hedge, and the deadline bounds it all::
 
         phase       event                                 next       on the way
         ATTEMPTING  no endpoint is available              ANSWERING  503
         ATTEMPTING  max_pending_requests are waiting      ANSWERING  503, x-mesh-overloaded
-        ATTEMPTING  the attempt ends (response headers, a failure, the per-try timeout) and
+                                                                     (a hedge: it is dropped)
+        ATTEMPTING  the hedging delay passes with no      ATTEMPTING state.hedge(): Hedge, and
+                    answer, an endpoint is untried and               an endpoint is untried:
+                    the request body is all here                     another attempt there;
+                                                                     Stop: no more hedges
+        ATTEMPTING  an attempt ends (response headers, a failure, the per-try timeout) and
                     state.decide() says
+                      Wait (others are in flight)         ATTEMPTING it is closed; the next
+                                                                     hedge is due at once
                       Retry                               BACKOFF    the attempt is closed
-                      Stop, with a response               RELAYING
+                      Stop, with a response               RELAYING   any other is closed
                       Stop, without one                   ANSWERING  the attempt is closed;
                                                                      503 / 504 naming why
         BACKOFF     the delay is over                     ATTEMPTING another endpoint
@@ -210,14 +224,15 @@ class _Call:
                                                                      the caller reset
         any         the caller is gone (task cancelled)   DONE       nothing more is sent
 
-    Reaching DONE, however it happens, closes the current attempt and the retry state
-    (``run``'s ``finally``): nothing a call holds — an endpoint's in-flight slot, an upstream
-    stream, the body pump, a retry in the budget or the breaker — outlives it.
+    Reaching DONE, however it happens, closes every attempt and the retry state (``run``'s
+    ``finally``, and ``_race``'s for hedged attempts): nothing a call holds — an endpoint's
+    in-flight slot, an upstream stream, the body pump, a retry or hedge in the budget or the
+    breaker — outlives it.
 
-    Hedging (not built) fits as one more ATTEMPTING row: when a hedge delay passes with no
-    answer, a second ``_Attempt`` starts on another endpoint and ATTEMPTING waits for the first
-    of them to end with a final outcome; that one goes on as above and the others are closed,
-    which is all ``_Attempt.close`` asks to let go of an attempt that is not the answer.
+    Hedged attempts run as tasks of their own (``_race``), the only per-request tasks beside
+    a streamed body's pump, and only on a route that hedges; without a hedging delay the one
+    attempt in flight is awaited in place. An attempt that loses the race is closed: its
+    stream reset with CANCEL, its endpoint's slot released by ``_Attempt.close``.
     """
 
     def __init__(self, outbound: Outbound, down: Downstream, cluster: UpstreamCluster,
@@ -237,6 +252,7 @@ class _Call:
                                 clock=self.clock, rng=outbound.rng, budget=cluster.budget,
                                 breaker=cluster.breaker)
         self.replay = Replay(REPLAY_LIMIT)
+        self.hedging_delay = policy.hedging_delay
         self.phase = _Phase.ATTEMPTING
         self.current: _Attempt | None = None  # the latest attempt: under way, or relayed
 
@@ -258,14 +274,20 @@ class _Call:
         metrics = self.outbound.metrics
         while True:
             self.phase = _Phase.ATTEMPTING
-            endpoint = self.cluster.balancer.pick(self.key, self.state.tried)
-            attempt_deadline = self.state.begin_attempt(endpoint.address if endpoint else None)
-            if endpoint is None:
+            attempt = self._begin()
+            if attempt is None:
                 return await self._answer(503, StatusCode.UNAVAILABLE,
                                           f"cluster {name}: no healthy endpoint")
-            attempt = self.current = _Attempt(self.cluster, endpoint)
+            self.current = attempt
             try:
-                outcome, response = await self._attempt(attempt, attempt_deadline)
+                if self.hedging_delay is None:
+                    outcome, response = await self._attempt(attempt)
+                    decision: RetryDecision = self.state.decide(outcome,
+                                                                replayable=self._replayable())
+                else:
+                    attempt, outcome, response, decision = await self._race(
+                        attempt, self.hedging_delay)
+                    self.current = attempt
             except Overloaded as overloaded:  # max_pending_requests: answered at once
                 attempt.close()
                 overflow = overloaded.overflow
@@ -274,31 +296,119 @@ class _Call:
                     503, StatusCode.UNAVAILABLE,
                     f"cluster {name}: {overflow.limit.value} ({overflow.maximum}) reached",
                     extra=[(mesh_headers.OVERLOADED_HEADER, overflow.limit.value)])
-            decision = self.state.decide(outcome, replayable=not self.replay.overflowed)
             if isinstance(decision, Retry):
                 metrics.retries.labels(name).inc()
                 attempt.close()
                 self.phase = _Phase.BACKOFF
                 await asyncio.sleep(decision.delay)
                 continue
-            if decision.reason is StopReason.CIRCUIT_BREAKER:
-                metrics.overflows.labels(name, Limit.RETRIES.value).inc()
-            if decision.reason is not StopReason.NOT_RETRIABLE:
-                metrics.retries_refused.labels(name, decision.reason.value).inc()
+            assert isinstance(decision, Stop)  # a Wait never ends the race
+            self._refused(decision)
             if response is None:
                 attempt.close()
-                return await self._failed(cast(Failure, outcome.failure), endpoint.address)
+                return await self._failed(cast(Failure, outcome.failure),
+                                          attempt.endpoint.address)
             return await self._relay(attempt, response, outcome)
 
-    async def _attempt(self, attempt: _Attempt, attempt_deadline: float
-                       ) -> tuple[Outcome, Headers | None]:
+    def _begin(self) -> _Attempt | None:
+        """Pick an endpoint not tried yet if there is one, and begin an attempt on it."""
+        endpoint = self.cluster.balancer.pick(self.key, self.state.tried)
+        attempt_deadline = self.state.begin_attempt(endpoint.address if endpoint else None)
+        if endpoint is None:
+            return None
+        return _Attempt(self.cluster, endpoint, self.state.attempt, attempt_deadline)
+
+    def _replayable(self) -> bool:
+        return not self.replay.overflowed
+
+    def _refused(self, stop: Stop) -> None:
+        """Count a retry or hedge that ``stop`` refused (a final outcome is no refusal)."""
+        name = self.cluster.settings.name
+        metrics = self.outbound.metrics
+        if stop.reason is StopReason.CIRCUIT_BREAKER:
+            metrics.overflows.labels(name, Limit.RETRIES.value).inc()
+        if stop.reason is not StopReason.NOT_RETRIABLE:
+            metrics.retries_refused.labels(name, stop.reason.value).inc()
+
+    async def _race(self, first: _Attempt, delay: float
+                    ) -> tuple[_Attempt, Outcome, Headers | None, RetryDecision]:
+        """Run ``first`` and the hedges that join it until an attempt's outcome is a
+        ``Retry`` or a ``Stop``; return that attempt, its outcome, its response headers and
+        the decision, the others closed (reset with CANCEL).
+
+        A hedge is asked for ``delay`` seconds after the latest attempt began, or at once when
+        an attempt ends with a ``Wait`` (gRPC: a non-fatal status sends the next hedge now).
+        Hedging stops, for this race, when every attempt ``num_retries`` allows is out, at
+        the first refusal (counted with the retries' refusals, by reason) or when every
+        endpoint has been tried; while the request body is still arriving (and is being kept)
+        a hedge is put off by another ``delay``.
+
+        Raises:
+            Overloaded: the first attempt's stream could not even wait for a connection.
+        """
+        racing: _Racing = {}
+        racing[first.run(self._attempt(first))] = first
+        hedge_at: float | None = self.clock.now() + delay
+        try:
+            while True:
+                timeout = None if hedge_at is None else max(0.0, hedge_at - self.clock.now())
+                done, _ = await asyncio.wait(racing, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    hedge_at = self._hedge(racing, delay)
+                    continue
+                for task in done:
+                    attempt = racing.pop(task)
+                    try:
+                        outcome, response = task.result()
+                    except Overloaded as overloaded:
+                        attempt.close()
+                        if not racing:
+                            raise
+                        self.state.abandon(attempt.number)  # never sent: the others go on
+                        self.outbound.metrics.overflows.labels(
+                            self.cluster.settings.name, overloaded.overflow.limit.value).inc()
+                        continue
+                    decision = self.state.decide(outcome, attempt=attempt.number,
+                                                 replayable=self._replayable())
+                    if isinstance(decision, Retry | Stop):
+                        return attempt, outcome, response, decision
+                    attempt.close()  # a Wait: the others may still answer
+                    if hedge_at is not None:
+                        hedge_at = self.clock.now()
+        finally:
+            for attempt in racing.values():  # the losers, or all when the call ends here
+                attempt.close()
+
+    def _hedge(self, racing: _Racing, delay: float) -> float | None:
+        """The hedging delay passed: start a hedge if the gates agree; when to ask again."""
+        name = self.cluster.settings.name
+        tried = self.state.tried
+        if not any(endpoint.available and address not in tried
+                   for address, endpoint in self.cluster.balancer.endpoints.items()):
+            return None  # a hedge goes only where this call has not been
+        if self._replayable() and not self.down.complete:
+            return self.clock.now() + delay  # the body is still coming: no copy to send yet
+        decision = self.state.hedge(replayable=self._replayable())
+        if isinstance(decision, Stop):
+            if decision.reason is not StopReason.RETRIES_EXHAUSTED:  # else: all were sent
+                self._refused(decision)
+            return None
+        hedge = self._begin()
+        assert hedge is not None and isinstance(decision, Hedge)  # an endpoint was untried
+        self.outbound.metrics.hedges.labels(name).inc()
+        racing[hedge.run(self._attempt(hedge))] = hedge
+        return self.clock.now() + delay
+
+    async def _attempt(self, attempt: _Attempt) -> tuple[Outcome, Headers | None]:
         """Send the request on ``attempt``; return how it ended, and the response headers.
 
         Raises:
             Overloaded: a connection was needed and ``max_pending_requests`` wait already.
         """
+        attempt_deadline = attempt.deadline
         try:
-            headers = self._headers_for_attempt()
+            headers = self._headers_for_attempt(attempt.number)
             headers_only = (self.down.complete and not self.replay.chunks and
                             not self.down.trailers)
             up = attempt.up = await self.cluster.open_stream(attempt.endpoint.address, headers,
@@ -332,11 +442,11 @@ class _Call:
         attempt.settle(outcome)
         return outcome, None
 
-    def _headers_for_attempt(self) -> Headers:
+    def _headers_for_attempt(self, number: int) -> Headers:
         remaining = max(self.deadline - self.clock.now(), 0.0)
         timeout = (("grpc-timeout", format_timeout(remaining)) if self.grpc
                    else (mesh_headers.TIMEOUT_HEADER, str(max(1, int(remaining * 1000)))))
-        return [*self.request, timeout, (mesh_headers.ATTEMPT_HEADER, str(self.state.attempt))]
+        return [*self.request, timeout, (mesh_headers.ATTEMPT_HEADER, str(number))]
 
     async def _send_body(self, attempt: _Attempt, up: Upstream) -> None:
         """Send what the caller sent so far (kept in ``replay``), then the rest as it comes."""
@@ -432,25 +542,40 @@ class _Attempt:
         fails before a response (connect, refused,   the failure         the failure
           reset, per-try timeout)
         is cut short unsettled (retry, deadline,     None: a failure to  close()
-          caller gone, overload)                     the balancer, not
-                                                     outlier detection's
+          caller gone, overload, a hedge that        the balancer, not
+          answered first)                            outlier detection's
 
-    ``close()`` (idempotent) settles the attempt with None if nothing did, cancels the body
-    pump and resets the stream with CANCEL: a no-op for a stream that ended both ways, and for
-    one whose response ended before the request, how the upstream learns to stop reading it.
+    ``close()`` (idempotent) settles the attempt with None if nothing did, cancels its task (a
+    hedged attempt runs in one) and the body pump, and resets the stream with CANCEL: a no-op
+    for a stream that ended both ways, and for one whose response ended before the request,
+    or that lost a hedging race, how the upstream learns to stop.
     """
 
-    __slots__ = ("cluster", "endpoint", "latency", "pump", "settled", "started", "up")
+    __slots__ = ("cluster", "deadline", "endpoint", "latency", "number", "pump", "settled",
+                 "started", "task", "up")
 
-    def __init__(self, cluster: UpstreamCluster, endpoint: EndpointState) -> None:
+    def __init__(self, cluster: UpstreamCluster, endpoint: EndpointState, number: int,
+                 deadline: float) -> None:
+        """``number`` is the attempt's (``x-mesh-attempt``), ``deadline`` its per-try one."""
         self.cluster = cluster
         self.endpoint = endpoint
+        self.number = number
+        self.deadline = deadline
         self.started = cluster.clock.now()
         self.latency: float | None = None  # to the response headers, once they came
         self.up: Upstream | None = None  # the stream, once opened
         self.pump: asyncio.Task[None] | None = None  # sends the rest of a streamed body
+        self.task: asyncio.Task[tuple[Outcome, Headers | None]] | None = None  # if hedged
         self.settled = False
         endpoint.start()
+
+    def run(self, sending: Coroutine[Any, Any, tuple[Outcome, Headers | None]]
+            ) -> asyncio.Task[tuple[Outcome, Headers | None]]:
+        """Run ``sending`` (the attempt's request and wait) as this attempt's task."""
+        task = self.task = asyncio.create_task(sending)
+        # A task that ends with an error after its race was decided is never asked for it.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
 
     def answered(self) -> None:
         """The response headers came: the latency the balancer will be told."""
@@ -470,9 +595,11 @@ class _Attempt:
             self.cluster.record(self.endpoint.address, outcome)
 
     def close(self) -> None:
-        """The attempt is over: settle it if nothing did, stop the pump, reset the stream."""
+        """The attempt is over: settle it if nothing did, stop its task and pump, reset the
+        stream."""
         self.settle(None)
-        if self.pump is not None and not self.pump.done():
-            self.pump.cancel()
+        for task in (self.task, self.pump):
+            if task is not None and not task.done():
+                task.cancel()
         if self.up is not None:
             self.up.reset(ErrorCode.CANCEL)

@@ -7,8 +7,9 @@ opens plays the next step of its script, so a test reads like the transcript of 
     upstreams = Upstreams(Reset(), Answer(200, body=[b"ok"]))  # the retry gets the answer
 
 Steps: ``ConnectFails`` (no connection), ``Reset`` (the upstream resets the stream before
-answering), ``Hang`` (it never answers), ``Answer`` (headers once the whole request is in, then
-the body, then ``then``: "end" with the trailers, "stall" for ever, or "fail" with a reset).
+answering), ``Hang`` (it never answers), ``Answer`` (headers once the whole request is in and
+``delay`` seconds have passed, then the body, then ``then``: "end" with the trailers, "stall"
+for ever, or "fail" with a reset).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class Answer:
     grpc_status: int | None = None  # in the headers (trailers-only)
     trailers: Headers | None = None
     then: Literal["end", "stall", "fail"] = "end"
+    delay: float = 0.0  # seconds the upstream works before its headers (a slow replica)
 
 
 Step = ConnectFails | Reset | Hang | Answer
@@ -151,6 +153,9 @@ class ScriptedStream:
             self._fail(StreamReset(1, ErrorCode.INTERNAL_ERROR, by_peer=True))
         await self._until(lambda: isinstance(step, Answer) and self.request_ended)
         assert isinstance(step, Answer)
+        if step.delay:
+            await asyncio.sleep(step.delay)
+            self._check()  # reset while it worked
         headers = [(":status", str(step.status))]
         if step.grpc:
             headers.append(("content-type", "application/grpc"))
