@@ -1,13 +1,14 @@
 """Discovery: an endpoint moves — how long until every caller stops using the old address?
 
-    load ──▶ 3 caller sidecars ══mTLS══▶ backend "old" (127.0.40.66) → moves to "new" (.67)
+    load ──▶ 3 caller sidecars ══mTLS══▶ backend instance k (127.0.40.66) → moves to k+1 (.67)
                   ▲ xDS stream                  │ register / deregister
                   └──────── control plane ◀─────┘        ▲ DNS-like clients poll every TTL
 
 A real control plane (``python -m controlplane``); every sidecar joins it with a join token,
 registers its endpoint and subscribes to the discovery stream. The backend moves: a new
 instance starts and registers, then the old one is stopped (SIGTERM: it deregisters, drains,
-exits). Two kinds of caller learn of it:
+exits). It moves a few times, once per seeded repeat (``repeats.py``): instance 0 to 1, 1 to
+2, ..., each new instance on the other address. Two kinds of caller learn of each move:
 
 - **sidecars (xDS push)**: the control plane pushes the new endpoint set to every subscribed
   sidecar the moment the registry changes. Measured by polling each caller sidecar's admin
@@ -15,12 +16,15 @@ exits). Two kinds of caller learn of it:
 - **TTL clients (DNS-like)**: a client that resolves the service name and caches the answer
   for a TTL, as a DNS resolver does. Here they are real clients that re-resolve against the
   control plane's registry (``GET /endpoints/backend``, the stand-in for a DNS server that is
-  always up to date) every TTL seconds, each starting at a random point of its TTL (seeded),
-  as a fleet of caches does. Until its cache expires a client keeps the old address. The full
-  run uses TTLs of 5 s and 30 s; ``--quick`` scales them down to 0.5 s and 2 s.
+  always up to date) every TTL seconds, each starting at a random point of its TTL (drawn
+  from the move's seed: a new fleet for each move), as a fleet of caches does. Until its cache
+  expires a client keeps the old address. The full run uses TTLs of 5 s and 30 s; ``--quick``
+  scales them down to 0.5 s and 2 s.
 
 Traffic keeps flowing through the caller sidecars meanwhile (with retries on connect failures
-and refused streams), so the table also shows whether the move cost any request.
+and refused streams), so the table also shows whether a move cost any request. Each headline
+compares the push with the TTL clients within a move and is reported as the median over the
+moves, with its spread.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import asyncio
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -53,12 +57,13 @@ from experiments.harness import (
     wait_port,
     wait_ready,
 )
+from experiments.repeats import Headline, Spread, headlines_json, headlines_table, ratio, seeds
 
 NAME = "discovery"
 TITLE = "Discovery: time until callers stop using a moved endpoint, xDS push vs DNS-like TTL"
 CONTROL_PLANE = "127.0.40.60"
 CALLERS = ("127.0.40.61", "127.0.40.62", "127.0.40.63")
-OLD, NEW, APPS = "127.0.40.66", "127.0.40.67", "127.0.40.68"
+INSTANCES, APPS = ("127.0.40.66", "127.0.40.67"), "127.0.40.68"  # instance k: INSTANCES[k % 2]
 POLL = 0.005  # seconds between looks at a sidecar's /clusters
 POLICY = {"clusters": [{"name": "backend", "retry_policy": {
     "retry_on": ["connect-failure", "refused-stream", "reset"], "num_retries": 2}}]}
@@ -72,17 +77,23 @@ class Sidecar(NamedTuple):
     outbound: int
     inbound: int
 
+    @property
+    def endpoint(self) -> str:
+        """The address it registers: its inbound listener."""
+        return f"{self.admin[0]}:{self.inbound}"
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     ttls: tuple[float, ...]  # seconds, one fleet of TTL clients each
     clients_per_ttl: int
     rate: float  # requests/s through each caller sidecar
-    before: float  # seconds of traffic before the move
+    before: float  # seconds of traffic before a move
+    repeats: int  # moves
 
 
-FULL = Plan(ttls=(5.0, 30.0), clients_per_ttl=10, rate=30, before=2.0)
-QUICK = Plan(ttls=(0.5, 2.0), clients_per_ttl=10, rate=30, before=1.0)
+FULL = Plan(ttls=(5.0, 30.0), clients_per_ttl=10, rate=30, before=2.0, repeats=3)
+QUICK = Plan(ttls=(0.5, 2.0), clients_per_ttl=10, rate=30, before=1.0, repeats=3)
 
 
 def operator_headers(pki: Path) -> dict[str, str]:
@@ -162,10 +173,10 @@ async def run(quick: bool) -> Report:
             "--log-level", "WARNING"])
         await wait_port(cp, CONTROL_PLANE, api_port)
         operator = operator_headers(lab.pki_dir)
-        app_ports = {"old": free_port(APPS), "new": free_port(APPS)}
-        apps = lab.start("backend", ["-m", "experiments.backend",
-                                     "--replica", f"old={APPS}:{app_ports['old']}",
-                                     "--replica", f"new={APPS}:{app_ports['new']}"])
+        app_ports = [free_port(APPS) for _ in range(plan.repeats + 1)]  # one per instance
+        apps = lab.start("backend", ["-m", "experiments.backend", *(
+            arg for k, port in enumerate(app_ports)
+            for arg in ("--replica", f"i{k}={APPS}:{port}"))])
 
         async def sidecar(name: str, service: str, host: str, app: tuple[str, int]) -> Sidecar:
             out, inb, adm = (free_port(host) for _ in range(3))
@@ -178,27 +189,33 @@ async def run(quick: bool) -> Report:
                 env={"MESH_JOIN_TOKEN": await token(api, operator, service)})  # argv is public
             return Sidecar(proc, (host, adm), out, inb)
 
+        def instance(k: int) -> Awaitable[Sidecar]:
+            return sidecar(f"backend-{k}", "backend", INSTANCES[k % 2], (APPS, app_ports[k]))
+
         callers = [await sidecar(f"caller-{i}", "caller", host, (APPS, 1))
                    for i, host in enumerate(CALLERS)]
-        instances = {name: await sidecar(f"backend-{name}", "backend", host,
-                                         (APPS, app_ports[name]))
-                     for name, host in (("old", OLD), ("new", NEW))}
-        await asyncio.gather(wait_port(apps, APPS, app_ports["old"]),
-                             *(wait_ready(s.proc, s.admin)
-                               for s in [*callers, *instances.values()]))
-        old = f"{OLD}:{instances['old'].inbound}"
-        new = f"{NEW}:{instances['new'].inbound}"
-        await wait_for([c.admin for c in callers], old, None, within=20)
-        await wait_for([c.admin for c in callers], new, None, within=20)
-        result = await move(plan, api, operator, callers, old, new, instances["old"].proc)
-    return report(result, plan, quick)
+        current = await instance(0)
+        await asyncio.gather(wait_port(apps, APPS, app_ports[0]),
+                             *(wait_ready(s.proc, s.admin) for s in [*callers, current]))
+        await wait_for([c.admin for c in callers], current.endpoint, None, within=20)
+        moves = []
+        for k, seed in enumerate(seeds(plan.repeats)):
+            following = await instance(k + 1)
+            moves.append(await move(plan, api, operator, callers, (current, f"i{k}"),
+                                    following, seed))
+            current = following
+    return report(moves, plan, quick)
 
 
 async def move(plan: Plan, api: str, operator: dict[str, str], callers: list[Sidecar],
-               old: str, new: str, old_proc: Proc) -> dict[str, Any]:
-    """Stop the old instance under load; time the push and the TTL clients."""
+               old_instance: tuple[Sidecar, str], new_instance: Sidecar,
+               seed: int) -> dict[str, Any]:
+    """Start the new instance, then stop the old one under load; time the push and a fleet
+    of TTL clients (their phases drawn from ``seed``)."""
+    (old_sidecar, old_replica), old, new = (old_instance, old_instance[0].endpoint,
+                                            new_instance.endpoint)
     admins = [c.admin for c in callers]
-    rng = random.Random(17)
+    rng = random.Random(seed)
     stop = asyncio.Event()
     fleets = {ttl: [TtlClient(api, operator, ttl, rng.uniform(0, ttl))
                     for _ in range(plan.clients_per_ttl)] for ttl in plan.ttls}
@@ -214,11 +231,12 @@ async def move(plan: Plan, api: str, operator: dict[str, str], callers: list[Sid
     before = max(plan.before, longest)  # every TTL client has resolved at least once
     load = asyncio.create_task(open_loop(call, rate=plan.rate * len(clients),
                                          duration=before + longest + 1.0))
-    await asyncio.sleep(before)
+    await asyncio.gather(asyncio.sleep(before), wait_ready(new_instance.proc, new_instance.admin))
+    await wait_for(admins, new, None, within=20)  # every caller knows the new instance
     moved = time.monotonic()
-    old_proc.terminate()  # SIGTERM: it deregisters, drains, exits
+    old_sidecar.proc.terminate()  # SIGTERM: it deregisters, drains, exits
     pushed = await wait_for(admins, new, old, within=20)
-    await old_proc.wait_exit()
+    await old_sidecar.proc.wait_exit()
     await asyncio.sleep(max(0.0, moved + longest + 0.5 - time.monotonic()))
     stop.set()
     await asyncio.gather(*ttl_tasks)
@@ -234,60 +252,87 @@ async def move(plan: Plan, api: str, operator: dict[str, str], callers: list[Sid
         ttl_results[str(ttl)] = [d - moved for d in dropped if d is not None]
     moved_rel = moved - start
     after = [s for s in samples if s.due >= moved_rel]
-    last_old = max((s.due for s in samples if s.tag == "old"), default=moved_rel)
+    last_old = max((s.due for s in samples if s.tag == old_replica), default=moved_rel)
     return {
-        "old": old, "new": new, "push": push,
+        "seed": seed, "old": old, "new": new, "push": push,
         "ttl": ttl_results,
         "requests": len(samples), "errors": sum(not s.ok for s in samples),
         "requests_after_move": len(after),
-        "old_after_move": sum(1 for s in after if s.tag == "old"),
+        "old_after_move": sum(1 for s in after if s.tag == old_replica),
         "last_old_after_move": max(0.0, last_old - moved_rel),
         "latency_p99": percentile([s.latency for s in samples if s.ok], 99),
     }
 
 
-def report(r: dict[str, Any], plan: Plan, quick: bool) -> Report:
-    push = r["push"]
-    rows = [["xDS push (caller sidecars)", len(push), ms(percentile(push, 50)),
-             ms(max(push)), "pushed by the control plane as the registry changes"]]
-    for ttl, times in r["ttl"].items():
-        rows.append([f"DNS-like cache, TTL {float(ttl):g} s", len(times),
-                     ms(percentile(times, 50)), ms(max(times)),
-                     "re-resolves when its cache expires"])
+def headlines(moves: list[dict[str, Any]], plan: Plan) -> list[Headline]:
+    def count(value: float) -> str:
+        return f"{value:.0f}"
+
+    slowest_push = Spread.of(max(m["push"]) for m in moves)
+    return [
+        Headline("push_max", "xDS push: ms until the last caller sidecar dropped the old "
+                 "address", Spread.of(v * 1000 for v in slowest_push.values),
+                 "milliseconds: pushed as the registry changes", lambda v: f"{v:.1f}"),
+        *(Headline(f"push_vs_ttl_{ttl:g}",
+                   f"the last push ÷ the median TTL {ttl:g} s client's time",
+                   Spread.of(ratio(max(m["push"]), percentile(m["ttl"][str(ttl)], 50))
+                             for m in moves),
+                   "far below 1: a cache keeps the old address for up to a TTL",
+                   lambda v: f"{v:.3f}")
+          for ttl in plan.ttls),
+        Headline("errors", "failed requests during a move", Spread.of(m["errors"] for m in moves),
+                 "about 0: retries on connect failure and refused streams", count),
+    ]
+
+
+def report(moves: list[dict[str, Any]], plan: Plan, quick: bool) -> Report:
+    series = [("xDS push (caller sidecars)", [m["push"] for m in moves],
+               "pushed by the control plane as the registry changes")]
+    series += [(f"DNS-like cache, TTL {ttl:g} s", [m["ttl"][str(ttl)] for m in moves],
+                "re-resolves when its cache expires") for ttl in plan.ttls]
+    rows = [[label, len(per_move[0]), Spread.of(percentile(t, 50) for t in per_move).cell(ms),
+             Spread.of(max(t) for t in per_move).cell(ms), how] for label, per_move, how in series]
     table = markdown_table(["callers", "count", "p50 ms until the old address is gone",
                             "max ms (every caller)", "how they learn"], rows)
+    claims = headlines(moves, plan)
+    requests, errors = sum(m["requests"] for m in moves), sum(m["errors"] for m in moves)
+    after = sum(m["requests_after_move"] for m in moves)
+    late = [m["last_old_after_move"] for m in moves if m["old_after_move"]]
     notes = [
-        f"{'quick' if quick else 'full'} run. Time 0 is the SIGTERM to the old instance's "
+        f"{'quick' if quick else 'full'} run: {plan.repeats} moves (seeds "
+        f"{', '.join(str(seed) for seed in seeds(plan.repeats))}); a cell is the median over "
+        f"the moves (min–max). Time 0 is the SIGTERM to the old instance's "
         f"sidecar: it deregisters (an RPC to the control plane), the registry drops the "
         f"endpoint, the control plane pushes.",
         f"TTL clients are real clients re-resolving against the control plane's registry API "
-        f"every TTL, each starting at a random point of its TTL; TTLs "
+        f"every TTL, each starting at a random point of its TTL (a new fleet each move); TTLs "
         f"{', '.join(f'{t:g} s' for t in plan.ttls)}"
         + (" (scaled down from 5 s and 30 s for --quick)." if quick else "."),
-        f"Traffic through the caller sidecars during the move: {r['requests']} requests, "
-        f"{r['errors']} failed; of the {r['requests_after_move']} sent after time 0, "
-        f"{r['old_after_move']} were still answered by the old instance"
-        + (f" (the last {r['last_old_after_move'] * 1000:.0f} ms after time 0)."
-           if r["old_after_move"] else "."),
-        "Numbers vary from run to run: the machine is shared and loaded.",
+        f"Traffic through the caller sidecars during the moves: {requests} requests, "
+        f"{errors} failed; of the {after} sent after a time 0, "
+        f"{sum(m['old_after_move'] for m in moves)} were still answered by the old instance"
+        + (f" (the last {max(late) * 1000:.0f} ms after time 0)." if late else "."),
+        "The machine is shared and loaded: a move that met a busy moment shows in the "
+        "min–max, not in the median.",
     ]
 
     def draw(figure: Any) -> None:
         axes = figure.subplots()
-        series = [("xDS push", push)] + [(f"TTL {float(t):g} s", v) for t, v in r["ttl"].items()]
-        for index, (label, values) in enumerate(series):
-            ordered = sorted(values)
+        for index, (label, per_move, _) in enumerate(series):
+            ordered = sorted(v for values in per_move for v in values)
             axes.step([v * 1000 for v in ordered],
                       [(i + 1) / len(ordered) * 100 for i in range(len(ordered))],
                       where="post", label=label, linewidth=2 if index == 0 else 1)
         axes.set_xscale("symlog", linthresh=10)
         axes.set_xlabel("ms after the move (symlog)")
-        axes.set_ylabel("% of callers no longer using the old address")
+        axes.set_ylabel(f"% of callers no longer using the old address ({len(moves)} moves)")
         axes.set_title(TITLE, fontsize=10)
         axes.grid(alpha=0.3)
         axes.legend()
 
-    return Report(NAME, TITLE, table, notes, {"plan": asdict(plan), **r}, draw)
+    return Report(NAME, TITLE, table, notes,
+                  {"plan": asdict(plan), "moves": moves, "headlines": headlines_json(claims)},
+                  draw, headlines_table(claims))
 
 
 if __name__ == "__main__":

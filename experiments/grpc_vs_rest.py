@@ -16,11 +16,16 @@ the wire, read from the kernel's per-socket counters (``ss -ti``: ``bytes_sent``
 ``bytes_received``) on the client's connections and, through the mesh, on the sidecar-to-
 sidecar connections. The lab asks for 5-minute runs at 100/1000/5000 requests/s; pure Python
 on two shared cores reaches a few hundred through two sidecars, so the rates are scaled down.
+
+The cells (rate × protocol × path) run in a few seeded repeats (``repeats.py``), in an order
+drawn from each repeat's seed; a table cell is the median over the repeats, with its spread,
+and each headline compares gRPC with REST within a repeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import subprocess
 import sys
@@ -48,6 +53,15 @@ from experiments.harness import (
     wait_ready,
 )
 from experiments.proto.catalog_pb2 import Product, ProductRequest
+from experiments.repeats import (
+    Headline,
+    Spread,
+    headlines_json,
+    headlines_table,
+    ratio,
+    seeds,
+    shuffled,
+)
 from mesh.grpc import Channel
 
 NAME = "grpc_vs_rest"
@@ -62,11 +76,17 @@ PROTOCOLS = ("grpc", "rest")
 @dataclass(frozen=True, slots=True)
 class Plan:
     rates: tuple[float, ...]
-    seconds: float  # per cell
+    seconds: float  # per cell and repeat
+    repeats: int
 
 
-FULL = Plan(rates=(100, 300, 600), seconds=6)
-QUICK = Plan(rates=(100, 200), seconds=2)
+FULL = Plan(rates=(100, 300, 600), seconds=3, repeats=3)
+QUICK = Plan(rates=(100, 200), seconds=0.7, repeats=3)
+
+
+def cell_key(rate: float, protocol: str, path: str) -> str:
+    """A cell's name in the JSON: ``grpc-mesh-100``."""
+    return f"{protocol}-{path}-{rate:g}"
 
 
 def wire_bytes(host: str, port: int, source: str | None = None) -> dict[tuple[str, str], int]:
@@ -133,15 +153,18 @@ async def run(quick: bool) -> Report:
             ("rest", "mesh"): ((CLIENT, c[0]), (REST_SIDECAR, r[1]), "rest server",
                                ["client sidecar", "rest sidecar"]),
         }
-        results = []
-        for rate in plan.rates:
-            for protocol in PROTOCOLS:
-                for path in PATHS:
-                    first, hop, server, sidecars = targets[(protocol, path)]
-                    results.append(await run_cell(
-                        protocol, path, rate, plan.seconds, first, hop,
-                        {name: procs[name] for name in (server, *sidecars)}, server))
-    return report(results, plan, quick)
+        cells = [(rate, protocol, path) for rate in plan.rates for protocol in PROTOCOLS
+                 for path in PATHS]
+        by_repeat = []
+        for seed in seeds(plan.repeats):
+            results = {}
+            for rate, protocol, path in shuffled(cells, seed):
+                first, hop, server, sidecars = targets[(protocol, path)]
+                results[cell_key(rate, protocol, path)] = await run_cell(
+                    protocol, path, rate, plan.seconds, first, hop,
+                    {name: procs[name] for name in (server, *sidecars)}, server)
+            by_repeat.append(results)
+    return report(by_repeat, plan, quick)
 
 
 async def run_cell(protocol: str, path: str, rate: float, seconds: float,
@@ -204,25 +227,73 @@ def client_for(protocol: str, path: str, first: tuple[str, int]
     return rest_call, session.close
 
 
-def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> Report:
+def headlines(by_repeat: list[dict[str, dict[str, Any]]], plan: Plan) -> list[Headline]:
+    def versus_rest(rate: float, path: str, key: str) -> Spread:
+        return Spread.of(ratio(r[cell_key(rate, "grpc", path)][key],
+                               r[cell_key(rate, "rest", path)][key]) for r in by_repeat)
+
+    def count(value: float) -> str:
+        return f"{value:.0f}"
+
+    return [
+        *(Headline(f"bytes_grpc_vs_rest_{path}_{rate:g}",
+                   f"bytes per request on the client leg, gRPC ÷ REST, {path}, {rate:g}/s",
+                   versus_rest(rate, path, "client_bytes_per_request"),
+                   "below 1: protobuf and HPACK against JSON and HTTP/1.1 text")
+          for rate in plan.rates for path in PATHS),
+        Headline("grpc_connections", "gRPC client connections, every cell",
+                 Spread.of(max(c["client_connections"] for key, c in r.items()
+                               if key.startswith("grpc-")) for r in by_repeat),
+                 "1: every call multiplexed on one", count),
+        Headline("rest_connections", "REST client connections, the most in any cell",
+                 Spread.of(max(c["client_connections"] for key, c in r.items()
+                               if key.startswith("rest-")) for r in by_repeat),
+                 "more than 1 at times: HTTP/1.1 needs one per request in flight", count),
+    ]
+
+
+def report(by_repeat: list[dict[str, dict[str, Any]]], plan: Plan, quick: bool) -> Report:
+    def number(value: float) -> str:
+        return f"{value:.0f}"
+
+    def per_request(key: str) -> Callable[[dict[str, Any]], float]:
+        return lambda c: c[key] * 1e6 / max(1, c["requests"])
+
+    columns: list[tuple[str, Callable[[dict[str, Any]], float], Callable[[float], str]]] = [
+        ("p50 ms", lambda c: c["p50"], ms), ("p95 ms", lambda c: c["p95"], ms),
+        ("p99 ms", lambda c: c["p99"], ms),
+        ("throughput req/s", lambda c: c["throughput"], number),
+        ("errors", lambda c: c["errors"], number),
+        ("server CPU µs/req", per_request("server_cpu"), number),
+        ("client CPU µs/req", per_request("client_cpu"), number),
+        ("sidecars CPU µs/req", per_request("mesh_cpu"), number),
+        ("client leg bytes/req", lambda c: c["client_bytes_per_request"], number),
+        ("sidecar↔sidecar bytes/req", lambda c: c["mesh_bytes_per_request"] or math.nan,
+         number),
+        ("client connections", lambda c: c["client_connections"], number),
+    ]
+    mesh_only = {"sidecars CPU µs/req", "sidecar↔sidecar bytes/req"}  # direct: no sidecars
     rows = []
-    for r in results:
-        n = max(1, r["requests"])
-        mesh_bytes = r["mesh_bytes_per_request"]
-        rows.append([
-            f"{r['rate']:g}", "gRPC" if r["protocol"] == "grpc" else "REST", r["path"],
-            ms(r["p50"]), ms(r["p95"]), ms(r["p99"]), f"{r['throughput']:.0f}", r["errors"],
-            f"{r['server_cpu'] * 1e6 / n:.0f}", f"{r['client_cpu'] * 1e6 / n:.0f}",
-            "–" if r["path"] == "direct" else f"{r['mesh_cpu'] * 1e6 / n:.0f}",
-            f"{r['client_bytes_per_request']:.0f}",
-            "–" if mesh_bytes is None else f"{mesh_bytes:.0f}", r["client_connections"]])
-    headers = ["req/s offered", "protocol", "path", "p50 ms", "p95 ms", "p99 ms",
-               "throughput req/s", "errors", "server CPU µs/req", "client CPU µs/req",
-               "sidecars CPU µs/req", "client leg bytes/req", "sidecar↔sidecar bytes/req",
-               "client connections"]
+    summary: list[dict[str, Any]] = []
+    for rate in plan.rates:
+        for protocol in PROTOCOLS:
+            for path in PATHS:
+                key = cell_key(rate, protocol, path)
+                spreads = {header: Spread.of(value(r[key]) for r in by_repeat)
+                           for header, value, _ in columns}
+                cells = ["–" if path == "direct" and header in mesh_only
+                         else spreads[header].cell(fmt) for header, _, fmt in columns]
+                rows.append([f"{rate:g}", "gRPC" if protocol == "grpc" else "REST", path,
+                             *cells])
+                summary.append({"cell": key, "rate": rate, "protocol": protocol, "path": path,
+                                **{h: spread.as_json() for h, spread in spreads.items()}})
+    headers = ["req/s offered", "protocol", "path", *(header for header, _, _ in columns)]
+    claims = headlines(by_repeat, plan)
     notes = [
-        f"{'quick' if quick else 'full'} run: {plan.seconds:g} s per cell, open loop; "
-        f"latency from the scheduled send time.",
+        f"{'quick' if quick else 'full'} run: {plan.repeats} repeats (seeds "
+        f"{', '.join(str(seed) for seed in seeds(plan.repeats))}), the cells in an order drawn "
+        f"from each seed; {plan.seconds:g} s per cell and repeat, open loop; latency from the "
+        f"scheduled send time. A cell of the table is the median over the repeats (min–max).",
         "CPU per request is each process's user + system time in the cell divided by the "
         "requests; 'sidecars' adds both sidecars. The client is the load generator itself "
         "(aiohttp for REST, mesh/grpc for gRPC).",
@@ -235,25 +306,31 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> Report:
         "towards the 5 s call timeout; the calls that reach it are cancelled (errors column). "
         "Those cancellations come late in a stream's life, so the Rapid Reset guard, which "
         "counts only premature resets (mesh/http2/limits.py), leaves the connection open.",
-        "Numbers vary from run to run: the machine is shared and loaded.",
+        "The machine is shared and loaded: a repeat that met a busy moment shows in the "
+        "min–max, not in the median.",
     ]
 
     def draw(figure: Any) -> None:
         left, middle, right = figure.subplots(1, 3)
         for protocol in PROTOCOLS:
             for path in PATHS:
-                cells = [r for r in results if r["protocol"] == protocol and r["path"] == path]
                 label = f"{'gRPC' if protocol == 'grpc' else 'REST'} {path}"
                 style = "-" if path == "direct" else "--"
-                rates = [r["rate"] for r in cells]
-                left.plot(rates, [r["p99"] * 1000 for r in cells], style, marker="o",
-                          label=label)
-                middle.plot(rates, [(r["server_cpu"] + r["mesh_cpu"] + r["client_cpu"])
-                                    * 1e6 / max(1, r["requests"]) for r in cells], style,
-                            marker="o", label=label)
-                right.plot(rates, [r["client_bytes_per_request"] for r in cells], style,
-                           marker="o", label=label)
-        left.set_title("p99 latency")
+                cells = [c for c in summary if c["protocol"] == protocol and c["path"] == path]
+                rates = [c["rate"] for c in cells]
+                for axes, header, scale in ((left, "p99 ms", 1000), (right,
+                                            "client leg bytes/req", 1)):
+                    medians = [c[header]["median"] * scale for c in cells]
+                    axes.errorbar(rates, medians, fmt=style, marker="o", capsize=3, label=label,
+                                  yerr=[[m - c[header]["min"] * scale
+                                         for m, c in zip(medians, cells, strict=True)],
+                                        [c[header]["max"] * scale - m
+                                         for m, c in zip(medians, cells, strict=True)]])
+                cpu = [sum(c[h]["median"] for h in ("server CPU µs/req", "client CPU µs/req"))
+                       + (c["sidecars CPU µs/req"]["median"] if path == "mesh" else 0)
+                       for c in cells]
+                middle.plot(rates, cpu, style, marker="o", label=label)
+        left.set_title("p99 latency (median, bars: min–max)")
         left.set_ylabel("ms")
         middle.set_title("CPU per request, all processes")
         middle.set_ylabel("µs")
@@ -265,7 +342,8 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> Report:
         left.legend(fontsize=8)
 
     return Report(NAME, TITLE, markdown_table(headers, rows), notes,
-                  {"plan": asdict(plan), "cells": results}, draw)
+                  {"plan": asdict(plan), "cells": summary, "headlines": headlines_json(claims),
+                   "repeats": by_repeat}, draw, headlines_table(claims))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@
   latency is measured from that *scheduled* time. A closed loop (send, wait, send) would slow
   down when the server does and hide the queue it built — "coordinated omission".
 - :class:`Report` is what an experiment produces: a Markdown table (printed, and written to
-  ``NAME.md`` with the notes and the plot's name), the same numbers as ``NAME.json``, and a
-  PNG plot drawn with matplotlib (imported only when plotting, with the Agg backend).
+  ``NAME.md`` with the headlines over the seeded repeats (:mod:`.repeats`), the notes and the
+  plot's name), the same numbers as ``NAME.json``, and a PNG plot drawn with matplotlib
+  (imported only when plotting, with the Agg backend).
 
 Processes on the same machine share ``CLOCK_MONOTONIC``, so timestamps a backend reports with
 ``time.monotonic()`` line up with the experiment's own.
@@ -421,6 +422,9 @@ def ms(seconds: float) -> str:
 # ------------------------------------------------------------------------------- report
 
 
+HEADLINES = "## Headlines: the median over the seeded repeats, the lowest and highest, each repeat"
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-flavoured Markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
@@ -438,6 +442,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     plot: Callable[[Any], None] | None = None  # draws on a matplotlib Figure
+    headlines: str = ""  # each claim over the seeded repeats (``repeats.headlines_table``)
 
     def write(self, out: Path) -> list[Path]:
         """Write ``NAME.md``, ``NAME.json`` and ``NAME.png`` into ``out``; return the paths."""
@@ -449,6 +454,8 @@ class Report:
             written.append(png)
         md = out / f"{self.name}.md"
         body = [f"# {self.title}", "", self.table, ""]
+        if self.headlines:
+            body += [HEADLINES, "", self.headlines, ""]
         body += [f"- {note}" for note in self.notes]
         if self.plot is not None:
             body += ["", f"![{self.name}]({png.name})"]
@@ -492,6 +499,8 @@ def main(name: str, title: str, run: Callable[[bool], Coroutine[Any, Any, Report
         return 1
     paths = report.write(args.out)
     print(f"## {report.title}\n\n{report.table}\n")
+    if report.headlines:
+        print(f"{HEADLINES}\n\n{report.headlines}\n")
     for note in report.notes:
         print(f"- {note}")
     print(f"\n({time.monotonic() - started:.0f} s; wrote {', '.join(str(p) for p in paths)})")

@@ -24,6 +24,10 @@ The circuit breaker's ``max_retries`` (3 concurrent retries by default, Envoy's)
 each policy. Measured: the load the backend receives (every arrival, 503s included), the
 client's success rate, and the recovery time: from the brownout's end until the success rate
 is 90 % or more in every half second for two seconds.
+
+The four policies run in a few seeded repeats (``repeats.py``), in an order drawn from each
+repeat's seed, which also seeds the backend's errors; each headline compares a policy with the
+storm within a repeat and is reported as the median over the repeats, with its spread.
 """
 
 from __future__ import annotations
@@ -49,6 +53,16 @@ from experiments.harness import (
     open_loop,
     wait_port,
     wait_ready,
+)
+from experiments.repeats import (
+    Headline,
+    Spread,
+    across,
+    headlines_json,
+    headlines_table,
+    ratio,
+    seeds,
+    shuffled,
 )
 
 NAME = "retry_storm"
@@ -85,14 +99,15 @@ class Plan:
     warm: float  # seconds before the brownout
     brownout: float  # seconds of brownout
     after: float  # seconds after it
+    repeats: int
 
     @property
     def duration(self) -> float:
         return self.warm + self.brownout + self.after
 
 
-FULL = Plan(rate=100, warm=3, brownout=6, after=10)
-QUICK = Plan(rate=60, warm=1, brownout=2, after=4)
+FULL = Plan(rate=100, warm=2, brownout=5, after=8, repeats=3)
+QUICK = Plan(rate=60, warm=1, brownout=1.5, after=3.5, repeats=3)
 
 
 def recovery_time(success: list[float], plan: Plan) -> float:
@@ -124,12 +139,13 @@ async def warm_up(client: H2Client, *, needed: int = 5, within: float = 15.0) ->
         streak = streak + 1 if response.status == 200 else 0
 
 
-async def run_policy(lab: Lab, policy: str, plan: Plan, ports: dict[str, int]) -> dict[str, Any]:
+async def run_policy(lab: Lab, policy: str, plan: Plan, ports: dict[str, int],
+                     seed: int) -> dict[str, Any]:
     backend_args = ["-m", "experiments.backend", "--replica",
                     f"backend={BACKEND}:{ports['backend']}", "--latency-ms", str(SERVICE_MS),
-                    "--workers", str(WORKERS), "--queue-limit", str(QUEUE), "--seed", "7",
+                    "--workers", str(WORKERS), "--queue-limit", str(QUEUE), "--seed", str(seed),
                     "--error-rate", str(ERROR_RATE)]
-    backend = lab.start(f"backend-{policy}", backend_args)
+    backend = lab.start(f"backend-{policy}-{seed}", backend_args)
     await wait_port(backend, BACKEND, ports["backend"])
     client = H2Client(CLIENT, ports["outbound"], authority=policy)
     control = H2Client(BACKEND, ports["backend"], authority="backend")
@@ -161,7 +177,7 @@ async def run_policy(lab: Lab, policy: str, plan: Plan, ports: dict[str, int]) -
     after = [s for s in samples if s.due >= plan.warm + plan.brownout]
     return {
         "policy": policy,
-        "label": POLICIES[policy][0],
+        "seed": seed,
         "requests": len(samples),
         "success": sum(s.ok for s in samples) / len(samples),
         "success_before": sum(s.ok for s in before) / max(1, len(before)),
@@ -190,7 +206,7 @@ def _success_timeline(samples: list[Sample], plan: Plan) -> list[float]:
 
 async def run(quick: bool) -> Report:
     plan = QUICK if quick else FULL
-    results = []
+    by_repeat = []
     with Lab(NAME) as lab:
         lab.pki(["client", "backend"])
         ports = {name: free_port(host) for name, host in (
@@ -210,30 +226,81 @@ async def run(quick: bool) -> Report:
                              inbound=(SERVER, ports["s_inbound"]), admin=server_admin,
                              app=(BACKEND, ports["backend"]), config={})
         await asyncio.gather(wait_ready(client, client_admin), wait_ready(server, server_admin))
-        for policy in POLICIES:
-            results.append(await run_policy(lab, policy, plan, ports))
-    return report(results, plan, quick)
+        for seed in seeds(plan.repeats):
+            by_repeat.append({policy: await run_policy(lab, policy, plan, ports, seed)
+                              for policy in shuffled(POLICIES, seed)})
+    return report(by_repeat, plan, quick)
 
 
-def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> Report:
+def headlines(by_repeat: list[dict[str, dict[str, Any]]]) -> list[Headline]:
+    def versus_storm(policy: str, key: str) -> Spread:
+        return Spread.of(ratio(r[policy][key], r["retries"][key]) for r in by_repeat)
+
+    def points(value: float) -> str:
+        return f"{value * 100:+.0f}"
+
+    def seconds(value: float) -> str:
+        return f"{value:.1f}" if math.isfinite(value) else "never"
+
+    claims = [
+        Headline("none_amplification", "no retries: backend load ÷ offered",
+                 across(by_repeat, "none", "amplification"),
+                 "about 1: the backend sees what the clients send"),
+        Headline("storm_amplification", "retries: 3, no budget: backend load ÷ offered",
+                 across(by_repeat, "retries", "amplification"),
+                 "well above 1 (4 at most): the retry storm"),
+    ]
+    for policy in ("budget", "backoff"):
+        label = POLICIES[policy][0]
+        claims += [
+            Headline(f"{policy}_load_vs_storm", f"{label}: backend requests ÷ the storm's",
+                     versus_storm(policy, "backend_requests"),
+                     "below 1: the budget caps the retries"),
+            Headline(f"{policy}_success_after_vs_storm",
+                     f"{label}: success after the brownout, minus the storm's (% points)",
+                     Spread.of(r[policy]["success_after"] - r["retries"]["success_after"]
+                               for r in by_repeat),
+                     "positive: the backend is back in service", points),
+            Headline(f"{policy}_recovery", f"{label}: recovery (s)",
+                     across(by_repeat, policy, "recovery_s"),
+                     "finite: it recovers (the storm does not)", seconds),
+        ]
+    return claims
+
+
+def report(by_repeat: list[dict[str, dict[str, Any]]], plan: Plan, quick: bool) -> Report:
     capacity = WORKERS * 1000 / SERVICE_MS
+
+    def pct(value: float) -> str:
+        return f"{value * 100:.1f}"
+
+    def recovery(value: float) -> str:
+        return f"{value:.1f}" if math.isfinite(value) else "–"
+
+    columns: list[tuple[str, str, Any]] = [  # (header, result key, format)
+        ("success before the brownout %", "success_before", pct),
+        ("success, whole run %", "success", pct),
+        ("success after the brownout %", "success_after", pct),
+        ("backend req/s before", "backend_rps_before", lambda v: f"{v:.0f}"),
+        ("backend load from the brownout on (x offered)", "amplification",
+         lambda v: f"{v:.2f}"),
+        ("backend peak req/s", "backend_rps_peak", lambda v: f"{v:.0f}"),
+        (f"recovery s (–: not within {plan.after:g} s)", "recovery_s", recovery),
+    ]
     rows = []
-    for r in results:
-        recovery = r["recovery_s"]
-        rows.append([
-            r["label"], f"{r['success_before'] * 100:.1f} %", f"{r['success'] * 100:.1f} %",
-            f"{r['success_after'] * 100:.1f} %",
-            f"{r['backend_rps_before']:.0f}", f"{r['amplification']:.2f}x",
-            f"{r['backend_rps_peak']:.0f}",
-            f"{recovery:.1f} s" if math.isfinite(recovery) else
-            f"not within {plan.after:g} s"])
-    table = markdown_table(
-        ["policy", "success before the brownout", "success, whole run",
-         "success after the brownout", "backend req/s before",
-         "backend load from the brownout on (x offered)", "backend peak req/s", "recovery"],
-        rows)
+    summary = []
+    for policy, (label, _) in POLICIES.items():
+        spreads = {key: across(by_repeat, policy, key) for _, key, _ in columns}
+        rows.append([label, *(spreads[key].cell(fmt) for _, key, fmt in columns)])
+        summary.append({"policy": policy, "label": label,
+                        **{key: spread.as_json() for key, spread in spreads.items()}})
+    table = markdown_table(["policy", *(header for header, _, _ in columns)], rows)
+    claims = headlines(by_repeat)
     notes = [
-        f"{'quick' if quick else 'full'} run: {plan.rate:g} requests/s offered; brownout "
+        f"{'quick' if quick else 'full'} run: {plan.repeats} repeats (seeds "
+        f"{', '.join(str(seed) for seed in seeds(plan.repeats))}), the four policies in an "
+        f"order drawn from each seed; a cell is the median over the repeats (min–max). "
+        f"{plan.rate:g} requests/s offered; brownout "
         f"from {plan.warm:g} s for {plan.brownout:g} s (service time x{BROWNOUT_FACTOR:g}); "
         f"backend capacity {capacity:.0f}/s, {capacity / BROWNOUT_FACTOR:.0f}/s in the "
         f"brownout; {ERROR_RATE:.0%} of requests fail anyway; 250 ms per attempt, 1 s per "
@@ -243,15 +310,19 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> Report:
         "the client's requests in that time.",
         "Recovery: from the brownout's end until the client's success rate is >= 90 % in "
         f"every half second for {STEADY:g} s.",
-        "Numbers vary from run to run: the machine is shared and loaded.",
+        "The machine is shared and loaded: a repeat that met a busy moment shows in the "
+        "min–max, not in the median. The plot draws every repeat, the first one darker.",
     ]
 
     def draw(figure: Any) -> None:
         top, bottom = figure.subplots(2, 1, sharex=True)
-        for r in results:
-            xs = [i * BUCKET for i in range(len(r["load_timeline"]))]
-            top.plot(xs, r["load_timeline"], label=r["label"])
-            bottom.plot(xs, [v * 100 for v in r["success_timeline"]], label=r["label"])
+        for index, (policy, (label, _)) in enumerate(POLICIES.items()):
+            for repeat, r in enumerate(by_repeat):  # one line a repeat, in the policy's colour
+                xs = [i * BUCKET for i in range(len(r[policy]["load_timeline"]))]
+                style = {"color": f"C{index}", "alpha": 0.9 if repeat == 0 else 0.35,
+                         "label": label if repeat == 0 else None}
+                top.plot(xs, r[policy]["load_timeline"], **style)
+                bottom.plot(xs, [v * 100 for v in r[policy]["success_timeline"]], **style)
         for axes in (top, bottom):
             axes.axvspan(plan.warm, plan.warm + plan.brownout, color="orange", alpha=0.15,
                          label="brownout")
@@ -260,13 +331,15 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> Report:
         top.axhline(plan.rate, color="black", linestyle="--", linewidth=0.8,
                     label="offered load")
         top.set_ylabel("backend requests/s")
-        top.set_title(TITLE)
+        top.set_title(f"{TITLE} ({plan.repeats} repeats)", fontsize=10)
         top.legend(fontsize=8, loc="upper right")
         bottom.set_ylabel("client success %")
         bottom.set_xlabel("seconds")
 
     return Report(NAME, TITLE, table, notes,
-                  {"plan": asdict(plan), "capacity": capacity, "policies": results}, draw)
+                  {"plan": asdict(plan), "capacity": capacity, "policies": summary,
+                   "headlines": headlines_json(claims), "repeats": by_repeat},
+                  draw, headlines_table(claims))
 
 
 if __name__ == "__main__":

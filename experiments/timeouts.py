@@ -16,7 +16,9 @@ chain (the sidecars' own timeouts are set to 60 s, so only the apps' choices mat
   ``mesh/grpc``'s server); when it passes, everything below stops at once.
 
 Counted at C: the seconds it spent working after the client had given up, and how many calls
-it was still working on then.
+it was still working on then. The three modes run in a few seeded repeats (``repeats.py``), in
+an order drawn from each repeat's seed; each headline is the median over the repeats, with its
+spread.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ from experiments.harness import (
     wait_port,
     wait_ready,
 )
+from experiments.repeats import (
+    Headline,
+    across,
+    headlines_json,
+    headlines_table,
+    seeds,
+    shuffled,
+)
 from mesh.grpc import Channel, GrpcError
 
 NAME = "timeouts"
@@ -64,10 +74,12 @@ class Plan:
     deadline: float  # the client's deadline
     hop_timeout: float  # each call's own timeout in mode "timeouts"
     cap: float  # how long the client waits without a deadline
+    repeats: int
 
 
-FULL = Plan(rate=20, seconds=5, stall=5.0, deadline=0.5, hop_timeout=2.0, cap=3.0)
-QUICK = Plan(rate=20, seconds=1.5, stall=1.5, deadline=0.3, hop_timeout=0.8, cap=1.0)
+FULL = Plan(rate=20, seconds=5, stall=5.0, deadline=0.5, hop_timeout=2.0, cap=3.0, repeats=3)
+QUICK = Plan(rate=20, seconds=1.0, stall=1.5, deadline=0.3, hop_timeout=0.8, cap=1.0,
+             repeats=3)
 
 
 async def run(quick: bool) -> Report:
@@ -90,16 +102,17 @@ async def run(quick: bool) -> Report:
                                admin=(host, adm), app=(APPS, apps[tier]), config=config)
             waits.append(wait_ready(proc, (host, adm)))
         await asyncio.gather(*waits)
-        results = []
-        for mode in MODES:
-            results.append(await run_mode(lab, mode, plan, ports, apps))
-    return report(results, plan, quick)
+        by_repeat = []
+        for seed in seeds(plan.repeats):
+            by_repeat.append({mode: await run_mode(lab, mode, plan, ports, apps, seed)
+                              for mode in shuffled(MODES, seed)})
+    return report(by_repeat, plan, quick)
 
 
 async def run_mode(lab: Lab, mode: str, plan: Plan, ports: dict[str, list[int]],
-                   apps: dict[str, int]) -> dict[str, Any]:
-    stats = lab.dir / f"chain-{mode}.json"
-    chain = lab.start(f"chain-{mode}", [
+                   apps: dict[str, int], seed: int) -> dict[str, Any]:
+    stats = lab.dir / f"chain-{mode}-{seed}.json"
+    chain = lab.start(f"chain-{mode}-{seed}", [
         "-m", "experiments.chain", "--mode", mode, "--hop-timeout", str(plan.hop_timeout),
         "--a", f"{APPS}:{apps['a']}", "--b", f"{APPS}:{apps['b']}",
         "--c", f"{APPS}:{apps['c']}", "--a-sidecar", f"{SIDECARS['a']}:{ports['a'][0]}",
@@ -139,50 +152,99 @@ async def run_mode(lab: Lab, mode: str, plan: Plan, ports: dict[str, list[int]],
             still += record["end"] > left + SLACK
     answered = [s.latency for s in samples]
     return {
-        "mode": mode, "label": MODES[mode], "calls": len(samples),
+        "mode": mode, "seed": seed, "calls": len(samples),
         "client_ok": sum(s.ok for s in samples),
         "client_p50": percentile(answered, 50), "client_p99": percentile(answered, 99),
         "reached_c": len(work), "finished_at_c": sum(r["finished"] for r in work.values()),
-        "still_working_after_give_up": still, "work_after_give_up_s": wasted,
+        "still_working_after_give_up": still, "still_working_share": still / max(1, len(samples)),
+        "work_after_give_up_s": wasted,
         "work_after_give_up_per_call_ms": wasted * 1000 / max(1, len(work)),
         "outcomes": sorted({s.tag for s in samples}),
     }
 
 
-def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> Report:
-    rows = [[r["label"], ms(r["client_p50"]), ms(r["client_p99"]), ", ".join(r["outcomes"]),
-             r["reached_c"], r["still_working_after_give_up"],
-             f"{r['work_after_give_up_s']:.2f}", f"{r['work_after_give_up_per_call_ms']:.0f}"]
-            for r in results]
-    headers = ["mode", "client waited p50 ms", "p99 ms", "client saw", "calls reaching C",
-               "still working at C 50 ms after the client gave up", "C's work after give-up (s)",
-               "per call (ms)"]
+def headlines(by_repeat: list[dict[str, dict[str, Any]]]) -> list[Headline]:
+    def per_call(value: float) -> str:
+        return f"{value:.0f}"
+
+    return [
+        *(Headline(f"{mode}_work_after_give_up", f"{MODES[mode]}: C's work after the client "
+                   f"gave up, ms per call",
+                   across(by_repeat, mode, "work_after_give_up_per_call_ms"), claim, per_call)
+          for mode, claim in (("none", "hundreds of ms: C works on for nobody"),
+                              ("timeouts", "hundreds of ms: C works until its own timeout"),
+                              ("deadlines", "a few ms: C stops when the deadline passes"))),
+        Headline("deadlines_still_working", "propagated deadlines: % of calls C still "
+                 "worked on 50 ms after the give-up",
+                 across(by_repeat, "deadlines", "still_working_share"), "about 0",
+                 lambda v: f"{v * 100:.0f}"),
+    ]
+
+
+def report(by_repeat: list[dict[str, dict[str, Any]]], plan: Plan, quick: bool) -> Report:
+    def seconds(value: float) -> str:
+        return f"{value:.2f}"
+
+    def count(value: float) -> str:
+        return f"{value:.0f}"
+
+    columns: list[tuple[str, str, Any]] = [  # (header, result key, format)
+        ("client waited p50 ms", "client_p50", ms),
+        ("p99 ms", "client_p99", ms),
+        ("calls reaching C", "reached_c", count),
+        ("still working at C 50 ms after the client gave up", "still_working_after_give_up",
+         count),
+        ("C's work after give-up (s)", "work_after_give_up_s", seconds),
+        ("per call (ms)", "work_after_give_up_per_call_ms", count),
+    ]
+    rows = []
+    summary: list[dict[str, Any]] = []
+    for mode, label in MODES.items():
+        spreads = {key: across(by_repeat, mode, key) for _, key, _ in columns}
+        outcomes = sorted({o for r in by_repeat for o in r[mode]["outcomes"]})
+        cells = [spreads[key].cell(fmt) for _, key, fmt in columns]
+        rows.append([label, *cells[:2], ", ".join(outcomes), *cells[2:]])
+        summary.append({"mode": mode, "label": label, "outcomes": outcomes,
+                        **{key: spread.as_json() for key, spread in spreads.items()}})
+    headers = ["mode", *(h for h, _, _ in columns[:2]), "client saw",
+               *(h for h, _, _ in columns[2:])]
+    claims = headlines(by_repeat)
     notes = [
-        f"{'quick' if quick else 'full'} run: {plan.rate:g} calls/s for {plan.seconds:g} s; C "
+        f"{'quick' if quick else 'full'} run: {plan.repeats} repeats (seeds "
+        f"{', '.join(str(seed) for seed in seeds(plan.repeats))}), the three modes in an order "
+        f"drawn from each seed; a cell is the median over the repeats (min–max). "
+        f"{plan.rate:g} calls/s for {plan.seconds:g} s; C "
         f"stalls {plan.stall:g} s; the client's deadline is {plan.deadline:g} s (without "
         f"timeouts it gives up at {plan.cap:g} s); each hop's own timeout in the middle mode "
         f"is {plan.hop_timeout:g} s.",
         "In the first two modes a tier's downstream call is not tied to its caller (as with "
         "a thread per request): when the caller goes, the call below goes on. With propagated "
         "deadlines every tier passes the deadline on and a cancel travels down with it.",
-        "Numbers vary from run to run: the machine is shared and loaded.",
+        "The machine is shared and loaded: a repeat that met a busy moment shows in the "
+        "min–max, not in the median.",
     ]
 
     def draw(figure: Any) -> None:
         left, right = figure.subplots(1, 2)
-        labels = [r["label"].replace(", ", ",\n") for r in results]
-        xs = list(range(len(results)))
-        left.bar(xs, [r["client_p50"] * 1000 for r in results], color="tab:blue")
-        left.set_xticks(xs, labels, fontsize=8)
-        left.set_ylabel("ms")
+        labels = [row["label"].replace(", ", ",\n") for row in summary]
+        xs = list(range(len(summary)))
+        for axes, key, scale, colour in ((left, "client_p50", 1000, "tab:blue"),
+                                         (right, "work_after_give_up_s", 1, "tab:red")):
+            medians = [row[key]["median"] * scale for row in summary]
+            axes.bar(xs, medians, color=colour, capsize=4,
+                     yerr=[[m - row[key]["min"] * scale for m, row in zip(medians, summary,
+                                                                          strict=True)],
+                           [row[key]["max"] * scale - m for m, row in zip(medians, summary,
+                                                                          strict=True)]])
+            axes.set_xticks(xs, labels, fontsize=8)
+        left.set_ylabel("ms (median, bars: min–max)")
         left.set_title("how long the client waited (p50)")
-        right.bar(xs, [r["work_after_give_up_s"] for r in results], color="tab:red")
-        right.set_xticks(xs, labels, fontsize=8)
-        right.set_ylabel("seconds of work")
+        right.set_ylabel("seconds of work (median, bars: min–max)")
         right.set_title("C's work after the client gave up")
 
     return Report(NAME, TITLE, markdown_table(headers, rows), notes,
-                  {"plan": asdict(plan), "modes": results}, draw)
+                  {"plan": asdict(plan), "modes": summary, "headlines": headlines_json(claims),
+                   "repeats": by_repeat}, draw, headlines_table(claims))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,16 @@ def run_quick(name: str, out: Path, *, via_meshctl: bool = False,
     table = (out / f"{name}.md").read_text()
     assert table.splitlines()[0].startswith("# ")
     assert "|---" in table and f"![{name}]({name}.png)" in table
+    assert "## Headlines" in table and "## Headlines" in result.stdout  # with their spread
     assert "|---" in result.stdout  # the table is printed too
     assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
+    print(result.stdout)  # shown by pytest when the test fails: every repeat's figures
     return data
+
+
+def every_repeat(data: dict[str, Any]) -> str:
+    """Each headline's median and its value in every repeat, for an assertion's message."""
+    return "\n".join(
+        f"{key}: median {h['median']:.3g}, repeats {', '.join(f'{v:.3g}' for v in h['repeats'])}"
+        for key, h in data["headlines"].items())
