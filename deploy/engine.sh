@@ -48,10 +48,19 @@ engine_running() {
   [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]
 }
 
-# The host's networking as one normalized text: equal texts, equal networking.
+# The host's networking as one normalized text: equal texts, equal networking. The firewall is
+# read with iptables-save and ip6tables-save, which must be installed: without them the rules
+# the kernel holds cannot be seen, and a "before" read blind would say "no rules" where there
+# were some, and differ from an "after" read with the tools. The text names the tools that read
+# it, so a snapshot is only ever equal to one read the same way.
 host_snapshot() {
   local tool
+  for tool in iptables-save ip6tables-save nft; do
+    echo "# read with: $tool $(command -v "$tool" || echo "(not installed)")"
+  done
   for tool in iptables ip6tables; do
+    command -v "$tool-save" >/dev/null ||
+      die "$tool-save is not installed: the firewall cannot be written down (engine_packages)"
     echo "## $tool"
     "$tool-save" 2>/dev/null | { grep -v '^#' || true; } | sed 's/ \[[0-9]*:[0-9]*\]$//'
   done
@@ -104,9 +113,15 @@ engine_start() {
     say "an earlier run did not finish: restoring the host it found first"
     engine_stop || die "the host could not be restored; see $RUN/host-diff.txt"
   fi
+  # The host as found, read with the tools that will read it after (installed first when
+  # missing): a firewall read without iptables looks empty whatever it holds, and giving back
+  # "empty" would delete tables that were there before (nft's, another firewall's).
+  engine_packages
+  local before
+  before=$(host_snapshot) || die "the host's networking could not be written down"
   ENGINE_STARTED=1   # from here on, stopping means restoring what is written down next
   : >"$RUN/dockerd.log"
-  host_snapshot >"$RUN/host-before.txt"
+  echo "$before" >"$RUN/host-before.txt"
   iptables-save >"$RUN/iptables-before.rules" 2>/dev/null
   ip6tables-save >"$RUN/ip6tables-before.rules" 2>/dev/null
   _dockerd

@@ -1,16 +1,33 @@
 # Sourced by scripts/demo and scripts/test: the project's own virtual environment in .venv,
-# plus the Debian tools the interop tests, benchmarks and the demo talk to (installed when we are
-# root): nghttp2 (h2load, nghttpd), curl, openssl, HAProxy, Prometheus.
+# plus the Debian packages their commands talk to, installed when we are root (apt-get):
+#
+#   MESH_INSTALL=test   scripts/test (the default): every tool a test runs — nghttp2 (h2load,
+#                       nghttpd), curl, openssl, HAProxy, Prometheus, iproute2 (ip, ss),
+#                       procps (sysctl, pgrep) — and what the compose test's engine needs:
+#                       docker.io, docker-compose, iptables, debootstrap. Nothing else needs
+#                       installing first: this is the whole of what a fresh machine lacks.
+#   MESH_INSTALL=run    scripts/demo: what the demo talks to (curl, Prometheus), no test tools.
+#
+# Either way python3-venv, when there is no .venv yet and Debian's python3 cannot make one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# command:package, for every command a test (or the demo) runs
+if [ "${MESH_INSTALL:-test}" = run ]; then
+  tools=(curl:curl prometheus:prometheus)
+else
+  tools=(h2load:nghttp2-client nghttpd:nghttp2-server curl:curl openssl:openssl
+         haproxy:haproxy prometheus:prometheus ip:iproute2 ss:iproute2 sysctl:procps
+         pgrep:procps dockerd:docker.io docker-compose:docker-compose iptables:iptables
+         debootstrap:debootstrap)
+fi
 need=()
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v nghttpd >/dev/null || need+=(nghttp2-server)
-command -v curl >/dev/null || need+=(curl)
-command -v openssl >/dev/null || need+=(openssl)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v prometheus >/dev/null || need+=(prometheus)
+for tool in "${tools[@]}"; do
+  PATH="$PATH:/usr/sbin:/sbin" command -v "${tool%%:*}" >/dev/null && continue
+  [[ " ${need[*]} " == *" ${tool#*:} "* ]] || need+=("${tool#*:}")
+done
+# Debian's python3 makes no virtual environment without its ensurepip (python3-venv).
+[ -x .venv/bin/python ] || python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${need[*]} (Debian packages)" >&2

@@ -63,18 +63,42 @@ pytestmark = [
 
 # -- the host's networking, written down --------------------------------------------------------
 
+SEARCH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"  # root's tools, whatever PATH says
+READERS = ["iptables-save", "ip6tables-save", "nft"]  # what reads the firewall
+
+
 def _run(*command: str) -> str:
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run([shutil.which(command[0], path=SEARCH) or command[0],
+                               *command[1:]], capture_output=True, text=True, timeout=30).stdout
     except FileNotFoundError:
         return f"({command[0]} not installed)\n"
+
+
+def engine_packages() -> None:
+    """Install what compose-up needs when missing (deploy/engine.sh's ``engine_packages``:
+    docker.io, docker-compose, iptables, debootstrap) before the host is first written down.
+
+    The host as found must be read with the tools that read it after. Without iptables the
+    firewall cannot be read at all (it would look empty, whatever the kernel holds), and
+    compose-up installs iptables, so a "before" taken first would never equal the "after".
+    scripts/test has installed them already; this is for pytest run by itself.
+    """
+    done = subprocess.run(["bash", "-c", "source deploy/engine.sh && engine_packages"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"installing the engine's packages failed:\n{done.stderr}"
 
 
 _COUNTERS = re.compile(r" ?\[\d+:\d+\]|counter packets \d+ bytes \d+")
 
 
 def host_networking() -> dict[str, list[str]]:
-    """Rules, links, addresses, routes, forwarding and netns mounts, normalized for comparison."""
+    """Rules, links, addresses, routes, forwarding and netns mounts, normalized for comparison,
+    and the tools that read the firewall: two snapshots compare only if read the same way."""
+    readers = {tool: shutil.which(tool, path=SEARCH) for tool in READERS}
+    assert readers["iptables-save"] and readers["ip6tables-save"], \
+        f"the firewall cannot be written down without iptables: {readers}"
+
     def lines(text: str) -> list[str]:
         return [_COUNTERS.sub("", line).rstrip() for line in text.splitlines()
                 if line.strip() and not line.startswith("#")]
@@ -89,9 +113,10 @@ def host_networking() -> dict[str, list[str]]:
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
               if "docker" in line or "netns" in line]
     return {
+        "read with": [f"{tool}: {path or 'not installed'}" for tool, path in readers.items()],
         "iptables": lines(_run("iptables-save")),
         "ip6tables": lines(_run("ip6tables-save")),
-        "nft": lines(_run("nft", "list", "ruleset")) if shutil.which("nft") else [],
+        "nft": lines(_run("nft", "list", "ruleset")) if readers["nft"] else [],
         "links": links,
         "addresses": addresses,
         "routes": lines(_run("ip", "-4", "route", "show", "table", "all")
@@ -265,6 +290,7 @@ def ports_free() -> None:
 
 def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
     ports_free()
+    engine_packages()  # first: the host as found is read with the tools that read it after
     before = host_networking()
     env = {**os.environ, "MESH_PUBLISH": PUBLISH, "MESH_LOAD_RATE": "5"}
     started = time.monotonic()
