@@ -17,6 +17,7 @@ Glossary:
 
 The experiments, and the question each answers:
     retry_storm    what ``retries: 3`` does to a backend in a brownout, and what a budget does
+    hedging        what a second request does to a heavy tail's p99, and what it costs
     balancers      which balancer avoids one slow replica among three
     grpc_vs_rest   gRPC and HTTP/1.1 JSON for the same service, through the mesh and direct
     handshakes     what a new TCP + TLS connection per call costs against a pooled one
@@ -24,5 +25,6 @@ The experiments, and the question each answers:
     discovery      how fast callers stop using a moved endpoint: xDS push against DNS TTLs
 """
 
-NAMES = ("retry_storm", "balancers", "grpc_vs_rest", "handshakes", "timeouts", "discovery")
+NAMES = ("retry_storm", "hedging", "balancers", "grpc_vs_rest", "handshakes", "timeouts",
+         "discovery")
 """Every experiment, in the order a reader meets the concepts."""

@@ -2,13 +2,17 @@
 
     python -m experiments.backend --replica r1=127.0.40.13:8080
         [--replica r2=HOST:PORT,latency_ms=60] [--latency-ms 20] [--workers 4]
-        [--queue-limit 100] [--error-rate 0.0] [--seed 1]
+        [--queue-limit 100] [--error-rate 0.0] [--tail-rate 0.0 --tail-ms 0] [--seed 1]
 
 Each replica serves every path with ``200 ok`` and an ``x-replica`` header, after its service
 time. With ``--workers N`` a replica processes at most N requests at once and queues the rest
 (past ``--queue-limit`` it answers 503 at once): a server with a thread pool. Queued work is
 done even if the caller has gone — like a thread pool, the backend cannot see that its caller
 gave up — which is what turns a brownout into a retry storm.
+
+With ``--tail-rate P`` a share P of requests, drawn at random, takes ``--tail-ms`` instead: a
+heavy tail (a GC pause, a cold cache, a noisy neighbour), which a hedge can beat because the
+next request, even to the same replica, is as fast as ever.
 
 Control paths, on any replica (not counted as traffic):
 
@@ -47,6 +51,8 @@ class Replica:
     queue_limit: int
     error_rate: float
     rng: random.Random
+    tail_rate: float = 0.0  # the share of requests that take ``tail`` seconds instead
+    tail: float = 0.0
     brownout_factor: float = 1.0
     brownout_until: float = 0.0
     arrivals: list[float] = field(default_factory=list)  # when each request arrived
@@ -57,7 +63,8 @@ class Replica:
 
     def service_time(self) -> float:
         factor = self.brownout_factor if time.monotonic() < self.brownout_until else 1.0
-        return self.latency * factor
+        slow = self.tail_rate and self.rng.random() < self.tail_rate
+        return (self.tail if slow else self.latency) * factor
 
     async def handle(self, stream: Stream) -> None:
         headers = dict(stream.headers or [])
@@ -124,7 +131,8 @@ async def _answer(stream: Stream, status: int, body: bytes, replica: str) -> Non
 
 
 def parse_replica(text: str, defaults: argparse.Namespace, seed: int) -> Replica:
-    """``NAME=HOST:PORT[,latency_ms=N][,error_rate=P]`` as a :class:`Replica`.
+    """``NAME=HOST:PORT[,latency_ms=N][,error_rate=P][,tail_rate=P,tail_ms=N]`` as a
+    :class:`Replica`.
 
     Raises:
         argparse.ArgumentTypeError: the text does not have that shape.
@@ -134,18 +142,20 @@ def parse_replica(text: str, defaults: argparse.Namespace, seed: int) -> Replica
         name, _, address = head.partition("=")
         host, _, port = address.rpartition(":")
         extra = dict(option.split("=", 1) for option in options)
-        unknown = set(extra) - {"latency_ms", "error_rate"}
+        unknown = set(extra) - {"latency_ms", "error_rate", "tail_rate", "tail_ms"}
         if unknown or not name or not host:
             raise ValueError(f"unknown option(s) {sorted(unknown)}" if unknown else "shape")
         return Replica(name=name, host=host, port=int(port),
                        latency=float(extra.get("latency_ms", defaults.latency_ms)) / 1000,
                        workers=defaults.workers, queue_limit=defaults.queue_limit,
                        error_rate=float(extra.get("error_rate", defaults.error_rate)),
-                       rng=random.Random(seed))
+                       rng=random.Random(seed),
+                       tail_rate=float(extra.get("tail_rate", defaults.tail_rate)),
+                       tail=float(extra.get("tail_ms", defaults.tail_ms)) / 1000)
     except ValueError as error:
         raise argparse.ArgumentTypeError(
-            f"--replica {text!r}: want NAME=HOST:PORT[,latency_ms=N][,error_rate=P] "
-            f"({error})") from None
+            f"--replica {text!r}: want NAME=HOST:PORT[,latency_ms=N][,error_rate=P]"
+            f"[,tail_rate=P,tail_ms=N] ({error})") from None
 
 
 async def serve_replicas(replicas: list[Replica]) -> None:
@@ -164,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.backend",
                                      description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--replica", action="append", required=True,
-                        help="NAME=HOST:PORT[,latency_ms=N][,error_rate=P]; repeatable")
+                        help="NAME=HOST:PORT[,latency_ms=N][,error_rate=P]"
+                             "[,tail_rate=P,tail_ms=N]; repeatable")
     parser.add_argument("--latency-ms", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=0, help="0: unlimited concurrency")
     parser.add_argument("--queue-limit", type=int, default=100)
     parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--tail-rate", type=float, default=0.0,
+                        help="the share of requests that take --tail-ms instead")
+    parser.add_argument("--tail-ms", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     try:
