@@ -1,9 +1,10 @@
-"""Experiments: the course's questions answered with numbers, each runnable in about two minutes.
+"""Experiments: the course's questions answered with numbers, each runnable in a few minutes.
 
 Each module starts the processes it needs on loopback (127.0.40.x), drives open-loop load at a
-constant arrival rate, and writes a Markdown table, a JSON file of the same numbers and a PNG
-plot under ``experiments/results/`` (``python -m experiments.NAME [--quick] [--out DIR]``, or
-``meshctl experiment NAME``).
+constant arrival rate in a few seeded repeats (:mod:`.repeats`), and writes a Markdown table of
+medians with their spread, its headlines with every repeat's value, a JSON file of the same
+numbers and a PNG plot under ``experiments/results/`` (``python -m experiments.NAME [--quick]
+[--out DIR]``, or ``meshctl experiment NAME``).
 
 Glossary:
     open-loop load  requests sent on a fixed schedule, whether or not earlier ones have
@@ -12,6 +13,9 @@ Glossary:
                     ("coordinated omission").
     brownout        a partial outage: the backend still answers, slowly or with errors.
     lab             the processes of one run and their temporary folder (:mod:`.harness`).
+    repeat          one pass over everything an experiment compares, in an order and with
+                    randomness drawn from its own seed; a headline is the median over the
+                    repeats, with its spread (:mod:`.repeats`).
     backend         a small app with fault knobs, written for the experiments
                     (:mod:`.backend`, :mod:`.chain`, :mod:`.catalog`).
 
