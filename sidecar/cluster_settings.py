@@ -50,7 +50,7 @@ from sidecar.outlier import (
 )
 from sidecar.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS
 from sidecar.rate_limit import RateLimitSettings, rate_limit_settings_from
-from sidecar.retry import RetryOn, RetrySettings
+from sidecar.retry import DEFAULT_NUM_RETRIES, RetryOn, RetrySettings
 from sidecar.retry_budget import DEFAULT_RETRY_RATIO, ConcurrencyBudgetConfig, RateBudgetConfig
 
 DEFAULT_CONNECT_TIMEOUT = 1.0
@@ -131,7 +131,7 @@ def retry_settings_from(proto: RetryPolicy) -> RetrySettings:
     return RetrySettings(
         retry_on=retry_on,
         num_retries=(proto.num_retries if proto.num_retries or not (retry_on or hedging_delay)
-                     else 1),
+                     else DEFAULT_NUM_RETRIES),
         per_try_timeout=per_try_timeout,
         retriable_status_codes=frozenset(proto.retriable_status_codes),
         retry_non_idempotent=proto.retry_non_idempotent,

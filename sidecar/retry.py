@@ -125,13 +125,17 @@ _GRPC_CONDITIONS: dict[RetryOn, StatusCode] = {
 _NEVER_PROCESSED = frozenset({Failure.CONNECT_FAILURE, Failure.REFUSED_STREAM})
 
 
+DEFAULT_NUM_RETRIES = 1
+"""Attempts after the first when a policy retries on something but says not how many (Envoy)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetrySettings:
     """A route's retry policy, as the sidecar applies it (the ``RetryPolicy`` message's
     values, as Envoy's ``RetryPolicy``); defaults retry nothing."""
 
     retry_on: frozenset[RetryOn] = frozenset()
-    num_retries: int = 1  # attempts after the first (Envoy's default 1)
+    num_retries: int = DEFAULT_NUM_RETRIES  # attempts after the first
     per_try_timeout: float | None = None  # seconds per attempt; None: up to the deadline
     retriable_status_codes: frozenset[int] = frozenset()  # for retriable-status-codes
     retry_non_idempotent: bool = False  # True: retry POST and PATCH as well
