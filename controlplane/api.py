@@ -37,6 +37,7 @@ audit = logging.getLogger("controlplane.audit")
 log = logging.getLogger("controlplane.api")
 
 OPEN_PATHS = frozenset({"/metrics", "/healthz"})  # read-only, no credential needed
+OPERATOR = web.RequestKey("operator", str)  # the fingerprint of the credential a request used
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -55,7 +56,7 @@ def make_app(cp: ControlPlane) -> web.Application:
             reason, problem = "wrong_credential", "the operator token presented is not this " \
                                                   "control plane's"
         else:
-            request["operator"] = cp.operator.fingerprint
+            request[OPERATOR] = cp.operator.fingerprint
             return await handler(request)
         cp.metrics.refused("OperatorAPI", reason)
         # The path as a repr: it is the caller's, and may hold a newline to forge a log line.
@@ -68,7 +69,7 @@ def make_app(cp: ControlPlane) -> web.Application:
             status=401, headers={"WWW-Authenticate": 'Bearer realm="asyncmesh operator API"'})
 
     def by(request: web.Request) -> str:
-        return f"by operator token {request['operator']} from {request.remote}"
+        return f"by operator token {request[OPERATOR]} from {request.remote}"
 
     @routes.get("/healthz")
     async def healthz(_: web.Request) -> web.Response:

@@ -32,6 +32,8 @@ engine_packages() {
   command -v docker-compose >/dev/null || need+=(docker-compose)
   command -v iptables >/dev/null || need+=(iptables)
   command -v debootstrap >/dev/null || need+=(debootstrap)
+  command -v ip >/dev/null || need+=(iproute2)     # the snapshot of the host's networking
+  command -v pgrep >/dev/null || need+=(procps)    # and finding the engine's processes
   if [ ${#need[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || die "missing ${need[*]} and no apt-get to install them"
     say "installing ${need[*]} (Debian packages)"

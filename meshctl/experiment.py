@@ -1,7 +1,7 @@
 """``meshctl experiment NAME [--quick] [--out DIR]``: run one of the teaching experiments.
 
     meshctl experiment list                 the experiments and the question each answers
-    meshctl experiment retry_storm          about two minutes; --quick: under half a minute
+    meshctl experiment retry_storm          about 3.5 minutes; --quick: under a minute and a half
 
 The same as ``python -m experiments.NAME``: it starts what it needs on 127.0.40.x, prints a
 Markdown table, and writes the table, its numbers (JSON) and a plot (PNG) under
