@@ -40,7 +40,7 @@ from controlplane.snapshot import Snapshot, build
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.grpc import Cardinality, Context, GrpcServer, StatusCode
 from mesh.http2 import Server
-from mesh.identity import SpiffeId
+from mesh.identity import SpiffeId, control_plane_id
 from mesh.proto.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 from mesh.proto.registry_pb2 import (
     DeregisterRequest,
@@ -58,7 +58,6 @@ log = logging.getLogger("controlplane")
 
 T = TypeVar("T")
 
-CONTROL_PLANE_NAMESPACE = "mesh-system"
 
 
 def caller_identity(context: Context) -> SpiffeId | None:
@@ -242,8 +241,7 @@ class ControlPlane:
 
     async def start(self, host: str = "127.0.0.1", port: int = 15012) -> None:
         """Serve gRPC on ``host:port`` and run the lease sweeper (and the policy watcher)."""
-        identity = SpiffeId(trust_domain=self.trust_domain, namespace=CONTROL_PLANE_NAMESPACE,
-                            service="controlplane")
+        identity = control_plane_id(self.trust_domain)
         own = issue_workload(self.ca, identity, timedelta(days=1))
         cert, key = write_workload(own, self.pki_dir / "controlplane")
         tls = server_context(cert, key, self.pki_dir / "ca.crt", require_client_cert=False)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 SCHEME = "spiffe://"
 DEFAULT_NAMESPACE = "default"  # a service, policy or grant that names no namespace is in it
+CONTROL_PLANE_NAMESPACE = "mesh-system"  # the control plane is .../ns/mesh-system/sa/controlplane
 SHAPE = "spiffe://<trust-domain>/ns/<namespace>/sa/<service>"
 MAX_LENGTH = 2048  # bytes; the SPIFFE ID spec's limit for the whole URI
 
@@ -84,6 +85,13 @@ def parse(uri: str) -> SpiffeId:
         if problem:
             raise invalid(f"{field} {value!r} {problem}")
     return SpiffeId(trust_domain=trust_domain, namespace=namespace, service=service)
+
+
+def control_plane_id(trust_domain: str) -> SpiffeId:
+    """The identity the control plane of ``trust_domain`` proves: what a sidecar insists on
+    before it sends a join token, registers, subscribes or renews."""
+    return SpiffeId(trust_domain=trust_domain, namespace=CONTROL_PLANE_NAMESPACE,
+                    service="controlplane")
 
 
 def matches(pattern: str, identity: SpiffeId) -> bool:

@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.pki import make_csr
 from mesh.grpc import Channel, GrpcError, StatusCode
-from mesh.identity import SpiffeId, parse
+from mesh.identity import SpiffeId, control_plane_id, parse
 from mesh.proto.registry_pb2 import SignCertificateRequest, SignCertificateResponse
-from mesh.tls import bootstrap_context, client_context, peer_spiffe_id
+from mesh.tls import bootstrap_context, client_context
 from sidecar.backoff import Backoff
 
 log = logging.getLogger("sidecar.identity")
@@ -97,8 +97,10 @@ async def bootstrap(host: str, port: int, bootstrap_ca: Path, files: Certificate
     """
     delays = backoff.delays(rng or random.Random())
     while True:
+        # The token goes only to the control plane: its certificate must prove so.
         channel = Channel(host, port, ssl=bootstrap_context(bootstrap_ca),
-                          authority="controlplane")
+                          authority="controlplane",
+                          peer_identity=str(control_plane_id(request_id.trust_domain)))
         try:
             await obtain(channel, files, request_id, join_token)
             break
@@ -143,13 +145,11 @@ class Rotation:
 
     async def renew(self) -> None:
         tls = client_context(self.files.cert, self.files.key, self.files.ca)
-        channel = Channel(self.host, self.port, ssl=tls, authority="controlplane")
+        identity = self.files.identity()
+        channel = Channel(self.host, self.port, ssl=tls, authority="controlplane",
+                          peer_identity=str(control_plane_id(identity.trust_domain)))
         try:
-            conn = await channel.connection()
-            server = peer_spiffe_id(conn.ssl_object) if conn.ssl_object else None
-            if server is None or server.service != "controlplane":
-                raise ssl.SSLError(f"the control plane presented {server}, not a control plane")
-            await obtain(channel, self.files, self.files.identity())
+            await obtain(channel, self.files, identity)
         finally:
             await channel.close()
         for context in self.contexts:

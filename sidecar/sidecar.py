@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from mesh.clock import SYSTEM_CLOCK
 from mesh.grpc import Channel
 from mesh.http2 import Http2Connection, Server, serve
-from mesh.identity import SpiffeId
+from mesh.identity import SpiffeId, control_plane_id
 from mesh.proto.config_pb2 import Cluster, Endpoint
 from mesh.proto.discovery_pb2 import Node
 from mesh.proto.resources import instance_name, short_name
@@ -172,7 +172,8 @@ class Sidecar:
         channel = self._cp_channel = Channel(
             *o.control_plane, ssl=client_context(self.files.cert, self.files.key,
                                                   self.files.ca), authority="controlplane",
-            local_address=o.advertise or o.inbound[0])
+            local_address=o.advertise or o.inbound[0],
+            peer_identity=str(control_plane_id(identity.trust_domain)))
         backoff = functools.partial(Backoff(base_interval=0.1, max_interval=5.0).delays,
                                     self.rng)
         endpoint = Endpoint(address=o.advertise or o.inbound[0], port=o.inbound[1])

@@ -41,6 +41,7 @@ from mesh.http2 import (
     StreamReset,
     connect,
 )
+from mesh.tls import peer_spiffe_id
 
 R = TypeVar("R")
 
@@ -51,8 +52,14 @@ class Channel:
     def __init__(self, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None,
                  authority: str | None = None, server_hostname: str | None = None,
                  limits: Limits = Limits(), max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 clock: Clock = SYSTEM_CLOCK, local_address: str | None = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK, local_address: str | None = None,
+                 peer_identity: str | None = None) -> None:
+        """Args:
+            peer_identity: the SPIFFE ID the server's certificate must prove (TLS only); a
+                connection to another is closed and the call fails with ConnectionError.
+        """
         self.host, self.port = host, port
+        self.peer_identity = peer_identity
         self.authority = authority or f"{host}:{port}"
         self.scheme = "https" if ssl is not None else "http"
         self.max_message_size = max_message_size
@@ -69,10 +76,23 @@ class Channel:
         async with self._connecting:
             conn = self._connection
             if conn is None or conn.close_reason is not None or conn.draining:
-                conn = self._connection = await connect(
+                conn = await connect(
                     self.host, self.port, ssl=self._ssl, server_hostname=self._server_hostname,
                     limits=self._limits, clock=self.clock, local_address=self._local_address)
+                if self.peer_identity is not None:
+                    self._check_peer(conn)
+                self._connection = conn
             return conn
+
+    def _check_peer(self, conn: Http2Connection) -> None:
+        try:
+            proved = str(peer_spiffe_id(conn.ssl_object)) if conn.ssl_object else "no TLS"
+        except ValueError as error:
+            proved = f"no mesh identity ({error})"
+        if proved != self.peer_identity:
+            problem = (f"{self.host}:{self.port} proved {proved}, not {self.peer_identity}")
+            conn.abort(ErrorCode.INADEQUATE_SECURITY, problem)
+            raise ConnectionError(problem)
 
     async def open_stream(self, headers: Headers, *, deadline: Deadline | None = None,
                           metadata: Headers | None = None) -> Stream:

@@ -722,3 +722,35 @@ async def test_mtls_call_shows_each_side_the_others_spiffe_id(mesh_pki: MeshPki,
     assert seen == [mesh_pki.client.spiffe_id]
     assert server_id == mesh_pki.server.spiffe_id
     assert channel.scheme == "https"
+
+
+@pytest.mark.parametrize("expected", ["server", "controlplane"])
+async def test_a_channel_told_its_peers_identity_calls_no_one_else(
+        mesh_pki: MeshPki, hang: Hang, count: Count, expected: str) -> None:
+    """What a sidecar does before it sends a join token, registers or subscribes: the server
+    must prove the control plane's SPIFFE ID, not merely hold a certificate of the mesh CA."""
+    received: list[str] = []
+
+    async def record(request: HelloRequest, context: Context) -> HelloReply:
+        received.append(request.name)
+        return HelloReply(message="kept")
+
+    grpc_server = probe_server(hang, count)
+    grpc_server.add("/test.Probe/Record", Cardinality.UNARY_UNARY, HelloRequest.FromString,
+                    record)
+    wanted = str(mesh_pki.server.spiffe_id).replace("/sa/server", f"/sa/{expected}")
+    server_ssl = tls.server_context(mesh_pki.server.cert, mesh_pki.server.key, mesh_pki.ca_cert)
+    async with serving(grpc_server.handle, ssl=server_ssl) as server, \
+            channel_to(server, ssl=tls.client_context(mesh_pki.client.cert,
+                                                      mesh_pki.client.key, mesh_pki.ca_cert),
+                       peer_identity=wanted) as channel:
+        call = channel.unary_unary("/test.Probe/Record", reply)
+        if expected == "server":
+            assert (await call(HelloRequest(name="to the right one"))).message == "kept"
+            assert received == ["to the right one"]
+            return
+        with pytest.raises(GrpcError) as refused:
+            await call(HelloRequest(name="a secret"))
+    assert refused.value.code == StatusCode.UNAVAILABLE
+    assert f"proved {mesh_pki.server.spiffe_id}, not {wanted}" in refused.value.message
+    assert received == []  # nothing reached the impostor
