@@ -157,9 +157,9 @@ def make_app(cp: ControlPlane) -> web.Application:
                                 namespace=str(body.get("namespace", DEFAULT_NAMESPACE)),
                                 service=str(body["service"]))
             ttl = float(body["ttl"]) if "ttl" in body else None
+            token = cp.tokens.create(identity, ttl)
         except (KeyError, ValueError, TypeError, AttributeError) as error:
             return web.json_response({"error": f"bad token request: {error!r}"}, status=400)
-        token = cp.tokens.create(identity, ttl)
         audit.info("join token minted for %s (valid %.0fs) %s", identity,
                    cp.tokens.ttl if ttl is None else ttl, by(request))
         return web.json_response({"token": token, "identity": str(identity)})

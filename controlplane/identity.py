@@ -35,6 +35,7 @@ log = logging.getLogger("controlplane.identity")
 T = TypeVar("T")
 
 DEFAULT_TOKEN_TTL = 600.0  # seconds: long enough to start a sidecar by hand
+MAX_TOKEN_TTL = 86400.0  # seconds: a token that outlives a day is a credential, not a bootstrap
 DEFAULT_CERT_VALIDITY = timedelta(hours=1)
 
 
@@ -53,7 +54,15 @@ class JoinTokens:
         self._tokens: dict[str, _Token] = {}
 
     def create(self, identity: SpiffeId, ttl: float | None = None) -> str:
-        """A new token for ``identity``; it is shown once and stored only as a digest."""
+        """A new token for ``identity``; it is shown once and stored only as a digest.
+
+        Raises:
+            ValueError: ``ttl`` is not a number of seconds in (0, MAX_TOKEN_TTL] (NaN and
+                infinity would make a token that never expires).
+        """
+        if ttl is not None and not 0 < ttl <= MAX_TOKEN_TTL:  # False for NaN too
+            raise ValueError(f"ttl {ttl}: a join token lives more than 0 and at most "
+                             f"{MAX_TOKEN_TTL:.0f} seconds")
         self._forget_expired()
         # Hex, not urlsafe base64: a token that starts with '-' is awkward in any shell.
         token = secrets.token_hex(24)

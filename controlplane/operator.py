@@ -55,7 +55,7 @@ class OperatorToken:
         Raises:
             OperatorCredentialError: the file is empty, or group or others may read it.
         """
-        try:
+        try:  # O_EXCL: never write through a file or symlink someone placed there
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return cls._load(path)
@@ -68,11 +68,23 @@ class OperatorToken:
 
     @classmethod
     def _load(cls, path: Path) -> OperatorToken:
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise OperatorCredentialError(f"{path}: the operator token may be read by others "
-                                          f"(mode {stat.filemode(mode)}); chmod 600 it")
-        token = path.read_text().strip()
+        # Opened without following a symlink, and judged by what was opened (fstat), so that
+        # a file planted or swapped in a folder others can write is not taken for ours.
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as error:
+            raise OperatorCredentialError(f"{path}: cannot open the operator token "
+                                          f"({error.strerror}; a symlink is refused)") from None
+        with os.fdopen(descriptor) as file:
+            info = os.fstat(file.fileno())
+            if info.st_uid != os.geteuid():
+                raise OperatorCredentialError(f"{path}: the operator token belongs to uid "
+                                              f"{info.st_uid}, not to us ({os.geteuid()})")
+            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise OperatorCredentialError(
+                    f"{path}: the operator token may be read by others (mode "
+                    f"{stat.filemode(info.st_mode)}); chmod 600 it")
+            token = file.read().strip()
         if not token:
             raise OperatorCredentialError(f"{path}: the operator token file is empty")
         return cls(token)

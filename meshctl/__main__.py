@@ -9,15 +9,17 @@
 
 The API address comes from ``--api`` or ``MESH_CP_API`` (default 127.0.0.1:15014). Every
 command sends the operator token, found by itself: the file ``MESH_OPERATOR_TOKEN_FILE``
-names, else the first ``operator.token`` there is in ``$MESH_PKI_DIR``, the local demo's
-``.mesh/demo/pki`` (``$DEMO_STATE_DIR/pki``), ``.mesh/compose`` (copied there by
-``scripts/compose-up``) and ``.mesh/pki`` (the control plane's default PKI folder).
+names, else ``$MESH_PKI_DIR/operator.token``, else — for an API on a loopback address only —
+the first ``operator.token`` there is in the local demo's ``.mesh/demo/pki``
+(``$DEMO_STATE_DIR/pki``), ``.mesh/compose`` (copied there by ``scripts/compose-up``) and
+``.mesh/pki`` (the control plane's default PKI folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import sys
@@ -36,24 +38,42 @@ class ApiError(Exception):
 TOKEN_FILE = "operator.token"
 
 
-def operator_token_file() -> Path | None:
-    """Where the operator token is, by the search order in this module's docstring."""
+def operator_token_file(api: str) -> Path | None:
+    """Where the operator token for ``api`` is, by the search order in this module's docstring.
+
+    A token found in one of the default folders is sent to a loopback address only: it is
+    this machine's, and a token sent in clear to whatever answers elsewhere is a token given
+    away. For another address, name it (``MESH_OPERATOR_TOKEN_FILE`` or ``MESH_PKI_DIR``).
+    """
     named = os.environ.get("MESH_OPERATOR_TOKEN_FILE")
     if named:
         return Path(named)
-    folders = [os.environ.get("MESH_PKI_DIR"),
-               f"{os.environ.get('DEMO_STATE_DIR') or demo.DEFAULT_STATE_DIR}/pki",
-               ".mesh/compose", ".mesh/pki"]
-    for folder in folders:
-        if folder and (Path(folder) / TOKEN_FILE).is_file():
+    pki = os.environ.get("MESH_PKI_DIR")
+    if pki and (Path(pki) / TOKEN_FILE).is_file():
+        return Path(pki) / TOKEN_FILE
+    if not _loopback(api):
+        return None
+    for folder in (f"{os.environ.get('DEMO_STATE_DIR') or demo.DEFAULT_STATE_DIR}/pki",
+                   ".mesh/compose", ".mesh/pki"):
+        if (Path(folder) / TOKEN_FILE).is_file():
             return Path(folder) / TOKEN_FILE
     return None
+
+
+def _loopback(api: str) -> bool:
+    host = api.rpartition(":")[0].strip("[]") or api
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def call(api: str, method: str, path: str, body: bytes | None = None) -> Any:
     """One request to the operator API, with the operator token; JSON answers are decoded."""
     request = urllib.request.Request(f"http://{api}{path}", data=body, method=method)
-    token_file = operator_token_file()
+    token_file = operator_token_file(api)
     if token_file is not None:
         try:
             request.add_header("Authorization", f"Bearer {token_file.read_text().strip()}")
@@ -69,7 +89,8 @@ def call(api: str, method: str, path: str, body: bytes | None = None) -> Any:
             detail = json.loads(detail).get("error", detail)
         if error.code == 401:
             detail += (f"\n(meshctl sent the token in {token_file})" if token_file else
-                       "\n(meshctl found no operator token: set MESH_OPERATOR_TOKEN_FILE)")
+                       "\n(meshctl found no operator token for this address: set "
+                       "MESH_OPERATOR_TOKEN_FILE)")
         raise ApiError(f"{method} {path}: HTTP {error.code}\n{detail}") from None
     except OSError as error:
         raise ApiError(f"cannot reach the control plane at {api}: {error}") from None

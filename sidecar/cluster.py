@@ -33,7 +33,7 @@ from sidecar.cluster_settings import ClusterSettings
 from sidecar.metrics import SidecarMetrics
 from sidecar.outcome import Outcome
 from sidecar.outlier import Ejected, OutlierDetector, Returned
-from sidecar.pool import ConnectionPool
+from sidecar.pool import ConnectFailure, ConnectionPool
 from sidecar.retry_budget import Budget, ConcurrencyBudget, ConcurrencyBudgetConfig, RateBudget
 
 log = logging.getLogger("sidecar.cluster")
@@ -144,17 +144,27 @@ class UpstreamCluster:
                 self._drop_pool(address)
 
     def pool(self, address: str) -> ConnectionPool:
-        """The connection pool to ``address`` ("ip:port"), created on first use."""
+        """The connection pool to ``address`` ("ip:port"), created on first use.
+
+        Raises:
+            ConnectFailure: ``address`` is not (any more) an endpoint of the cluster: a call
+                picked it just before an update removed it. Its pool would not know which
+                identity to check the peer's certificate for, so none is made.
+        """
         pool = self.pools.get(address)
         if pool is None:
+            endpoint = next((e for e in self.endpoints if f"{e.address}:{e.port}" == address),
+                            None)
+            if endpoint is None:
+                raise ConnectFailure(f"{address} is no longer an endpoint of cluster "
+                                     f"{self.settings.name}")
             host, _, port = address.rpartition(":")
             settings = self.settings
             pool = self.pools[address] = ConnectionPool(
                 host, int(port), ssl=self._tls(), connect_timeout=settings.connect_timeout,
                 max_streams_per_connection=settings.pool.max_streams_per_connection,
                 idle_timeout=settings.pool.idle_timeout, on_connect=self._connected,
-                peer_identity=next((e.identity for e in self.endpoints
-                                    if f"{e.address}:{e.port}" == address), ""))
+                peer_identity=endpoint.identity)
         return pool
 
     async def open_stream(self, address: str, headers: Headers, *,

@@ -142,6 +142,21 @@ def test_the_operator_token_is_made_private_and_a_readable_one_is_refused(
     token_file.write_text("\n")
     with pytest.raises(OperatorCredentialError, match="empty"):
         OperatorToken.load_or_create(token_file)
+    link = tmp_path / "planted.token"
+    link.symlink_to(token_file)  # a token file planted as a link to one of ours, say
+    with pytest.raises(OperatorCredentialError, match="a symlink is refused"):
+        OperatorToken.load_or_create(link)
+
+
+@pytest.mark.parametrize("ttl", ["NaN", "Infinity", "1e999", "0", "-5", "86401"])
+async def test_a_join_token_always_expires(mesh: Mesh, ttl: str) -> None:
+    async with TestClient(TestServer(make_app(mesh.cp), host="127.0.0.1"),
+                          headers=mesh.operator_headers) as http:
+        response = await http.post("/tokens", data=f'{{"service": "orders", "ttl": {ttl}}}')
+        assert response.status == 400
+        assert "a join token lives more than 0 and at most 86400 seconds" in \
+            (await response.json())["error"]
+    assert len(mesh.cp.tokens) == 0
 
 
 # ------------------------------------------------------------------ a real control plane

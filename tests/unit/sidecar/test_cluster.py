@@ -22,6 +22,7 @@ from sidecar.cluster import UpstreamCluster
 from sidecar.cluster_settings import ClusterSettings, settings_from
 from sidecar.metrics import SidecarMetrics
 from sidecar.outcome import Outcome
+from sidecar.pool import ConnectFailure
 from sidecar.retry_budget import ConcurrencyBudget
 
 OK = Outcome(status=200)
@@ -196,3 +197,23 @@ def test_failure_percentage_ejects_at_the_sweep_when_enforced() -> None:
     made.tick()
     assert [a for a, e in made.balancer.endpoints.items() if e.ejected] == [ADDRESSES[2]]
     assert ejections(metrics) == 1
+
+
+async def test_a_pool_checks_for_the_identity_that_registered_its_endpoint_or_is_not_made(
+) -> None:
+    """A call may pick an endpoint just before an update removes it: no pool is made for an
+    address the cluster no longer has, since it could not know whose certificate to expect."""
+    made, _ = cluster(FakeClock())
+    registered = Endpoint(address="10.0.0.9", port=15006,
+                          identity="spiffe://cluster.local/ns/shop/sa/orders")
+    made.set_endpoints([registered])
+    assert made.pool("10.0.0.9:15006").peer_identity == registered.identity
+    made.set_endpoints(endpoints("10.0.0.8:15006"))
+    assert "10.0.0.9:15006" not in made.pools  # dropped with its endpoint
+    with pytest.raises(ConnectFailure, match="no longer an endpoint of cluster orders"):
+        made.pool("10.0.0.9:15006")
+    # Another workload registering the same address later gets a pool checking for it.
+    impostor = Endpoint(address="10.0.0.9", port=15006,
+                        identity="spiffe://cluster.local/ns/shop/sa/mallory")
+    made.set_endpoints([impostor])
+    assert made.pool("10.0.0.9:15006").peer_identity == impostor.identity
