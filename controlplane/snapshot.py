@@ -8,9 +8,11 @@ never by what its discovery request claims.
 A cluster's endpoints are the instances registered for its name in its namespace (``default``
 unless the cluster says). A service that registered instances but has no cluster in the policy
 gets a default cluster, so a mesh works before anyone writes a policy: named ``<service>`` in
-the ``default`` namespace and ``<service>.<namespace>`` in any other (as a Kubernetes short DNS
-name reads from ``default``). Each type's version is a digest of its resources, so "did this
-sidecar's view change?" is a string comparison, and an unchanged view is never pushed again.
+the ``default`` namespace and ``<service>.<namespace>`` in any other, like a Kubernetes DNS
+name; a sidecar reads a short name in its own namespace first (sidecar/router.py).
+
+Each type's version is a digest of its resources, so "did this sidecar's view change?" is a
+string comparison, and an unchanged view is never pushed again.
 
 Types are sent in make-before-break order: clusters, then their endpoints, then the routes that
 name them, then authorization — a sidecar never holds a route to a cluster it does not know.

@@ -24,6 +24,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from mesh.clock import Clock
+from mesh.identity import DEFAULT_NAMESPACE
 from mesh.proto.config_pb2 import (
     AuthorizationPolicy,
     Cluster,
@@ -45,10 +46,14 @@ class LiveConfig:
 
     def __init__(self, *, service: str, clock: Clock, rng: random.Random,
                  tls: Callable[[], ssl.SSLContext | None],
-                 metrics: SidecarMetrics | None = None) -> None:
+                 metrics: SidecarMetrics | None = None,
+                 namespace: str = DEFAULT_NAMESPACE) -> None:
+        """``service`` and ``namespace``: this sidecar's own (its inbound side's service, and
+        where the router reads short names)."""
         self.service = service
         self.clusters: dict[str, UpstreamCluster] = {}
-        self.router = Router([], [])
+        self.namespace = namespace
+        self.router = Router([], [], namespace=namespace)
         self.authorizer = Authorizer([])
         self.raw: dict[str, list[Message]] = {}  # the last accepted resources, for config_dump
         self._clock = clock
@@ -68,7 +73,7 @@ class LiveConfig:
         elif type_url == ROUTES:
             routes = [r for r in resources if isinstance(r, RouteConfiguration)]
             self.router = Router(routes, self.clusters.keys(), clock=self._clock,
-                                 previous=self.router)
+                                 previous=self.router, namespace=self.namespace)
             self._routes = routes
         elif type_url == AUTHORIZATION:
             policies = [r for r in resources if isinstance(r, AuthorizationPolicy)]
@@ -82,7 +87,8 @@ class LiveConfig:
         if len(settings) != len(clusters):
             raise ValueError("two clusters share a name")
         # The fallback must see new names; the routes' rate-limit buckets carry over.
-        router = Router(self._routes, settings.keys(), clock=self._clock, previous=self.router)
+        router = Router(self._routes, settings.keys(), clock=self._clock, previous=self.router,
+                        namespace=self.namespace)
         updated: dict[str, UpstreamCluster] = {}
         for name, new in settings.items():
             cluster = self.clusters.get(name)

@@ -8,7 +8,11 @@ several with weights (a canary: 90 % v1, 10 % v2), plus an optional timeout and 
 that override the cluster's.
 
 Without a matching virtual host, a request whose authority names a known cluster goes there:
-apps call ``orders`` or ``orders:50051`` and the mesh works before anyone writes a route.
+apps call ``orders`` or ``orders:50051`` and the mesh works before anyone writes a route. As a
+Kubernetes short DNS name, a short authority is first read in the caller's own namespace: a
+registered service with no policy cluster is ``<service>.<namespace>`` outside ``default``
+(see controlplane/snapshot.py), so ``billing`` from a sidecar of namespace ``team`` is
+``billing.team`` when there is one, and only then a cluster named ``billing``.
 
 Routes and clusters arrive as separate updates, so the router is rebuilt whenever either
 changes. A route may name a cluster the sidecar does not have (not yet, or not any more: the
@@ -34,6 +38,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.identity import DEFAULT_NAMESPACE
 from mesh.proto.config_pb2 import HeaderMatcher, Route, RouteConfiguration
 from sidecar.cluster_settings import retry_settings_from
 from sidecar.fault import FaultPolicy, fault_policy_from
@@ -100,12 +105,13 @@ class Router:
 
     def __init__(self, configurations: list[RouteConfiguration],
                  clusters: Collection[str], *, clock: Clock = SYSTEM_CLOCK,
-                 previous: Router | None = None) -> None:
+                 previous: Router | None = None, namespace: str = DEFAULT_NAMESPACE) -> None:
         """Compile ``configurations``; ``clusters`` are the cluster names the sidecar has.
 
         Args:
             previous: the router this one replaces; its routes' buckets are kept where a route
                 keeps its name and limit.
+            namespace: the caller's (this sidecar's) namespace, where short names are read.
 
         Raises:
             ValueError: a route names no cluster, has a bad regex, or weights that do not add
@@ -113,6 +119,7 @@ class Router:
                 ``clusters`` is not an error here (see :meth:`check_clusters`).
         """
         self._clusters = frozenset(clusters)
+        self._namespace = namespace
         self._clock = clock
         self.limiters: dict[str, RateLimiter] = {}  # by route name
         self._kept = previous.limiters if previous is not None else {}  # while compiling
@@ -196,6 +203,9 @@ class Router:
                     return RouteTarget(route.pick(rng), route.name, route.timeout,
                                        route.retry_policy, route.fault, route.rate_limit)
             return None
+        own = f"{host}.{self._namespace}"
+        if self._namespace != DEFAULT_NAMESPACE and own in self._clusters:
+            return RouteTarget(own, "default", None, None)
         if host in self._clusters:
             return RouteTarget(host, "default", None, None)
         return None

@@ -86,7 +86,8 @@ class Sidecar:
         self.client_tls: ssl.SSLContext | None = None
         self.server_tls: ssl.SSLContext | None = None
         self.config = LiveConfig(service=options.service, clock=self.clock, rng=self.rng,
-                                 tls=lambda: self.client_tls, metrics=self.metrics)
+                                 tls=lambda: self.client_tls, metrics=self.metrics,
+                                 namespace=options.namespace)
         self.outbound = Outbound(self.config, self.metrics, clock=self.clock, rng=self.rng)
         self.discovery: DiscoveryClient | None = None
         self.registration: Registration | None = None

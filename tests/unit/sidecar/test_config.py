@@ -112,3 +112,19 @@ def test_a_static_configuration_checks_its_routes_clusters_up_front() -> None:
     with pytest.raises(ValueError, match="route v/0: unknown cluster 'nope'"):
         router.check_clusters()
     Router(routes("v", "orders"), ["orders"]).check_clusters()
+
+
+def test_a_short_name_is_read_in_the_callers_own_namespace_first() -> None:
+    """`billing` from a sidecar of namespace `team` is team's billing (`billing.team`, its
+    default cluster) when it exists, not the default namespace's `billing` — as a Kubernetes
+    short DNS name; a name without a cluster of its own namespace is what it says."""
+    clusters = ["billing", "billing.team", "orders"]
+    rng = random.Random(1)
+    team = Router([], clusters, namespace="team")
+    assert (target := team.route("billing:8080", "/", {}, rng)) is not None
+    assert target.cluster == "billing.team"
+    assert (target := team.route("orders", "/", {}, rng)) is not None
+    assert target.cluster == "orders"
+    default = Router([], clusters)
+    assert (target := default.route("billing", "/", {}, rng)) is not None
+    assert target.cluster == "billing"
