@@ -100,15 +100,8 @@ async def run(quick: bool) -> Report:
         config = {"clusters": [{"name": name, **settings}
                                for name, (_, settings) in BALANCERS.items()],
                   "endpoints": {name: endpoints for name in BALANCERS}}
-        waits = []
-        outbound = {}  # seed: the outbound port of that repeat's client sidecar
-        for seed in seeds(plan.repeats):
-            out, inb, adm = (free_port(CLIENT) for _ in range(3))
-            proc = lab.sidecar("client", outbound=(CLIENT, out), inbound=(CLIENT, inb),
-                               admin=(CLIENT, adm), app=(CLIENT, 1), config=config,
-                               seed=seed, name=f"sidecar-client-{seed}")
-            waits.append(wait_ready(proc, (CLIENT, adm)))
-            outbound[seed] = out
+        # seed: the outbound port of that repeat's client sidecar
+        outbound, waits = lab.clients_per_seed(CLIENT, config, seeds(plan.repeats))
         for name, (host, _) in REPLICAS.items():
             out, inb, adm = sidecar_ports[name]
             proc = lab.sidecar(name, outbound=(host, out), inbound=(host, inb),

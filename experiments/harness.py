@@ -211,6 +211,20 @@ class Lab:
             "--app-protocol", app_protocol, "--seed", str(seed),
             "--log-level", "WARNING" if self.keep else "ERROR"])
 
+    def clients_per_seed(self, host: str, config: dict[str, Any], seeds: Sequence[int]
+                         ) -> tuple[dict[int, int], list[Coroutine[Any, Any, None]]]:
+        """A client sidecar on ``host`` for each repeat's seed, each with its own pool and
+        randomness; the outbound port of each by seed, and a wait for each to be ready."""
+        outbound, waits = {}, []
+        for seed in seeds:
+            out, inb, adm = (free_port(host) for _ in range(3))
+            proc = self.sidecar("client", outbound=(host, out), inbound=(host, inb),
+                                admin=(host, adm), app=(host, 1), config=config, seed=seed,
+                                name=f"sidecar-client-{seed}")
+            waits.append(wait_ready(proc, (host, adm)))
+            outbound[seed] = out
+        return outbound, waits
+
 
 class _PlainDumper(yaml.SafeDumper):
     """Writes shared values out in full: a config file a reader opens has no YAML aliases."""
