@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -139,14 +140,18 @@ def issue_workload(
     validity: timedelta,
     *,
     now: datetime | None = None,
+    hosts: Sequence[str] = (),
 ) -> WorkloadCertificate:
     """Generate a key for ``spiffe_id`` and have ``ca`` certify it, through a CSR.
+
+    ``hosts`` are more names (or IP addresses) it answers to, as :func:`sign_csr` says.
 
     Raises:
         ValueError: as :func:`sign_csr`.
     """
     key = ec.generate_private_key(ec.SECP256R1())
-    certificate = sign_csr(ca, make_csr(key, spiffe_id), spiffe_id, validity, now=now)
+    certificate = sign_csr(ca, make_csr(key, spiffe_id), spiffe_id, validity, now=now,
+                           hosts=hosts)
     return WorkloadCertificate(certificate=certificate, private_key=key, spiffe_id=spiffe_id)
 
 
@@ -172,12 +177,15 @@ def sign_csr(
     validity: timedelta,
     *,
     now: datetime | None = None,
+    hosts: Sequence[str] = (),
 ) -> x509.Certificate:
     """Certify the CSR's public key as ``spiffe_id``; the CSR's own claims are ignored.
 
     The certificate names ``spiffe_id`` in its URI SAN, and ``spiffe_id.service`` and
     ``localhost`` as DNS SANs and 127.0.0.1 as an IP SAN so that curl and openssl, which check
-    host names, can be pointed at a sidecar too.
+    host names, can be pointed at a sidecar too. ``hosts`` adds DNS or IP SANs: the control
+    plane names the address it serves on, which grpcio's xDS client checks (it verifies host
+    names, not SPIFFE IDs).
 
     Raises:
         ValueError: the CSR's signature is wrong (the requester does not hold the key), its key
@@ -212,6 +220,13 @@ def sign_csr(
         x509.DNSName("localhost"),
         x509.IPAddress(LOOPBACK),
     ]
+    for host in hosts:
+        try:
+            name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            name = x509.DNSName(host)
+        if name not in sans:
+            sans.append(name)
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spiffe_id.service)]))

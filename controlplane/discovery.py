@@ -17,6 +17,11 @@ request names must be that identity: a ``node.service`` or ``node.namespace`` th
 from the certificate's ends the stream with PERMISSION_DENIED, saying both; empty fields are
 filled in from the certificate. What a stream receives is computed from the proven identity.
 
+Dialects: the same server speaks our ``mesh.v1`` protocol to our sidecars and Envoy's xDS v3
+(ADS) to proxyless gRPC workloads (:mod:`controlplane.xds`). The rules above are xDS's own, so
+the two differ only in their messages: a :class:`Dialect` names the resource types in push
+order, the response message, and how a request's node reads as ours (id, service, namespace).
+
 A burst of changes (ten registrations in one event-loop turn) wakes each stream once, and each
 stream sends whatever is current when it runs: bursts coalesce by construction.
 
@@ -33,18 +38,44 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from google.protobuf.message import Message
 
 from controlplane.errors import DiscoveryError
-from controlplane.snapshot import Snapshot
+from controlplane.snapshot import Resources
 from mesh.clock import Clock
 from mesh.grpc import StatusCode
 from mesh.identity import SpiffeId
-from mesh.proto.discovery_pb2 import DiscoveryRequest, DiscoveryResponse, Node
+from mesh.proto.discovery_pb2 import DiscoveryResponse, Node
 from mesh.proto.resources import ORDER, short_name
 
 log = logging.getLogger("controlplane.discovery")
+
+
+class View(Protocol):
+    """A snapshot, as each identity may see it."""
+
+    def view(self, type_url: str, identity: SpiffeId, names: Sequence[str]) -> Resources: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the protocols one :class:`DiscoveryServer` can speak."""
+
+    name: str  # "mesh.v1", "xds.v3": in logs and status
+    order: tuple[str, ...]  # the type URLs served, in make-before-break push order
+    response: Callable[..., Message]  # the DiscoveryResponse class
+    node: Callable[[Any], Node]  # a request's node, read as ours (id, claimed service/namespace)
+
+
+def _mesh_node(node: Node) -> Node:
+    return node
+
+
+MESH_V1 = Dialect("mesh.v1", ORDER, DiscoveryResponse, _mesh_node)
 
 
 @dataclass(slots=True)
@@ -92,9 +123,11 @@ class DiscoveryObserver:
 class DiscoveryServer:
     """Serves ``StreamResources`` from the latest snapshot."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot], clock: Clock,
-                 observer: DiscoveryObserver | None = None, *, warmup: float = 0.0) -> None:
+    def __init__(self, snapshot: Callable[[], View], clock: Clock,
+                 observer: DiscoveryObserver | None = None, *, warmup: float = 0.0,
+                 dialect: Dialect = MESH_V1) -> None:
         self.subscriptions: dict[int, Subscription] = {}
+        self.dialect = dialect
         self._snapshot = snapshot
         self._clock = clock
         self._warm_at = clock.now() + warmup  # see "Warm-up" above
@@ -121,8 +154,8 @@ class DiscoveryServer:
             self.changed_at = None
             self._observer.converged(self.last_convergence)
 
-    async def serve(self, requests: AsyncIterator[DiscoveryRequest], identity: SpiffeId,
-                    peer: str) -> AsyncIterator[DiscoveryResponse]:
+    async def serve(self, requests: AsyncIterator[Any], identity: SpiffeId,
+                    peer: str) -> AsyncIterator[Message]:
         """One ``StreamResources`` call from ``peer``, which proved ``identity``.
 
         Raises:
@@ -152,7 +185,7 @@ class DiscoveryServer:
             log.info("stream %d from %r (%s) closed", subscription.id, subscription.node.id,
                      subscription.peer)
 
-    async def _read(self, requests: AsyncIterator[DiscoveryRequest],
+    async def _read(self, requests: AsyncIterator[Any],
                     subscription: Subscription) -> None:
         try:
             async for request in requests:
@@ -160,10 +193,11 @@ class DiscoveryServer:
         finally:
             subscription.wake.set()  # let the writer see that the stream ended
 
-    def _on_request(self, subscription: Subscription, request: DiscoveryRequest) -> None:
+    def _on_request(self, subscription: Subscription, request: Any) -> None:
+        """One DiscoveryRequest (of this server's dialect)."""
         if request.HasField("node"):
-            subscription.node = self._proven(request.node, subscription)
-        if request.type_url not in ORDER:
+            subscription.node = self._proven(self.dialect.node(request.node), subscription)
+        if request.type_url not in self.dialect.order:
             log.warning("stream %d asked for unknown type %r", subscription.id,
                         request.type_url)
             return
@@ -213,15 +247,14 @@ class DiscoveryServer:
         node.service, node.namespace = identity.service, identity.namespace
         return node
 
-    def _due(self, subscription: Subscription) -> list[DiscoveryResponse]:
+    def _due(self, subscription: Subscription) -> list[Message]:
         snapshot = self._snapshot()
         responses = []
-        for type_url in ORDER:
+        for type_url in self.dialect.order:
             state = subscription.types.get(type_url)
             if state is None:
                 continue
-            resources = snapshot.view(type_url, subscription.identity).only(
-                state.resource_names)
+            resources = snapshot.view(type_url, subscription.identity, state.resource_names)
             if resources.version == state.sent_version and state.sent_nonce:
                 continue
             was_pending = state.pending
@@ -230,9 +263,9 @@ class DiscoveryServer:
                 self.unacked += 1
             state.sent_nonce = str(next(self._nonces))
             state.sent_at = self._clock.now()
-            responses.append(DiscoveryResponse(version_info=resources.version,
-                                               resources=resources.packed,
-                                               type_url=type_url, nonce=state.sent_nonce))
+            responses.append(self.dialect.response(version_info=resources.version,
+                                                   resources=resources.packed,
+                                                   type_url=type_url, nonce=state.sent_nonce))
             self._observer.pushed(type_url)
         return responses
 

@@ -27,6 +27,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
+from google.protobuf.message import Message
+
 from certs.pki import issue_workload, load_ca, write_workload
 from controlplane.discovery import DiscoveryServer
 from controlplane.errors import AuthenticationError, ControlPlaneError, IdentityError
@@ -41,7 +43,7 @@ from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.grpc import Cardinality, Context, GrpcServer, StatusCode
 from mesh.http2 import Server
 from mesh.identity import SpiffeId, control_plane_id
-from mesh.proto.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from mesh.proto.discovery_pb2 import DiscoveryRequest
 from mesh.proto.registry_pb2 import (
     DeregisterRequest,
     DeregisterResponse,
@@ -180,7 +182,7 @@ class ControlPlane:
         return error
 
     async def _stream_resources(self, requests: AsyncIterator[DiscoveryRequest],
-                                context: Context) -> AsyncIterator[DiscoveryResponse]:
+                                context: Context) -> AsyncIterator[Message]:
         identity = self._authenticate(context, "StreamResources")
         async for response in self.discovery.serve(requests, identity, caller_peer(context)):
             yield response
@@ -242,7 +244,9 @@ class ControlPlane:
     async def start(self, host: str = "127.0.0.1", port: int = 15012) -> None:
         """Serve gRPC on ``host:port`` and run the lease sweeper (and the policy watcher)."""
         identity = control_plane_id(self.trust_domain)
-        own = issue_workload(self.ca, identity, timedelta(days=1))
+        # Its address too, for clients that verify host names (grpcio's xDS client does).
+        serving = (host,) if host not in ("", "0.0.0.0", "::") else ()
+        own = issue_workload(self.ca, identity, timedelta(days=1), hosts=serving)
         cert, key = write_workload(own, self.pki_dir / "controlplane")
         tls = server_context(cert, key, self.pki_dir / "ca.crt", require_client_cert=False)
         self.server = Server(self.grpc.handle)

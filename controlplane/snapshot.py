@@ -21,6 +21,7 @@ name them, then authorization — a sidecar never holds a route to a cluster it 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -46,7 +47,7 @@ class Resources:
     names: tuple[str, ...]
     packed: tuple[AnyProto, ...]
 
-    def only(self, names: list[str]) -> Resources:
+    def only(self, names: Sequence[str]) -> Resources:
         """The subset named (all of them when ``names`` is empty)."""
         if not names:
             return self
@@ -64,23 +65,43 @@ class Snapshot:
     routes: Resources
     authorization: tuple[AuthorizationPolicy, ...]
 
-    def view(self, type_url: str, identity: SpiffeId) -> Resources:
-        """What the sidecar that proved ``identity`` should hold of ``type_url``."""
+    def view(self, type_url: str, identity: SpiffeId,
+             names: Sequence[str] = ()) -> Resources:
+        """What the sidecar that proved ``identity`` should hold of ``type_url``: the
+        resources ``names`` names, or all of them when it names none."""
         if type_url == CLUSTERS:
-            return self.clusters
+            return self.clusters.only(names)
         if type_url == ENDPOINTS:
-            return self.endpoints
+            return self.endpoints.only(names)
         if type_url == ROUTES:
-            return self.routes
+            return self.routes.only(names)
         if type_url == AUTHORIZATION:
             mine = [p for p in self.authorization if p.service == identity.service
                     and (p.namespace or DEFAULT_NAMESPACE) == identity.namespace]
-            return _pack(AUTHORIZATION, [(f"{p.service}/{i}", p) for i, p in enumerate(mine)])
+            return pack(AUTHORIZATION,
+                        [(f"{p.service}/{i}", p) for i, p in enumerate(mine)]).only(names)
         raise KeyError(f"unknown resource type {type_url!r}")
 
 
-def build(policy: MeshPolicy, endpoints: dict[tuple[str, str], list[Endpoint]]) -> Snapshot:
+def build(policy: MeshPolicy, endpoints: Mapping[tuple[str, str], list[Endpoint]]) -> Snapshot:
     """The snapshot for ``policy`` and the registry's ``endpoints`` by (namespace, service)."""
+    clusters, assignments = resolve(policy, endpoints)
+    return Snapshot(
+        clusters=pack(CLUSTERS, [(name, clusters[name]) for name in sorted(clusters)]),
+        endpoints=pack(ENDPOINTS, [(a.cluster_name, a) for a in assignments]),
+        routes=pack(ROUTES, [(r.name, r) for r in policy.routes]),
+        authorization=tuple(policy.authorization),
+    )
+
+
+def resolve(policy: MeshPolicy, endpoints: Mapping[tuple[str, str], list[Endpoint]],
+            ) -> tuple[dict[str, Cluster], list[ClusterLoadAssignment]]:
+    """Every cluster by name (the policy's, and a default one per registered service the
+    policy does not serve) and each cluster's endpoints, sorted by cluster name.
+
+    Shared by both dialects: what a sidecar gets (:func:`build`) and what a proxyless gRPC
+    workload gets (:mod:`controlplane.xds.translate`) are the same clusters and endpoints.
+    """
     clusters: dict[str, Cluster] = {c.name: c for c in policy.clusters}
     served = {(c.namespace or DEFAULT_NAMESPACE, c.name): c.name for c in policy.clusters}
     for namespace, service in sorted(endpoints):
@@ -92,12 +113,7 @@ def build(policy: MeshPolicy, endpoints: dict[tuple[str, str], list[Endpoint]]) 
     found = {name: endpoints.get(key, []) for key, name in served.items()}
     assignments = [ClusterLoadAssignment(cluster_name=name, endpoints=found.get(name, []))
                    for name in sorted(clusters)]
-    return Snapshot(
-        clusters=_pack(CLUSTERS, [(name, clusters[name]) for name in sorted(clusters)]),
-        endpoints=_pack(ENDPOINTS, [(a.cluster_name, a) for a in assignments]),
-        routes=_pack(ROUTES, [(r.name, r) for r in policy.routes]),
-        authorization=tuple(policy.authorization),
-    )
+    return clusters, assignments
 
 
 def default_cluster_name(namespace: str, service: str) -> str:
@@ -105,7 +121,8 @@ def default_cluster_name(namespace: str, service: str) -> str:
     return service if namespace == DEFAULT_NAMESPACE else f"{service}.{namespace}"
 
 
-def _pack(type_url: str, named: list[tuple[str, Message]]) -> Resources:
+def pack(type_url: str, named: Sequence[tuple[str, Message]]) -> Resources:
+    """``named`` (name, message) pairs as the resources of one type, with their version."""
     packed = []
     for _, message in named:
         any_message = AnyProto()
