@@ -373,7 +373,7 @@ async def enroll(enrollment: Enrollment, api: str, token_file: Path | None, *,
     print(f"# {wanted}: certificate (until {until}), key and CA in {folder.folder}"
           f"{'; renewed at 70 % of its lifetime until stopped' if renew else ''}\n"
           f"export GRPC_XDS_BOOTSTRAP={shlex.quote(str(path))}\n"
-          f"# target: xds:///{enrollment.service} (a server: grpc.aio.server(xds=True) with "
+          f"# target: xds:///{enrollment.service} (a server: grpc.server(executor, xds=True) with "
           f"grpc.xds_server_credentials)", flush=True)
     return folder
 

@@ -109,7 +109,7 @@ async def test_proxyless_mints_a_token_and_writes_what_grpcio_needs(
     out = tmp_path / ".mesh/proxyless/shop/orders"
     assert stdout.splitlines()[1:] == [
         f"export GRPC_XDS_BOOTSTRAP={out}/bootstrap.json",
-        "# target: xds:///orders (a server: grpc.aio.server(xds=True) with "
+        "# target: xds:///orders (a server: grpc.server(executor, xds=True) with "
         "grpc.xds_server_credentials)"]
     files = CertificateFiles(out / "cert.pem", out / "key.pem", out / "ca.pem")
     check_pair(files, mesh.ca, "spiffe://cluster.local/ns/shop/sa/orders")
