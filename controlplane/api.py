@@ -7,8 +7,10 @@ missing. Every accepted change (a policy applied, a join token minted) is one li
 
     GET  /healthz              200 "ok" (no credential needed: a liveness probe)
     GET  /status               policy version, last rejection, convergence (time from the
-                               last change to the last ACK), every discovery stream with its
-                               per-type sent / ACKed versions and NACKs (``?streams=0``: none)
+                               last change to the last ACK), every discovery stream — our
+                               sidecars' (mesh.v1) and proxyless gRPC's (xds.v3) — with its
+                               per-type sent / ACKed versions and NACKs (``?streams=0``: none),
+                               and what of the policy gRPC cannot apply, per resource
     GET  /services             services (with their namespace) and instance counts
     GET  /endpoints/{service}  the endpoints of one service (``?namespace=``: of one namespace)
     GET  /policy               the policy in force, as YAML
@@ -27,6 +29,7 @@ from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from controlplane.discovery import DiscoveryServer
 from controlplane.policy import PolicyError, to_yaml
 from controlplane.server import ControlPlane
 from mesh.identity import DEFAULT_NAMESPACE, SpiffeId
@@ -79,27 +82,29 @@ def make_app(cp: ControlPlane) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         version, _policy = cp.policy.current
         streams = []
-        subscriptions = [] if request.query.get("streams") == "0" else \
-            list(cp.discovery.subscriptions.values())
-        for sub in subscriptions:
-            streams.append({
-                "id": sub.id, "node": sub.node.id, "service": sub.node.service,
-                "peer": sub.peer, "identity": str(sub.identity) if sub.identity else None,
-                "types": {short_name(t): {"sent": s.sent_version, "acked": s.acked_version,
-                                          "nacks": s.nacks, "last_nack": s.last_nack}
-                          for t, s in sub.types.items()},
-            })
+        servers = [] if request.query.get("streams") == "0" else [cp.discovery, cp.xds]
+        for server in servers:
+            for sub in server.subscriptions.values():
+                streams.append({
+                    "id": sub.id, "protocol": server.dialect.name, "node": sub.node.id,
+                    "service": sub.node.service, "namespace": sub.node.namespace,
+                    "peer": sub.peer, "identity": str(sub.identity),
+                    "types": {short_name(t): {"sent": s.sent_version, "acked": s.acked_version,
+                                              "nacks": s.nacks, "last_nack": s.last_nack}
+                              for t, s in sub.types.items()},
+                })
         return web.json_response({
             "trust_domain": cp.trust_domain,
             "policy_version": version,
             "policy_error": str(cp.policy.last_error) if cp.policy.last_error else None,
             "instances": len(cp.registry.instances()),
-            "subscribers": len(cp.discovery.subscriptions),
-            "convergence": {
-                "count": cp.discovery.convergences,
-                "unacked": cp.discovery.unacked,
-                "last_change_to_last_ack_ms": None if cp.discovery.last_convergence is None
-                else round(cp.discovery.last_convergence * 1000, 3),
+            "subscribers": len(cp.discovery.subscriptions) + len(cp.xds.subscriptions),
+            "convergence": convergence(cp.discovery),
+            "xds": {
+                "convergence": convergence(cp.xds),
+                # every policy a proxyless gRPC workload cannot apply as written, per resource
+                "unsupported": [{"resource": w.resource, "message": w.message}
+                                for w in cp.xds_snapshot().warnings],
             },
             "streams": streams,
         })
@@ -172,6 +177,16 @@ def make_app(cp: ControlPlane) -> web.Application:
     app = web.Application(middlewares=[authenticate])
     app.add_routes(routes)
     return app
+
+
+def convergence(server: DiscoveryServer) -> dict[str, Any]:
+    """How the last change reached the streams of one dialect."""
+    return {
+        "count": server.convergences,
+        "unacked": server.unacked,
+        "last_change_to_last_ack_ms": None if server.last_convergence is None
+        else round(server.last_convergence * 1000, 3),
+    }
 
 
 async def start_api(cp: ControlPlane, host: str, port: int) -> web.AppRunner:

@@ -6,7 +6,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controlplane.discovery import DiscoveryObserver
 from mesh.proto.discovery_pb2 import Node
-from mesh.proto.resources import short_name
+from mesh.proto.resources import PREFIX, short_name
+
+
+def _labels(type_url: str) -> tuple[str, str]:
+    """(protocol, type): ``("mesh.v1", "Cluster")``, ``("xds.v3", "Cluster")``."""
+    return ("mesh.v1" if type_url.startswith(PREFIX) else "xds.v3"), short_name(type_url)
 
 
 class ControlPlaneMetrics(DiscoveryObserver):
@@ -26,12 +31,13 @@ class ControlPlaneMetrics(DiscoveryObserver):
                                "gRPC calls refused (no or bad certificate, a node claim the "
                                "certificate does not prove, a spent join token...), by call "
                                "and reason", ["call", "reason"], registry=r)
-        self.pushes = Counter("mesh_controlplane_pushes", "DiscoveryResponses sent", ["type"],
+        by_type = ["protocol", "type"]  # mesh.v1 (our sidecars) or xds.v3 (proxyless gRPC)
+        self.pushes = Counter("mesh_controlplane_pushes", "DiscoveryResponses sent", by_type,
                               registry=r)
-        self.acks = Counter("mesh_controlplane_acks", "ACKs received", ["type"], registry=r)
-        self.nacks = Counter("mesh_controlplane_nacks", "NACKs received", ["type"], registry=r)
+        self.acks = Counter("mesh_controlplane_acks", "ACKs received", by_type, registry=r)
+        self.nacks = Counter("mesh_controlplane_nacks", "NACKs received", by_type, registry=r)
         self.push_ack_seconds = Histogram(
-            "mesh_controlplane_push_ack_seconds", "Time from a push to its ACK", ["type"],
+            "mesh_controlplane_push_ack_seconds", "Time from a push to its ACK", by_type,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r)
         self.convergence_seconds = Histogram(
@@ -49,14 +55,14 @@ class ControlPlaneMetrics(DiscoveryObserver):
                                          "Policy changes rejected", registry=r)
 
     def pushed(self, type_url: str) -> None:
-        self.pushes.labels(short_name(type_url)).inc()
+        self.pushes.labels(*_labels(type_url)).inc()
 
     def acked(self, type_url: str, latency: float) -> None:
-        self.acks.labels(short_name(type_url)).inc()
-        self.push_ack_seconds.labels(short_name(type_url)).observe(latency)
+        self.acks.labels(*_labels(type_url)).inc()
+        self.push_ack_seconds.labels(*_labels(type_url)).observe(latency)
 
     def nacked(self, type_url: str, node: Node, reason: str) -> None:
-        self.nacks.labels(short_name(type_url)).inc()
+        self.nacks.labels(*_labels(type_url)).inc()
 
     def converged(self, seconds: float) -> None:
         self.convergence_seconds.observe(seconds)

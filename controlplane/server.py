@@ -5,6 +5,9 @@
                                                    (renewal) → new certificate
         /mesh.v1.Registry/Register|Heartbeat|Deregister         mesh certificate required
         /mesh.v1.AggregatedDiscoveryService/StreamResources     mesh certificate required
+        /envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources
+                                                   the same, in Envoy's xDS v3 (proxyless
+                                                   gRPC: controlplane/xds/)
     HTTP (operator API, loopback by default, operator token required): :mod:`controlplane.api`
 
 The listener makes client certificates *optional*, for one reason only: a new sidecar has no
@@ -14,7 +17,9 @@ UNAUTHENTICATED unless the caller proved a mesh SPIFFE ID with a certificate of 
 logged with the peer's address and counted in ``mesh_controlplane_refused`` by call and reason.
 
 Every change to the policy or the registry builds one new snapshot (lazily, on the first
-stream that asks) and wakes every discovery stream.
+stream that asks) and wakes every discovery stream. The xDS dialect translates the same
+clusters, endpoints and routes (:mod:`controlplane.xds.translate`); what gRPC cannot apply of
+a policy is logged once per snapshot and shown in the operator API's status.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
@@ -39,10 +44,14 @@ from controlplane.operator import TOKEN_FILE, OperatorToken
 from controlplane.policy import PolicyStore
 from controlplane.registry import Registry
 from controlplane.snapshot import Snapshot, build
+from controlplane.xds.proxyless import InboundRegistrations
+from controlplane.xds.resources import ADS_METHOD, XDS_V3, parse_request
+from controlplane.xds.translate import Unsupported, XdsSnapshot, translate
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.grpc import Cardinality, Context, GrpcServer, StatusCode
 from mesh.http2 import Server
 from mesh.identity import SpiffeId, control_plane_id
+from mesh.proto.config_pb2 import Endpoint
 from mesh.proto.discovery_pb2 import DiscoveryRequest
 from mesh.proto.registry_pb2 import (
     DeregisterRequest,
@@ -109,12 +118,17 @@ class ControlPlane:
         self.registry = Registry(clock, trust_domain=self.trust_domain, lease_ttl=lease_ttl,
                                  grants=lambda: self.policy.current[1].registration)
         self.discovery = DiscoveryServer(self.snapshot, clock, self.metrics, warmup=lease_ttl)
+        self.xds = DiscoveryServer(self.xds_snapshot, clock, self.metrics, warmup=lease_ttl,
+                                   dialect=XDS_V3)
+        self.inbound = InboundRegistrations(self.registry)
         self.registry.subscribe(self._changed)
         self.policy.subscribe(lambda *_: self._changed())
         self.grpc = self._grpc_server()
         self.server: Server | None = None
         self.listener: TlsListener | None = None
         self._snapshot: tuple[tuple[int, int], Snapshot] | None = None
+        self._xds_snapshot: tuple[tuple[int, int], XdsSnapshot] | None = None
+        self._warned: set[Unsupported] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- state -------------------------------------------------------------------------------
@@ -123,14 +137,28 @@ class ControlPlane:
         """The current snapshot, rebuilt only when the policy or the registry changed."""
         key = (self.policy.current[0], self.registry.version)
         if self._snapshot is None or self._snapshot[0] != key:
-            endpoints = {key: self.registry.endpoints(*key) for key in self.registry.services()}
-            self._snapshot = (key, build(self.policy.current[1], endpoints))
+            self._snapshot = (key, build(self.policy.current[1], self._endpoints()))
         return self._snapshot[1]
+
+    def xds_snapshot(self) -> XdsSnapshot:
+        """The same state in Envoy's resources, rebuilt only when it changed."""
+        key = (self.policy.current[0], self.registry.version)
+        if self._xds_snapshot is None or self._xds_snapshot[0] != key:
+            self._xds_snapshot = (key, translate(self.policy.current[1], self._endpoints()))
+            warnings = set(self._xds_snapshot[1].warnings)
+            for warning in sorted(warnings - self._warned, key=lambda w: (w.resource, w.message)):
+                log.warning("xDS: %s: %s", warning.resource, warning.message)
+            self._warned = warnings
+        return self._xds_snapshot[1]
+
+    def _endpoints(self) -> dict[tuple[str, str], list[Endpoint]]:
+        return {key: self.registry.endpoints(*key) for key in self.registry.services()}
 
     def _changed(self) -> None:
         self.metrics.instances.set(len(self.registry.instances()))
         self.metrics.policy_version.set(self.policy.current[0])
         self.discovery.changed()
+        self.xds.changed()
 
     # -- gRPC services -----------------------------------------------------------------------
 
@@ -148,6 +176,8 @@ class ControlPlane:
         server.add("/mesh.v1.AggregatedDiscoveryService/StreamResources",
                    Cardinality.STREAM_STREAM, DiscoveryRequest.FromString,
                    self._stream_resources)
+        server.add(ADS_METHOD, Cardinality.STREAM_STREAM, parse_request,
+                   self._stream_aggregated_resources)
         return server
 
     def _authenticate(self, context: Context, call: str) -> SpiffeId:
@@ -185,6 +215,17 @@ class ControlPlane:
                                 context: Context) -> AsyncIterator[Message]:
         identity = self._authenticate(context, "StreamResources")
         async for response in self.discovery.serve(requests, identity, caller_peer(context)):
+            yield response
+
+    async def _stream_aggregated_resources(self, requests: AsyncIterator[Any],
+                                           context: Context) -> AsyncIterator[Message]:
+        """xDS v3 for a proxyless gRPC client or server; a server's inbound listener
+        request registers it (:mod:`controlplane.xds.proxyless`)."""
+        call = "StreamAggregatedResources"
+        identity = self._authenticate(context, call)
+        watched = self.inbound.watch(requests, identity, caller_address(context),
+                                     lambda error: self._refused(call, context, error))
+        async for response in self.xds.serve(watched, identity, caller_peer(context)):
             yield response
 
     async def _sign_certificate(self, request: SignCertificateRequest,
@@ -283,8 +324,10 @@ class ControlPlane:
         while True:
             await asyncio.sleep(interval)
             connected = {(s.node.id, s.identity) for s in self.discovery.subscriptions.values()}
+            connected |= self.inbound.held()  # proxyless servers (controlplane/xds/)
             for instance in self.registry.instances():
                 if (instance.id, instance.owner) in connected:
                     self.registry.heartbeat(instance.id, None, instance.owner)
             self.registry.expire()
-            self.metrics.subscribers.set(len(self.discovery.subscriptions))
+            self.metrics.subscribers.set(len(self.discovery.subscriptions)
+                                         + len(self.xds.subscriptions))

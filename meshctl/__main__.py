@@ -108,20 +108,27 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def status(api: str) -> str:
     data = call(api, "GET", "/status")
+    kinds = [stream.get("protocol", "mesh.v1") for stream in data["streams"]]
     out = [f"trust domain {data['trust_domain']}, policy version {data['policy_version']}, "
-           f"{data['instances']} instances, {len(data['streams'])} discovery streams"]
+           f"{data['instances']} instances, {len(data['streams'])} discovery streams "
+           f"({kinds.count('mesh.v1')} sidecars, {kinds.count('xds.v3')} proxyless gRPC)"]
     if data["policy_error"]:
         out.append(f"last policy rejected:\n{data['policy_error']}")
     rows = []
     for stream in data["streams"]:
         for type_name, state in sorted(stream["types"].items()):
-            rows.append({"node": stream["node"] or stream["peer"], "type": type_name,
+            rows.append({"node": stream["node"] or stream["peer"],
+                         "protocol": stream.get("protocol", "mesh.v1"), "type": type_name,
                          "sent": state["sent"], "acked": state["acked"],
                          "in sync": "yes" if state["sent"] == state["acked"] else "NO",
                          "nacks": state["nacks"], "last nack": state["last_nack"]})
     if rows:
-        out.append(table(rows, ["node", "type", "sent", "acked", "in sync", "nacks",
+        out.append(table(rows, ["node", "protocol", "type", "sent", "acked", "in sync", "nacks",
                                 "last nack"]))
+    unsupported = data.get("xds", {}).get("unsupported", [])
+    if unsupported:
+        out.append("what proxyless gRPC clients cannot apply as written (xds.v3):")
+        out += [f"  {item['resource']}: {item['message']}" for item in unsupported]
     return "\n".join(out)
 
 

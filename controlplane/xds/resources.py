@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from envoy.config.core.v3.base_pb2 import Node as EnvoyNode
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
 from controlplane.discovery import Dialect
 from mesh.proto.discovery_pb2 import Node
@@ -58,3 +58,4 @@ def _node(node: EnvoyNode) -> Node:
 
 
 XDS_V3 = Dialect("xds.v3", ORDER, DiscoveryResponse, _node)
+parse_request = DiscoveryRequest.FromString  # for the gRPC server's method table
