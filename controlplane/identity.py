@@ -131,10 +131,12 @@ class CertificateIssuer:
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
             # Start a minute early: clocks of the mesh's machines are never exactly equal.
+            # The validity still counts from now: a 30 s certificate is good for 30 s.
             ca_cert = self.ca.certificate
-            now = max(self._now() - timedelta(minutes=1), ca_cert.not_valid_before_utc)
+            now = self._now()
+            start = max(now - timedelta(minutes=1), ca_cert.not_valid_before_utc)
             end = min(now + self.validity, ca_cert.not_valid_after_utc)
-            certificate = sign_csr(self.ca, csr, identity, end - now, now=now)
+            certificate = sign_csr(self.ca, csr, identity, end - start, now=start)
         except ValueError as error:
             raise IdentityError(StatusCode.INVALID_ARGUMENT, f"CSR refused: {error}",
                                 "bad_csr") from None
