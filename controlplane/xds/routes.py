@@ -5,7 +5,9 @@ then ``*``), tries its routes in order and takes the first whose path and header
 match (gRFC A28) — our router's rules, with one difference: our router also reads an
 authority without its port (``orders:50051`` finds the domain ``orders``), so each port-less
 domain is sent with its ``<domain>:*`` twin as well, unless the configuration names that
-already.
+already. Header matchers mean the same on both sides but for one case: an inverted exact or
+prefix matcher matches a request without the header for us, never for gRPC; such a route is
+sent as two routes, one for "the header is absent" and one with the inverted matcher.
 
 What a route carries, and what gRPC makes of it:
 
@@ -44,6 +46,7 @@ writes it; :mod:`controlplane.xds.translate` names the resource.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import product
 from typing import Any
 
 from envoy.config.route.v3.route_components_pb2 import HeaderMatcher as EnvoyHeaderMatcher
@@ -111,8 +114,8 @@ def route_configuration(ours: RouteConfiguration, clusters: Mapping[str, Cluster
                     if ":" not in d and "*" not in d and f"{d.lower()}:*" not in written]
         routes = []
         for r, route in enumerate(host.routes):
-            translated_route, found = _route(f"{host.name}/{r}", route, clusters)
-            routes.append(translated_route)
+            translated_routes, found = _route(f"{host.name}/{r}", route, clusters)
+            routes += translated_routes
             notes += [f"virtual_hosts[{h}].routes[{r}].{note}" for note in found]
         translated.virtual_hosts.append(
             EnvoyVirtualHost(name=host.name, domains=domains, routes=routes))
@@ -178,7 +181,10 @@ def retry_policy(ours: RetryPolicy) -> tuple[Any | None, list[str]]:
     return translated, notes
 
 
-def _route(name: str, ours: Route, clusters: Mapping[str, Cluster]) -> tuple[Any, list[str]]:
+def _route(name: str, ours: Route, clusters: Mapping[str, Cluster],
+           ) -> tuple[list[Any], list[str]]:
+    """The Envoy routes of one of ours (more than one when it has inverted header matchers,
+    see :func:`_matches`), and what gRPC will not apply of it."""
     notes: list[str] = []
     action = EnvoyRouteAction()
     kind = ours.route.WhichOneof("cluster_specifier")
@@ -200,9 +206,14 @@ def _route(name: str, ours: Route, clusters: Mapping[str, Cluster]) -> tuple[Any
         notes += [f"route.retry_policy.{note}" for note in found]
     _cluster_settings(action, known, notes, timeout=not ours.route.HasField("timeout"),
                       retries=not ours.route.HasField("retry_policy"))
-    translated = EnvoyRoute(name=name, match=_match(ours), route=action)
+    translated = [EnvoyRoute(name=name, match=match, route=action) for match in _matches(ours)]
     if ours.HasField("fault"):
-        translated.typed_per_filter_config[FAULT_FILTER].CopyFrom(typed(_fault(ours.fault)))
+        for route in translated:
+            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(typed(_fault(ours.fault)))
+        if any(h.invert and h.WhichOneof("match") in ("exact", "prefix")
+               for h in ours.fault.headers):
+            notes.append("fault.headers: an inverted exact or prefix matcher does not match a "
+                         "request without the header in gRPC (ours does)")
     if ours.HasField("rate_limit"):
         notes.append("rate_limit not applied: gRPC has no local rate limit")
     return translated, notes
@@ -244,8 +255,26 @@ def _timeout(action: Any, timeout: Duration) -> None:
     action.max_stream_duration.max_stream_duration.CopyFrom(timeout)
 
 
-def _match(ours: Route) -> Any:
-    match = EnvoyRouteMatch(headers=[_header(h) for h in ours.match.headers])
+def _matches(ours: Route) -> list[Any]:
+    """The Envoy matches of one route: one, or one per way its inverted matchers can hold.
+
+    An inverted exact or prefix matcher matches, for us, a request without the header too;
+    gRPC's never matches a header that is absent (nor does Envoy's). So each such matcher is
+    either "the header is absent" or the inverted matcher itself, and a route with k of them
+    becomes 2^k routes with the same action, in place of the one.
+    """
+    alternatives: list[tuple[Any, ...]] = []
+    for header in ours.match.headers:
+        if header.invert and header.WhichOneof("match") in ("exact", "prefix"):
+            absent = EnvoyHeaderMatcher(name=header.name, present_match=False)
+            alternatives.append((absent, _header(header)))
+        else:
+            alternatives.append((_header(header),))
+    return [_match(ours, headers) for headers in product(*alternatives)]
+
+
+def _match(ours: Route, headers: Sequence[Any]) -> Any:
+    match = EnvoyRouteMatch(headers=headers)
     specifier = ours.match.WhichOneof("path_specifier")
     if specifier == "path":
         match.path = ours.match.path
