@@ -14,5 +14,7 @@ Glossary:
     local mesh     the whole shop on 127.0.10.x with a control plane and Prometheus, started and
                    stopped by PID (:mod:`.topology`, :mod:`.local_mesh`, :mod:`.processes`,
                    :mod:`.prometheus`); ``meshctl demo up``.
+    proxyless      a workload with no sidecar: grpcio's own xDS client takes its configuration
+                   from the control plane (:mod:`.auditor`, enrolled by ``meshctl proxyless``).
     hello          the first demo: one gRPC greeter over mTLS, every call shape (:mod:`.hello`).
 """

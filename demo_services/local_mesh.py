@@ -13,9 +13,13 @@
    token for a certificate, registers its address and subscribes to its configuration;
 5. **readiness**: every app answers ``/healthz``, every sidecar ``/ready``, and every sidecar
    knows every endpoint of every service (the mesh has converged);
-6. **Prometheus** (Debian's ``prometheus``, when installed) scraping every sidecar and the
+6. **the auditor**, a proxyless gRPC client with no sidecar (:mod:`demo_services.auditor`):
+   ``meshctl proxyless`` redeems its join token for a certificate, writes its xDS bootstrap in
+   ``STATE/proxyless/auditor`` and stays running to renew the certificate; the auditor starts
+   once the bootstrap is there, and is up once its xDS stream has ACKed every resource type;
+7. **Prometheus** (Debian's ``prometheus``, when installed) scraping every sidecar and the
    control plane;
-7. **a short load** through the load generator's sidecar, and its summary.
+8. **a short load** through the load generator's sidecar, and its summary.
 
 Every process is recorded in ``STATE/state.json`` (PID and command line); Ctrl-C, SIGTERM or
 ``meshctl demo down`` stop them all by PID (:mod:`demo_services.processes`) and remove the
@@ -42,7 +46,14 @@ from demo_services import prometheus
 from demo_services.load_report import summary
 from demo_services.loadgen import HttpClient, LoadPlan, LoadResult, run_load
 from demo_services.processes import Record, alive, read_state, spawn, stop, tail, write_state
-from demo_services.topology import NAMESPACE, REPLICAS, TRUST_DOMAIN, Instance, Topology
+from demo_services.topology import (
+    NAMESPACE,
+    REPLICAS,
+    TRUST_DOMAIN,
+    Instance,
+    ProxylessClient,
+    Topology,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "demo_services" / "policy" / "shop.yaml"
@@ -50,7 +61,8 @@ READY_TIMEOUT = 45.0  # seconds for the whole mesh to come up
 STOP_GRACE = 8.0  # seconds processes get to drain before SIGKILL
 OWNER_GRACE = 20.0  # seconds ``down`` waits for a running ``up`` to stop its mesh
 ORDER = '{"sku": "tea", "quantity": 1}'
-STATE_FILES = ("state.json", "pki", "sidecars", "policy", "prometheus")  # removed on stop
+STATE_FILES = ("state.json", "pki", "sidecars", "proxyless", "policy",
+               "prometheus")  # removed on stop
 
 
 class MeshError(Exception):
@@ -87,7 +99,7 @@ class LocalMesh:
     # -- state -------------------------------------------------------------------------------
 
     def _save(self, status: str) -> None:
-        t = self.topology
+        t, auditor = self.topology, self.topology.auditor
         write_state(self.state_file, {
             "status": status, "net": t.net, "api": t.api, "control_plane": t.control_plane,
             "prometheus": t.prometheus if self.options.prometheus else None,
@@ -97,6 +109,8 @@ class LocalMesh:
                            "app": i.app, "app_admin": i.app_admin if i.app else None,
                            "sidecar_admin": i.sidecar_admin, "outbound": i.outbound}
                           for i in t.instances()],
+            "proxyless": [{"name": auditor.name, "service": auditor.service, "ip": auditor.ip,
+                           "app": auditor.app, "target": auditor.target}],
         })
 
     def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Record:
@@ -128,8 +142,8 @@ class LocalMesh:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
             await self._wait("the control plane's API", lambda: _ok(http, f"http://{t.api}/healthz"))
             operator = (self.state_dir / "pki" / "operator.token").read_text().strip()
-            tokens = {i.name: await _token(http, t.api, operator, i.service)
-                      for i in t.instances()}
+            workloads: list[Instance | ProxylessClient] = [*t.instances(), t.auditor]
+            tokens = {w.name: await _token(http, t.api, operator, w.service) for w in workloads}
             _log(self.started, f"control plane ready; {len(tokens)} join tokens made; starting "
                                f"{len(t.instances())} sidecars and their apps")
             for index, instance in enumerate(t.instances()):
@@ -140,7 +154,9 @@ class LocalMesh:
                 _ok(http, f"http://{i.sidecar_admin}/ready") for i in t.instances()))
             await self._wait("every sidecar to know every endpoint",
                              lambda: _all(_converged(http, i) for i in t.instances()))
-            _log(self.started, "the mesh is up: every sidecar ready, every endpoint known")
+            await self._start_proxyless(http, operator, t.auditor, tokens[t.auditor.name])
+            _log(self.started, "the mesh is up: every sidecar ready, every endpoint known, the "
+                               "auditor's xDS stream in sync")
             if self.options.prometheus:
                 await self._start_prometheus(http)
         self._save("ready")
@@ -183,6 +199,29 @@ class LocalMesh:
             "--bootstrap-ca", str(self.state_dir / "pki" / "ca.crt"),
             "--cert-dir", str(self.state_dir / "sidecars" / instance.name),
             "--seed", str(seed)], env={"MESH_JOIN_TOKEN": token})
+
+    async def _start_proxyless(self, http: aiohttp.ClientSession, operator: str,
+                               client: ProxylessClient, token: str) -> None:
+        """Enroll ``client`` with ``meshctl proxyless`` (which stays, renewing its certificate,
+        as Istio's agent beside a proxyless workload), start it once its bootstrap is written,
+        and wait until its xDS stream has ACKed every type."""
+        py, t = sys.executable, self.topology
+        folder = self.state_dir / "proxyless" / client.name
+        self._start(f"agent:{client.name}", [
+            py, "-m", "meshctl", "--api", t.api, "proxyless", client.service,
+            "--namespace", NAMESPACE, "--control-plane", t.control_plane,
+            "--bootstrap-ca", str(self.state_dir / "pki" / "ca.crt"), "--out", str(folder),
+            "--renew"], env={"MESH_JOIN_TOKEN": token})
+        bootstrap = folder / "bootstrap.json"
+        await self._wait(f"{client.name}'s certificate and xDS bootstrap",
+                         lambda: _exists(bootstrap))
+        self._start(f"app:{client.name}",
+                    [py, "-m", f"demo_services.{client.app}", "--target", client.target],
+                    env={"GRPC_XDS_BOOTSTRAP": str(bootstrap)})
+        await self._wait(f"{client.name}'s xDS stream",
+                         lambda: _xds_in_sync(http, t.api, operator, client.service))
+        _log(self.started, f"{client.name}: proxyless gRPC to {client.target}, its xDS stream "
+                           f"in sync")
 
     async def _start_prometheus(self, http: aiohttp.ClientSession) -> None:
         assert self.options.prometheus is not None
@@ -238,8 +277,9 @@ class LocalMesh:
 
 def stop_records(records: list[Record],
                  children: dict[int, subprocess.Popen[bytes]] | None = None) -> list[str]:
-    """Stop apps and sidecars first (so sidecars can deregister), then the control plane."""
-    first = [r for r in records if r.name.startswith(("app:", "sidecar:"))]
+    """Stop apps, sidecars and agents first (so sidecars can deregister), then the control
+    plane."""
+    first = [r for r in records if r.name.startswith(("app:", "sidecar:", "agent:"))]
     rest = [r for r in records if r not in first]
     return stop(first, grace=STOP_GRACE, children=children) + \
         stop(rest, grace=STOP_GRACE, children=children)
@@ -316,6 +356,26 @@ async def _converged(http: aiohttp.ClientSession, instance: Instance) -> bool:
     return True
 
 
+async def _exists(path: Path) -> bool:
+    return await asyncio.to_thread(path.exists)
+
+
+async def _xds_in_sync(http: aiohttp.ClientSession, api: str, operator: str,
+                       service: str) -> bool:
+    """A proxyless client of ``service`` has an xDS stream that ACKed all it was sent of the
+    four types (Listener, RouteConfiguration, Cluster, ClusterLoadAssignment)."""
+    try:
+        async with http.get(f"http://{api}/status",
+                            headers={"Authorization": f"Bearer {operator}"}) as response:
+            status = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+    return any(stream["protocol"] == "xds.v3" and stream["service"] == service
+               and len(stream["types"]) == 4
+               and all(s["sent"] and s["acked"] == s["sent"] for s in stream["types"].values())
+               for stream in status.get("streams", []))
+
+
 async def _token(http: aiohttp.ClientSession, api: str, operator: str, service: str) -> str:
     """A join token for ``service``, minted with the ``operator`` token."""
     async with http.post(f"http://{api}/tokens",
@@ -336,6 +396,8 @@ def print_summary(mesh: LocalMesh, result: LoadResult | None) -> None:
         rows.append([i.name, i.app_address if i.app else "-",
                      f"http://{i.app_admin}/faults" if i.app else "-",
                      f"http://{i.sidecar_admin}/clusters"])
+    auditor = t.auditor
+    rows.append([auditor.name, f"calls {auditor.target}", "-", "none: proxyless gRPC"])
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     print()
     for row in rows:
@@ -347,6 +409,7 @@ def print_summary(mesh: LocalMesh, result: LoadResult | None) -> None:
     prom = f"http://{t.prometheus}/targets" if mesh.options.prometheus else \
         "not installed (apt-get install prometheus, then demo up again)"
     env = f"DEMO_STATE_DIR={state} " if state != Path(".mesh/demo") else ""
+    audit_log = state / "logs" / f"app:{auditor.name}.log"
     print(f"""
 The mesh is up. Where to look:
   the shop       curl -s -H 'host: frontend' http://{loadgen.outbound}/products
@@ -354,6 +417,8 @@ The mesh is up. Where to look:
   a sidecar      http://{orders.sidecar_admin}/clusters   (endpoints: in flight, latency, ejected)
                  http://{orders.sidecar_admin}/config_dump   /metrics   /ready
   control plane  meshctl --api {t.api} status     (also: services, endpoints inventory, policy)
+  proxyless      {audit_log}   (the auditor: a line a call;
+                 its xDS stream is the xds.v3 one in meshctl status)
   the policy     {state / 'policy' / 'shop.yaml'} (edit it: sidecars have the change in a second)
   prometheus     {prom}
   more load      {env}meshctl load --rate 100 --duration 20

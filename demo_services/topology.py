@@ -16,6 +16,9 @@ namespace:
     127.0.10.20      orders
     127.0.10.31..33  inventory-1..3
     127.0.10.41..43  payments-1..3
+    127.0.10.50      auditor: a proxyless gRPC client, with no sidecar and no port of its own
+                     (grpcio picks its connections' source address; the address is its
+                     place in the plan, as a pod's IP would be)
 
 ``net`` (the first three numbers) can be changed, so a second mesh (a test's) can run beside
 a person's demo without a port in common.
@@ -36,7 +39,8 @@ CONTROL_PLANE_PORT = 15012
 API_PORT = 15014
 PROMETHEUS_PORT = 9090
 REPLICAS = {"inventory": 3, "payments": 3}
-HOSTS = {"loadgen": 2, "frontend": 10, "orders": 20, "inventory": 31, "payments": 41}
+HOSTS = {"loadgen": 2, "frontend": 10, "orders": 20, "inventory": 31, "payments": 41,
+         "auditor": 50}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +72,18 @@ class Instance:
     @property
     def app_admin(self) -> str:
         return f"{self.ip}:{APP_ADMIN_PORT}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxylessClient:
+    """A workload with no sidecar: grpcio's own xDS client takes its configuration from the
+    control plane (``demo_services/auditor.py``)."""
+
+    name: str
+    service: str
+    ip: str
+    app: str  # the module under demo_services/
+    target: str  # its channel's target, xds:///<name>
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +124,13 @@ class Topology:
                     ip=f"{self.net}.{HOSTS[service] + i}", app=app,
                     http1=service == "frontend"))
         return out
+
+    @property
+    def auditor(self) -> ProxylessClient:
+        """The proxyless client: it reads the inventory's catalogue every second."""
+        return ProxylessClient(name="auditor", service="auditor",
+                               ip=f"{self.net}.{HOSTS['auditor']}", app="auditor",
+                               target="xds:///catalogue")
 
     def instance(self, name: str) -> Instance:
         """The instance called ``name``.

@@ -3,8 +3,9 @@
 One mesh for the module (``meshctl demo up --detach`` on 127.0.55.x, state in a temporary
 folder), driven the way a person drives it: ``meshctl fault`` for the knobs, the load generator
 for traffic, the sidecars' admin endpoints and Prometheus' API to see what happened. The tests
-run in file order, each leaving the mesh as the next one expects: all payments replicas up
-until the crash test, one down after it.
+run in file order, each leaving the mesh as the next one expects: the proxyless auditor
+stopped after the first (its calls would count in the exact totals the later ones assert), all
+payments replicas up until the crash test, one down after it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import yaml
 
 from demo_services import prometheus
 from demo_services.loadgen import HttpClient, LoadPlan, LoadResult, run_load
-from demo_services.processes import Record, alive
+from demo_services.processes import Record, alive, stop
 from tests.integration.demo.sockets import listening
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -78,6 +79,15 @@ class Mesh:
     def operator_token(self) -> str:
         return (self.state_dir / "pki" / "operator.token").read_text().strip()
 
+    def status(self) -> dict[str, Any]:
+        """The control plane's ``GET /status``, as the operator."""
+        request = urllib.request.Request(f"http://{self.state['api']}/status",
+                                         headers={"Authorization":
+                                                  f"Bearer {self.operator_token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            data: dict[str, Any] = json.loads(response.read())
+            return data
+
     def apply_policy(self, policy: dict[str, Any]) -> None:
         request = urllib.request.Request(f"http://{self.state['api']}/policy?source=test",
                                          data=yaml.safe_dump(policy).encode(), method="POST",
@@ -124,6 +134,49 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         assert sorted(p.name for p in state_dir.iterdir()) == ["logs"]
 
 
+def test_the_proxyless_auditor_streams_xds_and_takes_a_policy_change(mesh: Mesh) -> None:
+    def auditor_route() -> dict[str, Any]:
+        (stream,) = [s for s in mesh.status()["streams"] if s["service"] == "auditor"]
+        assert stream["protocol"] == "xds.v3"
+        route: dict[str, Any] = stream["types"]["RouteConfiguration"]
+        return route
+
+    shown = mesh.meshctl("--api", mesh.state["api"], "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "(9 sidecars, 1 proxyless gRPC)" in shown.stdout
+    rows = [line.split() for line in shown.stdout.splitlines()
+            if line.startswith("shop/auditor@")]
+    assert {row[1] for row in rows} == {"xds.v3"} and len(rows) == 4
+    assert all(row[5] == "yes" for row in rows), shown.stdout  # every type in sync
+    before = auditor_route()
+
+    # A change to the catalogue route (only the auditor's) reaches its stream, ACKed.
+    original = yaml.safe_load((ROOT / "demo_services/policy/shop.yaml").read_text())
+    changed = yaml.safe_load((ROOT / "demo_services/policy/shop.yaml").read_text())
+    (catalogue,) = [h for h in changed["routes"][0]["virtual_hosts"] if h["name"] == "catalogue"]
+    catalogue["routes"][0]["route"]["timeout"] = "4s"
+    mesh.apply_policy(changed)
+    deadline = time.monotonic() + 10
+    while (after := auditor_route())["acked"] in (before["acked"], None) or \
+            after["acked"] != after["sent"]:
+        assert time.monotonic() < deadline, f"the auditor never ACKed the change: {after}"
+        time.sleep(0.1)
+    mesh.apply_policy(original)
+
+    # It calls every inventory replica itself (round robin, mTLS), a call a second.
+    def answered() -> set[str]:
+        log = (mesh.state_dir / "logs" / "app:auditor.log").read_text()
+        return {line.split(": ")[2].split(" answered")[0] for line in log.splitlines()
+                if " answered in " in line}
+    deadline = time.monotonic() + 10
+    while (replicas := answered()) != {"inventory-1", "inventory-2", "inventory-3"}:
+        assert time.monotonic() < deadline, f"the auditor's calls were answered by {replicas}"
+        time.sleep(0.5)
+    auditor = next(Record.from_json(r) for r in mesh.state["processes"]
+                   if r["name"] == "app:auditor")
+    assert stop([auditor], grace=5) == []
+
+
 def test_every_sidecar_is_a_prometheus_target_and_up(mesh: Mesh) -> None:
     if shutil.which("prometheus") is None:
         pytest.skip("Debian's prometheus is not installed (scripts/demo installs it as root)")
@@ -148,11 +201,13 @@ def test_no_secret_is_on_any_command_line_and_meshctl_finds_its_token(mesh: Mesh
     its file: neither shows in any process's argv (what `ps` shows every user)."""
     records = [Record.from_json(r) for r in mesh.state["processes"]]
     secrets = {mesh.operator_token}
+    records = [r for r in records if alive(r)]  # (the auditor was stopped)
     for record in records:
         environ = Path(f"/proc/{record.pid}/environ").read_bytes().split(b"\0")
         secrets |= {v.split(b"=", 1)[1].decode() for v in environ
                     if v.startswith(b"MESH_JOIN_TOKEN=")}
-    assert len(secrets) == 1 + len([r for r in records if r.name.startswith("sidecar:")])
+    joining = [r for r in records if r.name.startswith(("sidecar:", "agent:"))]
+    assert len(secrets) == 1 + len(joining)
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             argv = cmdline.read_bytes().decode(errors="replace")
