@@ -23,7 +23,7 @@ RUN python3 -m venv /opt/mesh
 # Nothing here needs root. The folders that compose mounts volumes on exist, owned by the mesh
 # user, so new volumes take that owner.
 RUN useradd --system --uid 10001 --home-dir /mesh --create-home mesh \
- && mkdir -p /mesh/pki /mesh/bootstrap /mesh/sidecar && chown -R mesh:mesh /mesh
+ && mkdir -p /mesh/pki /mesh/bootstrap /mesh/sidecar /mesh/proxyless && chown -R mesh:mesh /mesh
 
 WORKDIR /app
 # pip trusts the base image's CA store (which has this machine's extra CA certificates).
