@@ -5,11 +5,13 @@
       └══mTLS══▶ sidecar "echo" 127.0.33.11-14 ───┤──h2c──▶ backend b1-b4 127.0.33.111-114
       └══mTLS══▶ sidecar "canary" 127.0.33.15 ────┘──h2c──▶ backend c1    127.0.33.115
 
-The client is :mod:`grpcio_client`, a subprocess with grpcio only: it finds the backends' sidecars
-from the control plane's Listener → RouteConfiguration → Cluster → ClusterLoadAssignment and
-calls their inbound mTLS ports itself; each sidecar joined with a join token and registered its
-inbound address. The backends are grpcio servers in the test's own event loop, so a test sees
-what reached them: how many calls, how many at once. Every process is stopped by its PID.
+The client is :mod:`grpcio_client`, a subprocess with grpcio only, enrolled as an operator
+would enroll any grpcio workload (``meshctl proxyless``: a certificate and a bootstrap). It
+finds the backends' sidecars from the control plane's Listener → RouteConfiguration → Cluster →
+ClusterLoadAssignment and calls their inbound mTLS ports itself; each sidecar joined with a
+join token and registered its inbound address. The backends are grpcio servers in the test's
+own event loop, so a test sees what reached them: how many calls, how many at once. Every
+process is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,7 @@ import aiohttp
 import grpc
 import yaml
 
-from certs.pki import issue_workload, load_ca, write_workload
-from mesh.identity import SpiffeId
-from tests.integration.sidecar.conftest import INBOUND, SidecarProcess, spawn_sidecar
+from tests.integration.sidecar.conftest import INBOUND, SidecarProcess, run_tool, spawn_sidecar
 
 ROOT = Path(__file__).resolve().parents[3]
 CLIENT_SCRIPT = Path(__file__).with_name("grpcio_client.py")
@@ -43,9 +42,8 @@ CP_HOST = f"{NET}.1"
 CP_GRPC, CP_API = f"{CP_HOST}:15012", f"{CP_HOST}:15014"
 APP_PORT = 50051
 NAMESPACE = "default"
-TRUST_DOMAIN = "cluster.local"
 START_TIMEOUT = 20.0  # seconds for a process to come up (the machine is shared)
-COMMAND_TIMEOUT = 60.0  # seconds for one client command, whatever it asked for
+COMMAND_TIMEOUT = 30.0  # seconds for one client command, whatever it asked for
 LEASE_TTL = 3.0  # seconds: also the control plane's warm-up after a start
 
 
@@ -220,28 +218,19 @@ async def registered(cp: ControlPlane, sidecar: SidecarProcess, service: str) ->
 # -- grpcio's xDS client ---------------------------------------------------------------------
 
 
-def write_bootstrap(cp: ControlPlane, service: str, node: str, directory: Path) -> Path:
-    """A certificate for ``service`` from the control plane's CA, and a bootstrap (gRFC
-    A27, A29, A65) naming it: TLS to the control plane, the ``mesh`` certificate provider."""
-    directory.mkdir(parents=True, exist_ok=True)
-    identity = SpiffeId(trust_domain=TRUST_DOMAIN, namespace=NAMESPACE, service=service)
-    cert, key = write_workload(issue_workload(load_ca(cp.pki), identity, timedelta(hours=1)),
-                               directory)
-    files = {"ca_certificate_file": str(cp.pki / "ca.crt"), "certificate_file": str(cert),
-             "private_key_file": str(key)}
-    bootstrap = {
-        "xds_servers": [{"server_uri": CP_GRPC,
-                         "channel_creds": [{"type": "tls", "config": files}],
-                         "server_features": ["xds_v3"]}],
-        "node": {"id": node, "cluster": service, "metadata": {"NAMESPACE": NAMESPACE},
-                 "locality": {"zone": ""}},
-        "certificate_providers": {"mesh": {"plugin_name": "file_watcher",
-                                           "config": {**files, "refresh_interval": "10s"}}},
-        "server_listener_resource_name_template": "mesh/inbound/%s",
-    }
-    path = directory / "bootstrap.json"
-    path.write_text(json.dumps(bootstrap, indent=2))
-    return path
+async def enroll(cp: ControlPlane, service: str, directory: Path) -> tuple[Path, str]:
+    """``meshctl proxyless SERVICE --out DIRECTORY``, as an operator enrolls a grpcio workload:
+    a certificate bought with a join token, and a bootstrap (gRFC A27, A29, A65) naming it.
+
+    Returns:
+        The bootstrap's path and the node id it gives the client.
+    """
+    code, _, err = await run_tool(sys.executable, "-m", "meshctl", "--api", CP_API, "proxyless",
+                                  service, "--out", str(directory),
+                                  env={**os.environ, "MESH_PKI_DIR": str(cp.pki)})
+    assert code == 0, err
+    bootstrap = directory / "bootstrap.json"
+    return bootstrap, str(json.loads(bootstrap.read_text())["node"]["id"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,12 +301,13 @@ class GrpcioClient:
             await self.process.wait()
 
 
-async def start_client(bootstrap: Path, log: Path, *, trace: bool = False) -> GrpcioClient:
-    """Start the client with ``GRPC_XDS_BOOTSTRAP=bootstrap``; its stderr goes to ``log``
-    (with ``trace``, gRPC's xDS client logs every message it sends and receives)."""
+async def start_client(bootstrap: Path, log: Path) -> GrpcioClient:
+    """Start the client with ``GRPC_XDS_BOOTSTRAP=bootstrap``; its stderr goes to ``log``.
+
+    It inherits the test's environment: run the tests with ``GRPC_TRACE=xds_client,xds_resolver
+    GRPC_VERBOSITY=debug`` and the log shows every xDS message the client sends and receives.
+    """
     env = {**os.environ, "GRPC_XDS_BOOTSTRAP": str(bootstrap)}
-    if trace:
-        env.update(GRPC_TRACE="xds_client,xds_resolver", GRPC_VERBOSITY="debug")
     with log.open("ab") as err:
         process = await asyncio.create_subprocess_exec(
             sys.executable, str(CLIENT_SCRIPT), cwd=ROOT, env=env, stdin=asyncio.subprocess.PIPE,
