@@ -10,7 +10,12 @@ that requires a mesh certificate, and RBAC from our authorization policy.
 
     resources.py   type URLs, push order, names shared with ``meshctl proxyless``'s bootstrap
     translate.py   our clusters, endpoints, routes and authorization → Envoy's messages, with
-                   a warning for each policy gRPC cannot apply
+                   a warning for each policy gRPC cannot apply; one module per type:
+      clusters.py    Cluster (CDS): balancer, circuit breakers, outlier detection, mTLS
+      endpoints.py   ClusterLoadAssignment (EDS): endpoints by zone, weights, health
+      routes.py      RouteConfiguration (RDS): matches, splits, retries, hashing, faults
+      listeners.py   Listener (LDS): a client's API listener, a server's inbound one (RBAC)
+      messages.py    what they share: typed configs, the ADS config source, mesh TLS contexts
     proxyless.py   a proxyless server is registered while its stream asks for its listener
 
 This package is the only place that imports Envoy's messages (the ``xds-protos`` package); the

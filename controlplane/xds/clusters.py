@@ -20,6 +20,7 @@ cluster says, and what gRPC (C-core, so Python) makes of it:
                         (gRFC A50): a warning when consecutive 5xx or gateway failures would
                         eject
     connect_timeout     copied
+    timeout             sent on its routes, not applied by grpcio: a warning (routes.py)
     retry_budget        gRPC has no retry budget over xDS: a warning when a budget is written
                         for a cluster that is retried
     inbound_rate_limit  a proxyless server has no local rate limit: a warning
@@ -50,6 +51,7 @@ from envoy.config.cluster.v3.outlier_detection_pb2 import (
 from envoy.config.core.v3.base_pb2 import RoutingPriority
 
 from controlplane.xds.messages import ads, upstream_tls
+from controlplane.xds.routes import TIMEOUT_NOT_APPLIED
 from mesh.proto.config_pb2 import Cluster, Endpoint, OutlierDetection
 
 _DOWNGRADED = {
@@ -74,6 +76,8 @@ def cluster(ours: Cluster, endpoints: Sequence[Endpoint], *, retried: bool,
     notes = _balancer(ours, translated)
     if ours.HasField("connect_timeout"):
         translated.connect_timeout.CopyFrom(ours.connect_timeout)
+    if ours.HasField("timeout"):  # it travels on the cluster's routes (routes.py)
+        notes.append(f"timeout {TIMEOUT_NOT_APPLIED}")
     if ours.HasField("circuit_breakers"):
         notes += _circuit_breakers(ours, translated)
     if ours.HasField("outlier_detection"):

@@ -13,9 +13,9 @@ What a route carries, and what gRPC makes of it:
 
 - the cluster, or weighted clusters with their weights (gRFC A28);
 - a timeout: the route's, else its cluster's when the cluster sets one (our default of 15 s is
-  not sent: a gRPC caller sets its own deadline). gRPC reads only
-  ``max_stream_duration.max_stream_duration`` (gRFC A31; the call's deadline is the shorter of
-  that and its own), so the timeout goes there as well as in Envoy's ``timeout``;
+  not sent: a gRPC caller sets its own deadline), in Envoy's ``timeout`` only, with a warning.
+  gRPC reads only ``max_stream_duration`` (gRFC A31), and grpcio 1.85 mishandles short ones
+  (see ``TIMEOUT_NOT_APPLIED``), so a proxyless caller's own deadline is what applies;
 - a retry policy: the route's, else its cluster's (gRFC A44). gRPC retries only on gRPC
   statuses (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable), makes at
   most 5 attempts, ignores ``per_try_timeout`` and ``retriable_status_codes``, has no hedging
@@ -199,6 +199,7 @@ def _route(name: str, ours: Route, clusters: Mapping[str, Cluster],
     known = [clusters[n] for n in names if n in clusters]
     if ours.route.HasField("timeout"):
         _timeout(action, ours.route.timeout)
+        notes.append(f"route.timeout {TIMEOUT_NOT_APPLIED}")
     if ours.route.HasField("retry_policy"):
         policy, found = retry_policy(ours.route.retry_policy)
         if policy is not None:
@@ -250,9 +251,21 @@ def _names(clusters: Sequence[Cluster]) -> str:
     return ", ".join(c.name for c in clusters)
 
 
+# Why a timeout goes only in Envoy's ``timeout``, which gRPC does not read. gRFC A31 has gRPC
+# take a route's deadline from ``max_stream_duration`` (or ``grpc_timeout_header_max``), but
+# grpcio 1.85 fails calls with DEADLINE_EXCEEDED the moment they start, in some client
+# processes and not others, when that duration is under about two seconds: with 1.5 s, every
+# call of a process failed in 0.1 ms, in about half of the processes tried, with or without a
+# deadline of the caller's own (and with 1 s the shop's inventory and payments would be
+# unreachable). Sending it would break more than it enforces, so it is not sent, and the
+# timeout is named among what gRPC does not apply: a proxyless caller's own deadline applies.
+TIMEOUT_NOT_APPLIED = ("not applied by gRPC: sent as Envoy's route timeout only, since "
+                       "grpcio 1.85's max_stream_duration (gRFC A31) fails short ones at once; "
+                       "the caller's own deadline applies")
+
+
 def _timeout(action: Any, timeout: Duration) -> None:
     action.timeout.CopyFrom(timeout)
-    action.max_stream_duration.max_stream_duration.CopyFrom(timeout)
 
 
 def _matches(ours: Route) -> list[Any]:

@@ -32,6 +32,7 @@ from controlplane.xds.resources import (
     LISTENER,
     ROUTE_CONFIGURATION,
 )
+from controlplane.xds.routes import TIMEOUT_NOT_APPLIED
 from controlplane.xds.translate import Unsupported, XdsSnapshot, translate
 from mesh.identity import SpiffeId
 from mesh.proto.config_pb2 import Endpoint, MeshPolicy
@@ -283,7 +284,7 @@ def test_matchers_and_a_route_to_one_cluster_with_its_cluster_settings() -> None
     action = route.route
     assert action.cluster == "echo"
     assert action.timeout.seconds == 2
-    assert action.max_stream_duration.max_stream_duration.seconds == 2  # gRFC A31
+    assert not action.HasField("max_stream_duration")  # see routes.TIMEOUT_NOT_APPLIED
     assert action.retry_policy.retry_on == "unavailable,connect-failure"
     assert not action.retry_policy.HasField("num_retries")  # Envoy's default 1 is ours
     assert action.retry_policy.per_try_timeout.nanos == 500_000_000
@@ -295,7 +296,7 @@ def test_a_weighted_route_with_its_own_timeout_retries_hash_and_fault() -> None:
     action = route.route
     assert [(w.name, w.weight.value) for w in action.weighted_clusters.clusters] == [
         ("echo", 90), ("ring", 10)]
-    assert action.max_stream_duration.max_stream_duration.seconds == 1
+    assert action.timeout.seconds == 1 and not action.HasField("max_stream_duration")
     retry = action.retry_policy
     assert (retry.retry_on, retry.num_retries.value) == ("cancelled,5xx", 6)
     assert list(retry.retriable_status_codes) == [503]
@@ -329,13 +330,14 @@ def test_route_warnings_name_the_field() -> None:
     assert [m.removeprefix(prefix).split(" ")[0]
             for m in messages(snap, "RouteConfiguration main")] == [
         "rate_limit", "route.retry_policy.num_retries", "route.retry_policy.retriable_status_codes",
-        "route.retry_policy.retry_on"]
+        "route.retry_policy.retry_on", "route.timeout"]
     assert messages(snap, "Cluster echo") == [
         "retry_policy.hedging_delay not sent: gRPC's xDS client has no hedging",
         "retry_policy.per_try_timeout not applied: gRPC ignores it; a try may use the whole "
         "timeout",
         "retry_policy.retry_on connect-failure not applied: gRPC retries on cancelled, "
-        "deadline-exceeded, internal, resource-exhausted, unavailable only (gRFC A44)"]
+        "deadline-exceeded, internal, resource-exhausted, unavailable only (gRFC A44)",
+        f"timeout {TIMEOUT_NOT_APPLIED}"]
     assert "applied as 4: gRPC makes at most 5 attempts" in messages(
         snap, "RouteConfiguration main")[1]
 
@@ -349,7 +351,7 @@ def test_every_cluster_has_a_generated_route_configuration() -> None:
     [route] = host.routes
     assert route.match.prefix == ""
     assert route.route.cluster == "echo"
-    assert route.route.max_stream_duration.max_stream_duration.seconds == 2
+    assert route.route.timeout.seconds == 2
 
 
 def test_weighted_clusters_that_disagree_on_a_setting_get_none_of_it() -> None:
@@ -569,6 +571,12 @@ def test_the_shop_translates_with_its_expected_warnings() -> None:
     snap = translate(shop, {})
     found = {(w.resource, w.message.split(" ")[0]) for w in snap.warnings}
     assert found == {
+        ("Cluster frontend", "timeout"),
+        ("Cluster inventory", "timeout"),
+        ("Cluster orders", "timeout"),
+        ("Cluster payments", "timeout"),
+        ("RouteConfiguration shop", "virtual_hosts[0].routes[0].route.timeout"),
+        ("RouteConfiguration shop", "virtual_hosts[1].routes[0].route.timeout"),
         ("Cluster inventory", "lb_policy"),
         ("Cluster inventory", "outlier_detection.consecutive_5xx"),
         ("Cluster inventory", "retry_budget"),
