@@ -5,7 +5,7 @@
     grpcio_client.py       the proxyless client: grpcio only, one command per line on stdin
     test_grpcio_client.py  what grpcio's client applies of our policies: routes, weighted
                            clusters, ring hash, retries, outlier detection, circuit breaking,
-                           and a NACK it keeps working after
+                           a NACK it keeps working after, and mTLS to the control plane
     server_apps.py         a proxyless server: ``grpc.server(xds=True)`` and the hello stubs
     test_grpcio_server.py  a proxyless server registered from its Listener request, called
                            by our sidecars over mTLS, guarding itself with our RBAC

@@ -3,19 +3,21 @@
     GRPC_XDS_BOOTSTRAP=DIR/bootstrap.json python tests/interop/xds/grpcio_client.py
 
 It reads one command per line on stdin (JSON) and answers each with one line on stdout (JSON),
-so a test keeps one process, one xDS stream and warm channels across its commands::
+so a test keeps one process and its warm channels (each with its xDS stream: grpcio keeps one
+per target) across its commands::
 
     {"target": "echo", "calls": 30, "concurrency": 10, "order": {"fail": ["b3"]},
      "header": "x-user", "values": ["u1", "u2"], "timeout": 5}
-    → {"results": [["u1", "b1", "OK", 3.2], ["u2", "", "UNAVAILABLE", 1.9], ...]}
+    → {"results": [["u1", "b1", "OK", 3.2, ""], ["u2", "", "UNAVAILABLE", 1.9, "..."], ...]}
 
 Each call is the unary method ``/test.Echo/Who`` on a channel to ``xds:///<target>`` (one per
 target, made on first use) with ``grpc.xds_channel_credentials``: the control plane says where
 to go and how to do mTLS. Requests and replies are raw bytes (no generated code): the request
 is ``order`` as JSON, which the backends read (who fails, who is slow); the reply is the name
 of the backend that answered. A result is ``[header value, backend or "", status code name,
-milliseconds]``, in call order; call ``i`` carries ``header: values[i % len(values)]`` when a
-header is named. ``{"quit": true}`` (or the end of stdin) closes the channels and exits.
+milliseconds, the status's details]``, in call order; call ``i`` carries
+``header: values[i % len(values)]`` when a header is named. ``{"quit": true}`` (or the end of
+stdin) closes the channels and exits.
 """
 
 from __future__ import annotations
@@ -64,11 +66,11 @@ class Client:
                 started = time.monotonic()
                 try:
                     reply = await call(request, metadata=metadata, timeout=timeout)
-                    backend, code = reply.decode(), "OK"
+                    backend, code, details = reply.decode(), "OK", ""
                 except grpc.aio.AioRpcError as error:
-                    backend, code = "", error.code().name
+                    backend, code, details = "", error.code().name, error.details() or ""
                 results[i] = [value, backend, code,
-                              round((time.monotonic() - started) * 1000, 3)]
+                              round((time.monotonic() - started) * 1000, 3), details]
 
         await asyncio.gather(*(worker() for _ in range(int(command.get("concurrency", 1)))))
         return {"results": results}

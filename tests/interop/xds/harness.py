@@ -241,6 +241,7 @@ class Call:
     backend: str  # who answered; "" when it failed
     code: str  # grpc.StatusCode name
     ms: float
+    details: str  # the status's message; "" for OK
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -317,3 +318,23 @@ async def test_the_client_stream_shows_xds_v3_with_every_type_acked(mesh: Mesh) 
                                     "ClusterLoadAssignment"}
     for name, state in stream["types"].items():
         assert state["sent"] and state["acked"] == state["sent"], (name, state)
+
+
+async def test_an_xds_client_without_a_mesh_certificate_is_refused(mesh: Mesh) -> None:
+    """The ADS stream needs a client certificate of the mesh CA: a bootstrap whose TLS channel
+    credentials have only the CA gets UNAUTHENTICATED, which gRPC passes to its calls."""
+    bootstrap, node = await enroll(mesh.cp, "shopper", mesh.work / "anonymous")
+    config = json.loads(bootstrap.read_text())
+    tls = config["xds_servers"][0]["channel_creds"][0]["config"]
+    del tls["certificate_file"], tls["private_key_file"]
+    bootstrap.write_text(json.dumps(config))
+    client = await start_client(bootstrap, mesh.work / "anonymous" / "client.log")
+    try:
+        refused = (await client.calls("echo", timeout=10)).calls[0]
+    finally:
+        await client.stop()
+
+    print(f"gRPC's error: {refused.details}")
+    assert refused.code == "UNAVAILABLE", refused
+    assert "UNAUTHENTICATED" in refused.details, refused
+    assert node not in {stream["node"] for stream in (await mesh.cp.status())["streams"]}
