@@ -167,16 +167,11 @@ async def test_a_weighted_split_holds_within_five_percent_over_2000_calls(mesh: 
     assert abs(canary - 0.20) <= 0.05, split.backends()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "controlplane/discovery.py keeps a type's resource names from its first request: gRPC "
-    "asks for the Clusters [echo, canary] in a request that also ACKs the last Cluster "
-    "response (its nonce), which _on_request reads as an ACK only, so canary is never sent "
-    "and gRPC keeps routing with the old RouteConfiguration until canary's 15 s "
-    "does-not-exist timer"))
 async def test_a_live_route_that_starts_naming_another_cluster_sends_it_calls(
         mesh: Mesh) -> None:
     """A canary rollout on a channel already in use: the route to echo becomes 80/20 with
-    canary, and gRPC subscribes to canary's Cluster and endpoints on the same stream."""
+    canary, and gRPC subscribes to canary's Cluster in a request that also ACKs the last
+    Cluster response; the control plane must answer the grown subscription (ADS, SotW)."""
     def rollout(route: dict[str, Any]) -> dict[str, Any]:
         return policy(virtual_hosts=(virtual_host("rollout", route),))
 
