@@ -8,7 +8,9 @@ from Envoy's xDS protocol:
   the sidecar's cached version): answer it with the current resources, even if unchanged;
 - a request whose nonce is not the last one sent is stale: ignore it;
 - a request with the last nonce is an ACK (``version_info`` = the new version) or, with
-  ``error_detail``, a NACK: record it, log it, count it — and do *not* push in reply;
+  ``error_detail``, a NACK: record it, log it, count it — and do *not* push in reply, unless
+  it also changed its ``resource_names`` (a subscription grown or shrunk): then answer with
+  the new set;
 - push only when the sidecar's view of a type changed, in make-before-break order.
 
 Identity: a stream is served only to a caller that proved a mesh identity with its client
@@ -212,6 +214,13 @@ class DiscoveryServer:
             return
         if request.response_nonce != state.sent_nonce:
             return  # stale: an answer to a response that has since been superseded
+        if set(request.resource_names) != set(state.resource_names):
+            # An ACK or NACK may also change what it subscribes to (gRPC asks for a Cluster
+            # this way when a route starts naming it): answer with the new set, even when its
+            # version is unchanged, since a name that does not exist must be said so.
+            state.resource_names = list(request.resource_names)
+            state.sent_nonce = ""  # forces a response (see _due)
+            subscription.wake.set()
         if request.HasField("error_detail"):
             state.nacks += 1
             state.last_nack = request.error_detail.message

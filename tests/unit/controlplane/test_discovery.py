@@ -83,3 +83,23 @@ def test_the_authorization_view_follows_the_proven_identity_not_the_claim() -> N
     policies = unpack(AUTHORIZATION, list(response.resources))
     assert [(p.service, p.namespace) for p in policies  # type: ignore[attr-defined]
             ] == [("frontend", "shop")]
+
+
+def test_an_ack_that_changes_the_names_asked_for_is_answered_with_the_new_set() -> None:
+    # gRPC subscribes to one more Cluster by ACKing with the longer list (SotW): the new name
+    # must be answered, or its resource is never sent and gRPC times out on it.
+    server, stream = server_and_stream()
+    server._on_request(stream, DiscoveryRequest(type_url=CLUSTERS, resource_names=["orders"]))
+    (first,) = server._due(stream)
+    server._on_request(stream, DiscoveryRequest(
+        type_url=CLUSTERS, resource_names=["orders", "payments"],
+        version_info=first.version_info, response_nonce=first.nonce))
+    assert stream.wake.is_set()
+    (second,) = server._due(stream)
+    assert second.nonce != first.nonce  # answered, although "payments" does not exist
+    # The same names in another order are the same subscription: an ACK, nothing sent.
+    server._on_request(stream, DiscoveryRequest(
+        type_url=CLUSTERS, resource_names=["payments", "orders"],
+        version_info=second.version_info, response_nonce=second.nonce))
+    assert server._due(stream) == []
+    assert server.unacked == 0
