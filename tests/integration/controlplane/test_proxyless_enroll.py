@@ -79,9 +79,9 @@ async def meshctl(mesh: Mesh, tmp_path: Path) -> AsyncIterator[Meshctl]:
 async def short_lived(pki: tuple[Path, CertificateAuthority],
                       tmp_path: Path) -> AsyncIterator[Meshctl]:
     """A control plane whose certificates expire 3 s after they are issued (the issuer
-    starts them a minute early, for clock skew): past 70 % of their lifetime at once, so
-    renewed every second (``Rotation``'s shortest wait)."""
-    cp = ControlPlane(pki[0], cert_validity=timedelta(seconds=63))
+    starts them a minute early, for clock skew, so they are 63 s long): past 70 % of their
+    lifetime at once, so renewed every second (``Rotation``'s shortest wait)."""
+    cp = ControlPlane(pki[0], cert_validity=timedelta(seconds=3))
     await cp.start("127.0.0.1", 0)
     try:
         async with operator_api(cp, tmp_path) as meshctl:
