@@ -1,13 +1,10 @@
 """The auditor: a proxyless gRPC client, the one workload of the shop with no sidecar.
 
 Every other service reaches the mesh through its sidecar. The auditor is a plain grpcio
-program: its channel's target is ``xds:///catalogue``, and grpcio's own xDS client asks the
+program: its channel's target is ``xds:///inventory``, and grpcio's own xDS client asks the
 control plane, over one ADS stream (mTLS, the same port our sidecars use), for the Listener
-``catalogue``, the RouteConfiguration whose virtual host names that domain (the shop's), the
-Cluster ``inventory`` its route leads to and that cluster's endpoints — the same clusters and
-endpoints our sidecars get, translated to Envoy's xDS v3. (The catalogue is the auditor's own
-route to inventory, with a longer timeout than inventory's 1 s: grpcio starts a deadline that
-comes from xDS about a second short, grpc/grpc#34547.) Nothing of the
+``inventory``, the RouteConfiguration it names, the Cluster ``inventory`` and its endpoints —
+the same clusters and endpoints our sidecars get, translated to Envoy's xDS v3. Nothing of the
 mesh runs in this process; it needs only what ``meshctl proxyless auditor`` wrote:
 
     meshctl proxyless auditor --namespace shop --renew &    # certificate, key, bootstrap.json
@@ -21,9 +18,9 @@ What gRPC then does itself, from what the control plane sent:
 - **mTLS**: it presents the auditor's certificate (``spiffe://cluster.local/ns/shop/sa/
   auditor``, from the bootstrap's file watcher, which ``--renew`` keeps fresh) and accepts
   only a replica whose certificate proves ``.../sa/inventory``;
-- **the route's timeout and retries** (gRFC A31, A44), and fault injection (A33): give the
-  catalogue route ``fault: {abort: {grpc_status: 14, percentage: 50}}`` in the policy and
-  half the calls in the log fail UNAVAILABLE without leaving this process.
+- **the cluster's retries** (gRFC A44: on UNAVAILABLE, up to ``num_retries``) and a route's
+  fault injection (A33); not its timeout (``meshctl status`` says why), so each call carries
+  its own deadline.
 
 What stays with the callee: inventory's sidecars still decide who may call what (the shop's
 policy lets the auditor list products, not reserve them): take the auditor out of inventory's
@@ -51,7 +48,7 @@ from demo_services.proto.shop_pb2 import ListProductsRequest, ProductList
 log = logging.getLogger("demo_services.auditor")
 
 LIST_PRODUCTS = "/shop.Inventory/ListProducts"
-CALL_TIMEOUT = 5.0  # seconds, unless the route's own timeout (sent by xDS) is shorter
+CALL_TIMEOUT = 1.0  # seconds: inventory's timeout in the shop's policy
 
 
 async def audit(target: str, interval: float) -> None:
@@ -91,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m demo_services.auditor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default=env("DEMO_AUDIT_TARGET", "xds:///catalogue"),
-                   help="the channel's target (default xds:///catalogue) [DEMO_AUDIT_TARGET]")
+    p.add_argument("--target", default=env("DEMO_AUDIT_TARGET", "xds:///inventory"),
+                   help="the channel's target (default xds:///inventory) [DEMO_AUDIT_TARGET]")
     p.add_argument("--interval", type=float, default=float(env("DEMO_AUDIT_INTERVAL", "1")),
                    help="seconds between calls (default 1) [DEMO_AUDIT_INTERVAL]")
     args = p.parse_args(argv)

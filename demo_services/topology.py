@@ -130,7 +130,7 @@ class Topology:
         """The proxyless client: it reads the inventory's catalogue every second."""
         return ProxylessClient(name="auditor", service="auditor",
                                ip=f"{self.net}.{HOSTS['auditor']}", app="auditor",
-                               target="xds:///catalogue")
+                               target="xds:///inventory")
 
     def instance(self, name: str) -> Instance:
         """The instance called ``name``.

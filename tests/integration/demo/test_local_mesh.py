@@ -150,11 +150,11 @@ def test_the_proxyless_auditor_streams_xds_and_takes_a_policy_change(mesh: Mesh)
     assert all(row[5] == "yes" for row in rows), shown.stdout  # every type in sync
     before = auditor_route()
 
-    # A change to the catalogue route (only the auditor's) reaches its stream, ACKed.
+    # A change to inventory's retries reaches its stream (the route it holds), ACKed.
     original = yaml.safe_load((ROOT / "demo_services/policy/shop.yaml").read_text())
     changed = yaml.safe_load((ROOT / "demo_services/policy/shop.yaml").read_text())
-    (catalogue,) = [h for h in changed["routes"][0]["virtual_hosts"] if h["name"] == "catalogue"]
-    catalogue["routes"][0]["route"]["timeout"] = "4s"
+    (inventory,) = [c for c in changed["clusters"] if c["name"] == "inventory"]
+    inventory["retry_policy"]["num_retries"] = 2
     mesh.apply_policy(changed)
     deadline = time.monotonic() + 10
     while (after := auditor_route())["acked"] in (before["acked"], None) or \
