@@ -15,7 +15,9 @@ command makes both, in one folder (``--out``, default ``.mesh/proxyless/<namespa
     key.pem          its private key (0600), made here; only a CSR leaves this machine
     ca.pem           the mesh CA
 
-How the certificate is bought, in order:
+How the certificate is bought, in order (unless the folder already holds one of this mesh
+for this identity, good for more than ``REUSE_MARGIN``: a restarted agent keeps it, since the
+token it was bought with is spent):
 
 1. a join token: from ``--join-token-file`` (or ``MESH_JOIN_TOKEN``) when an operator handed
    one over, else minted here through the operator API (``POST /tokens``, with the operator
@@ -65,11 +67,12 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from controlplane.xds.resources import (
     CERTIFICATE_PROVIDER,
@@ -91,6 +94,8 @@ CONTROL_PLANE_PORT = 15012  # `python -m controlplane`'s default --listen port
 TOKEN_TTL = 60.0  # a token minted here is spent within seconds; a leaked one soon dies
 JOIN_TIMEOUT = 20.0  # seconds an unreachable control plane is tried for, then we give up
 REFRESH_INTERVAL = "10s"  # how often gRPC re-reads the certificate files
+# A certificate already in --out with more life than this left is kept (no join token spent).
+REUSE_MARGIN = timedelta(minutes=1)
 DATA = "..data"  # the link to the current generation folder
 BOOTSTRAP = "bootstrap.json"
 PKI_FOLDERS = (".mesh/compose", ".mesh/pki")  # after the demo's: where a local mesh CA lives
@@ -347,6 +352,21 @@ def find_bootstrap_ca(control_plane: str) -> Path | None:
     return None
 
 
+def reusable(folder: CertificateFolder, wanted: SpiffeId, ca_file: Path) -> bool:
+    """Whether ``folder`` already holds a certificate of the mesh CA in ``ca_file`` proving
+    ``wanted`` for a while yet (``REUSE_MARGIN``), so that no join token is needed."""
+    try:
+        certificate = x509.load_pem_x509_certificate(folder.files.cert.read_bytes())
+        ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+        certificate.verify_directly_issued_by(ca)
+        identity = folder.files.identity()
+    except (OSError, ValueError, TypeError, IndexError, InvalidSignature,
+            x509.ExtensionNotFound):
+        return False  # none yet, or not of this mesh
+    left = certificate.not_valid_after_utc - datetime.now(UTC)
+    return identity == wanted and left > REUSE_MARGIN
+
+
 async def enroll(enrollment: Enrollment, api: str, token_file: Path | None, *,
                  renew: bool, rng: random.Random) -> CertificateFolder:
     """Get the certificate, write the bootstrap and say what to export.
@@ -356,11 +376,17 @@ async def enroll(enrollment: Enrollment, api: str, token_file: Path | None, *,
     """
     wanted = SpiffeId(trust_domain=trust_domain(enrollment.bootstrap_ca),
                       namespace=enrollment.namespace, service=enrollment.service)
-    token = given_token(token_file)
-    if token is None:
-        token = await asyncio.to_thread(mint_token, api, wanted)
     folder = CertificateFolder(enrollment.out)
-    await join(enrollment, folder, token, wanted)
+    if reusable(folder, wanted, enrollment.bootstrap_ca):
+        # A restart (of the workload's agent, of a compose pod): the certificate is still
+        # good, and the join token it was bought with is spent. Renewal takes it from here.
+        log.info("keeping the certificate of %s in %s (valid until %s)", wanted,
+                 folder.folder, folder.files.not_after().isoformat(timespec="seconds"))
+    else:
+        token = given_token(token_file)
+        if token is None:
+            token = await asyncio.to_thread(mint_token, api, wanted)
+        await join(enrollment, folder, token, wanted)
     config = bootstrap_config(
         service=enrollment.service, namespace=enrollment.namespace, zone=enrollment.zone,
         control_plane=enrollment.server_uri, files=folder.files,

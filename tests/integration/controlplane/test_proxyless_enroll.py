@@ -151,6 +151,29 @@ async def test_a_token_handed_over_is_spent_and_refused_the_second_time(
     assert not (tmp_path / "again" / "cert.pem").exists()
 
 
+async def test_a_restart_keeps_a_valid_certificate_instead_of_a_spent_token(
+        meshctl: Meshctl, mesh: Mesh, tmp_path: Path) -> None:
+    # An agent restarted with the environment it started with (its token long spent): the
+    # certificate in its folder is still good, so it is kept and no token is asked for.
+    token_file = tmp_path / "join.token"
+    token_file.write_text(mesh.cp.tokens.create(mesh.identity("billing")) + "\n")
+    code, _, stderr = await meshctl.run("billing", "--join-token-file", str(token_file),
+                                        "--out", "billing", operator=False)
+    assert code == 0, stderr
+    files = CertificateFiles(*(tmp_path / "billing" / n for n in ("cert.pem", "key.pem",
+                                                                  "ca.pem")))
+    first = files.cert.read_bytes()
+    code, stdout, stderr = await meshctl.run("billing", "--join-token-file", str(token_file),
+                                             "--out", "billing", operator=False)
+    assert code == 0, stderr
+    assert "keeping the certificate of spiffe://cluster.local/ns/default/sa/billing" in stderr
+    assert files.cert.read_bytes() == first and "export GRPC_XDS_BOOTSTRAP=" in stdout
+    # Another identity's folder is not taken for this one's: that needs a token (spent here).
+    code, _, stderr = await meshctl.run("orders", "--join-token-file", str(token_file),
+                                        "--out", "billing", operator=False)
+    assert code == 1 and "refused the join token" in stderr
+
+
 async def test_a_wrong_token_is_refused_and_the_token_is_read_from_the_environment(
         meshctl: Meshctl, tmp_path: Path) -> None:
     code, _, stderr = await meshctl.run("orders", operator=False, MESH_JOIN_TOKEN="f" * 48)
