@@ -576,7 +576,6 @@ def test_the_shop_translates_with_its_expected_warnings() -> None:
         ("Cluster orders", "timeout"),
         ("Cluster payments", "timeout"),
         ("RouteConfiguration shop", "virtual_hosts[0].routes[0].route.timeout"),
-        ("RouteConfiguration shop", "virtual_hosts[1].routes[0].route.timeout"),
         ("Cluster inventory", "lb_policy"),
         ("Cluster inventory", "outlier_detection.consecutive_5xx"),
         ("Cluster inventory", "retry_budget"),
