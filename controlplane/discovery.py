@@ -6,12 +6,29 @@ from Envoy's xDS protocol:
 
 - a request with an empty ``response_nonce`` is a new subscription (or a reconnect carrying
   the sidecar's cached version): answer it with the current resources, even if unchanged;
-- a request whose nonce is not the last one sent is stale: ignore it;
+- a request whose nonce is not the last one sent is stale: ignore it (names it changes are
+  taken from the next request that answers the last nonce, which repeats them);
 - a request with the last nonce is an ACK (``version_info`` = the new version) or, with
   ``error_detail``, a NACK: record it, log it, count it — and do *not* push in reply, unless
   it also changed its ``resource_names`` (a subscription grown or shrunk): then answer with
   the new set;
 - push only when the sidecar's view of a type changed, in make-before-break order.
+
+Names: a request lists the resources it wants. An empty list means *every* resource of the
+type only where the dialect says so: always in ``mesh.v1`` (our sidecars hold everything), and
+in xDS only on the first request for Listeners or Clusters (Envoy's wildcard; ``"*"`` says it
+explicitly). Elsewhere an empty list means *none*: gRPC unsubscribes from a type that way.
+At most ``MAX_RESOURCE_NAMES`` names per request: a stream that asks for more is refused with
+RESOURCE_EXHAUSTED (each name costs the server a lookup and memory).
+
+One type on one stream, as :class:`TypeState` tracks it::
+
+    state          sent_version vs acked_version   must_answer   what happens next
+    new            "" = ""                         yes           answered at once
+    in sync        v = v                           no            pushed only on change
+    pending        v2 ≠ v1 (sent, not ACKed)       no            ACK: in sync; NACK: kept,
+                                                                 reason recorded
+    names changed  any                             yes           answered with the new set
 
 Identity: a stream is served only to a caller that proved a mesh identity with its client
 certificate (the server checks that before calling :meth:`DiscoveryServer.serve`). The node a
@@ -60,7 +77,14 @@ log = logging.getLogger("controlplane.discovery")
 class View(Protocol):
     """A snapshot, as each identity may see it."""
 
-    def view(self, type_url: str, identity: SpiffeId, names: Sequence[str]) -> Resources: ...
+    def view(self, type_url: str, identity: SpiffeId,
+             names: Sequence[str] | None) -> Resources:
+        """The resources ``names`` names that exist (None: every one)."""
+
+
+MAX_RESOURCE_NAMES = 1000  # per request; a real client names a few dozen at most
+MAX_LOGGED = 300  # characters of a client's text (a NACK's reason) in one log line
+WILDCARD = "*"  # xDS: "every resource of this type", said explicitly
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +92,21 @@ class Dialect:
     """What differs between the protocols one :class:`DiscoveryServer` can speak."""
 
     name: str  # "mesh.v1", "xds.v3": in logs and status
+    call: str  # the gRPC method's name, in refusal logs and metrics
     order: tuple[str, ...]  # the type URLs served, in make-before-break push order
     response: Callable[..., Message]  # the DiscoveryResponse class
     node: Callable[[Any], Node]  # a request's node, read as ours (id, claimed service/namespace)
+    # Types whose first request may name nothing to mean "everything" (see "Names" above).
+    wildcard_types: frozenset[str]
+    always_wildcard: bool = False  # an empty list means everything on every request
 
 
 def _mesh_node(node: Node) -> Node:
     return node
 
 
-MESH_V1 = Dialect("mesh.v1", ORDER, DiscoveryResponse, _mesh_node)
+MESH_V1 = Dialect("mesh.v1", "StreamResources", ORDER, DiscoveryResponse, _mesh_node,
+                  frozenset(ORDER), always_wildcard=True)
 
 
 @dataclass(slots=True)
@@ -85,6 +114,8 @@ class TypeState:
     """One resource type on one stream."""
 
     resource_names: list[str] = field(default_factory=list)
+    wildcard: bool = False  # every resource of the type, whatever resource_names says
+    must_answer: bool = True  # answer even if the version is what was last sent
     sent_version: str = ""
     sent_nonce: str = ""
     sent_at: float = 0.0
@@ -110,6 +141,7 @@ class Subscription:
     types: dict[str, TypeState] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     holds_config: bool = False  # it subscribed with versions it already runs
+    unknown_types: set[str] = field(default_factory=set)  # asked for, logged once
 
 
 class DiscoveryObserver:
@@ -196,36 +228,62 @@ class DiscoveryServer:
             subscription.wake.set()  # let the writer see that the stream ended
 
     def _on_request(self, subscription: Subscription, request: Any) -> None:
-        """One DiscoveryRequest (of this server's dialect)."""
+        """One DiscoveryRequest (of this server's dialect).
+
+        Raises:
+            DiscoveryError: its node is not the proven identity, or it names too many
+                resources.
+        """
         if request.HasField("node"):
             subscription.node = self._proven(self.dialect.node(request.node), subscription)
         if request.type_url not in self.dialect.order:
-            log.warning("stream %d asked for unknown type %r", subscription.id,
-                        request.type_url)
+            if request.type_url not in subscription.unknown_types:
+                subscription.unknown_types.add(request.type_url)
+                log.warning("stream %d asked for unknown type %r", subscription.id,
+                            request.type_url[:MAX_LOGGED])
             return
+        names = list(request.resource_names)
+        if len(names) > MAX_RESOURCE_NAMES:
+            self._refuse(subscription, StatusCode.RESOURCE_EXHAUSTED, "too_many_names",
+                         f"a request for {short_name(request.type_url)} names {len(names)} "
+                         f"resources; at most {MAX_RESOURCE_NAMES} are served")
         state = subscription.types.get(request.type_url)
         if state is None or not request.response_nonce:
-            if state is not None and state.pending:  # a re-subscription drops what was in flight
-                self.unacked -= 1
-            state = subscription.types[request.type_url] = TypeState()
-            state.resource_names = list(request.resource_names)
-            subscription.holds_config = subscription.holds_config or bool(request.version_info)
-            subscription.wake.set()  # a new subscription is always answered
-            return
-        if request.response_nonce != state.sent_nonce:
+            self._subscribe(subscription, request, names)
+        elif request.response_nonce != state.sent_nonce:
             return  # stale: an answer to a response that has since been superseded
-        if set(request.resource_names) != set(state.resource_names):
-            # An ACK or NACK may also change what it subscribes to (gRPC asks for a Cluster
-            # this way when a route starts naming it): answer with the new set, even when its
-            # version is unchanged, since a name that does not exist must be said so.
-            state.resource_names = list(request.resource_names)
-            state.sent_nonce = ""  # forces a response (see _due)
+        else:
+            self._answered(subscription, request, state, names)
+
+    def _subscribe(self, subscription: Subscription, request: Any, names: list[str]) -> None:
+        """A new subscription (or a re-subscription after a reconnect): always answered."""
+        previous = subscription.types.get(request.type_url)
+        if previous is not None and previous.pending:  # what was in flight will not be ACKed
+            self.unacked -= 1
+        state = subscription.types[request.type_url] = TypeState(resource_names=names)
+        state.wildcard = WILDCARD in names or (not names and (
+            request.type_url in self.dialect.wildcard_types))
+        subscription.holds_config = subscription.holds_config or bool(request.version_info)
+        subscription.wake.set()
+
+    def _answered(self, subscription: Subscription, request: Any, state: TypeState,
+                  names: list[str]) -> None:
+        """An ACK or a NACK of the last response; it may also change the names asked for."""
+        if set(names) != set(state.resource_names):
+            # gRPC asks for a Cluster a route starts naming this way: answer with the new set
+            # even when its version is unchanged, since a name that does not exist must be
+            # said so.
+            state.resource_names = names
+            state.wildcard = WILDCARD in names or (not names and (
+                self.dialect.always_wildcard or state.wildcard))
+            state.must_answer = True
             subscription.wake.set()
         if request.HasField("error_detail"):
             state.nacks += 1
-            state.last_nack = request.error_detail.message
-            log.warning("NACK from %r for %s version %s: %r", subscription.node.id,
-                        short_name(request.type_url), state.sent_version, state.last_nack)
+            state.last_nack = request.error_detail.message[:4 * MAX_LOGGED]
+            log.warning("NACK from %r for %s version %s: %r", subscription.node.id[:MAX_LOGGED],
+                        short_name(request.type_url), state.sent_version,
+                        state.last_nack[:MAX_LOGGED])
             self._observer.nacked(request.type_url, subscription.node, state.last_nack)
             return
         was_pending = state.pending
@@ -234,6 +292,18 @@ class DiscoveryServer:
         if was_pending and not state.pending:
             self.unacked -= 1
             self._settled()
+
+    def _refuse(self, subscription: Subscription, code: StatusCode, reason: str,
+                message: str) -> None:
+        """Log and count a refusal, and end the stream with it.
+
+        Raises:
+            DiscoveryError: always.
+        """
+        self._observer.refused(self.dialect.call, reason)
+        log.warning("stream %d from %s refused: %s", subscription.id, subscription.peer,
+                    message)
+        raise DiscoveryError(code, message, reason)
 
     def _proven(self, claimed: Node, subscription: Subscription) -> Node:
         """``claimed``, checked against the certificate and completed from it.
@@ -245,27 +315,27 @@ class DiscoveryServer:
         for name, proven in (("service", identity.service), ("namespace", identity.namespace)):
             value = getattr(claimed, name)
             if value and value != proven:
-                self._observer.refused("StreamResources", "node_mismatch")
-                message = (f"node {claimed.id!r} claims {name} {value!r}, but its certificate "
-                           f"proves {identity} ({name} {proven!r})")
-                log.warning("stream %d from %s refused: %s", subscription.id, subscription.peer,
-                            message)
-                raise DiscoveryError(StatusCode.PERMISSION_DENIED, message, "node_mismatch")
+                self._refuse(subscription, StatusCode.PERMISSION_DENIED, "node_mismatch",
+                             f"node {claimed.id[:MAX_LOGGED]!r} claims {name} "
+                             f"{value[:MAX_LOGGED]!r}, but its certificate proves {identity} "
+                             f"({name} {proven!r})")
         node = Node()
         node.CopyFrom(claimed)
         node.service, node.namespace = identity.service, identity.namespace
         return node
 
-    def _due(self, subscription: Subscription) -> list[Message]:
+    def _due(self, subscription: Subscription) -> list[Any]:  # the dialect's responses
         snapshot = self._snapshot()
         responses = []
         for type_url in self.dialect.order:
             state = subscription.types.get(type_url)
             if state is None:
                 continue
-            resources = snapshot.view(type_url, subscription.identity, state.resource_names)
-            if resources.version == state.sent_version and state.sent_nonce:
+            names = None if state.wildcard else state.resource_names
+            resources = snapshot.view(type_url, subscription.identity, names)
+            if resources.version == state.sent_version and not state.must_answer:
                 continue
+            state.must_answer = False
             was_pending = state.pending
             state.sent_version = resources.version
             if state.pending and not was_pending:

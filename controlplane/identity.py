@@ -28,7 +28,7 @@ from certs.pki import CertificateAuthority, sign_csr
 from controlplane.errors import IdentityError
 from mesh.clock import Clock
 from mesh.grpc import StatusCode
-from mesh.identity import SpiffeId
+from mesh.identity import CONTROL_PLANE_NAMESPACE, SpiffeId
 
 log = logging.getLogger("controlplane.identity")
 
@@ -128,6 +128,13 @@ class CertificateIssuer:
         Raises:
             IdentityError: INVALID_ARGUMENT for a CSR that does not parse or verify.
         """
+        if identity.namespace == CONTROL_PLANE_NAMESPACE or identity.service == "controlplane":
+            # Its certificate names the DNS name ``controlplane``, which grpcio's xDS client
+            # (and compose's name for the control plane) checks: no workload may carry it.
+            raise IdentityError(StatusCode.PERMISSION_DENIED,
+                                f"{identity} is reserved: namespace {CONTROL_PLANE_NAMESPACE!r} "
+                                f"and the account 'controlplane' are the control plane's",
+                                "reserved_identity")
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
             # Start a minute early: clocks of the mesh's machines are never exactly equal.

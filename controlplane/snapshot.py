@@ -47,9 +47,9 @@ class Resources:
     names: tuple[str, ...]
     packed: tuple[AnyProto, ...]
 
-    def only(self, names: Sequence[str]) -> Resources:
-        """The subset named (all of them when ``names`` is empty)."""
-        if not names:
+    def only(self, names: Sequence[str] | None) -> Resources:
+        """The subset named (all of them when ``names`` is None)."""
+        if names is None:
             return self
         wanted = set(names)
         kept = [(n, p) for n, p in zip(self.names, self.packed, strict=True) if n in wanted]
@@ -66,9 +66,9 @@ class Snapshot:
     authorization: tuple[AuthorizationPolicy, ...]
 
     def view(self, type_url: str, identity: SpiffeId,
-             names: Sequence[str] = ()) -> Resources:
+             names: Sequence[str] | None = None) -> Resources:
         """What the sidecar that proved ``identity`` should hold of ``type_url``: the
-        resources ``names`` names, or all of them when it names none."""
+        resources ``names`` names, or all of them when ``names`` is None."""
         if type_url == CLUSTERS:
             return self.clusters.only(names)
         if type_url == ENDPOINTS:

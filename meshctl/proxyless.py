@@ -96,6 +96,9 @@ JOIN_TIMEOUT = 20.0  # seconds an unreachable control plane is tried for, then w
 REFRESH_INTERVAL = "10s"  # how often gRPC re-reads the certificate files
 # A certificate already in --out with more life than this left is kept (no join token spent).
 REUSE_MARGIN = timedelta(minutes=1)
+# Names every workload certificate carries (certs/pki.py sign_csr), so a control plane reached
+# by one of them is told from a workload by nothing grpcio checks.
+SHARED_HOST_NAMES = frozenset({"127.0.0.1", "localhost"})
 DATA = "..data"  # the link to the current generation folder
 BOOTSTRAP = "bootstrap.json"
 PKI_FOLDERS = (".mesh/compose", ".mesh/pki")  # after the demo's: where a local mesh CA lives
@@ -376,6 +379,11 @@ async def enroll(enrollment: Enrollment, api: str, token_file: Path | None, *,
     """
     wanted = SpiffeId(trust_domain=trust_domain(enrollment.bootstrap_ca),
                       namespace=enrollment.namespace, service=enrollment.service)
+    if enrollment.control_plane[0] in SHARED_HOST_NAMES:
+        log.warning("grpcio checks the control plane at %s by host name only, and every "
+                    "workload certificate names localhost and 127.0.0.1: where other "
+                    "workloads run, serve the control plane on an address of its own (the "
+                    "demo's is 127.0.10.1)", enrollment.server_uri)
     folder = CertificateFolder(enrollment.out)
     if reusable(folder, wanted, enrollment.bootstrap_ca):
         # A restart (of the workload's agent, of a compose pod): the certificate is still

@@ -16,6 +16,10 @@ So the control plane registers it from that request, with the same checks as ``R
 service (by default only its own), and the address must be its own. A refused registration
 ends the stream with the registry's status and reason, as a refused ``Register`` call would.
 
+A listener name that does not parse as ``host:port`` is refused (INVALID_ARGUMENT), and so is a
+stream asking for more than ``MAX_INBOUND`` of them (RESOURCE_EXHAUSTED): each is an endpoint
+pushed to every caller of the service.
+
 The instance lives as a sidecar's does: its lease is renewed while the stream stays open and
 keeps asking for that listener, and runs out (within 1.25 × the lease TTL) once the stream
 ends or drops the listener — a server that goes away is no longer called.
@@ -33,14 +37,18 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from controlplane.errors import ControlPlaneError
+from controlplane.discovery import MAX_LOGGED
+from controlplane.errors import ControlPlaneError, RegistrationError
 from controlplane.registry import Registry
 from controlplane.xds.resources import LISTENER, inbound_address
+from mesh.grpc import StatusCode
 from mesh.identity import SpiffeId
 from mesh.proto.config_pb2 import Endpoint
 from mesh.proto.resources import instance_name
 
 log = logging.getLogger("controlplane.xds")
+
+MAX_INBOUND = 8  # inbound listeners (so registrations) one proxyless server's stream may hold
 
 
 class InboundRegistrations:
@@ -72,13 +80,16 @@ class InboundRegistrations:
             async for request in requests:
                 if request.HasField("node"):
                     zone = request.node.locality.zone
+                # The discovery server reads the request first (its node must be the proven
+                # identity, its names few enough); this generator resumes, and registers,
+                # only once that passed — when the server asks for the next request.
+                yield request
                 if request.type_url == LISTENER:
                     try:
                         self._update(held, list(request.resource_names), identity,
                                      caller_address, zone)
                     except ControlPlaneError as error:
                         raise refused(error) from None
-                yield request
         finally:
             del self._held[stream]
 
@@ -87,15 +98,17 @@ class InboundRegistrations:
         """Register what ``names`` newly asks for; forget what it no longer does.
 
         Raises:
-            RegistrationError: the registry refused.
+            RegistrationError: the registry refused; an inbound listener name that does not
+                parse (INVALID_ARGUMENT); more than ``MAX_INBOUND`` of them
+                (RESOURCE_EXHAUSTED).
         """
         wanted: dict[str, tuple[str, Endpoint]] = {}  # instance id → (listener, endpoint)
         for name in names:
             try:
                 address = inbound_address(name)
             except ValueError as error:
-                log.warning("%s asked for %s", identity, error)
-                continue
+                raise RegistrationError(StatusCode.INVALID_ARGUMENT, str(error)[:MAX_LOGGED],
+                                        "bad_inbound_listener") from None
             if address is None:
                 continue  # a client's listener
             host, port = address
@@ -103,6 +116,12 @@ class InboundRegistrations:
             instance = instance_name(identity.namespace, identity.service, endpoint.address,
                                      port)
             wanted[instance] = (name, endpoint)
+        if len(wanted) > MAX_INBOUND:
+            # Each is an endpoint pushed to every caller: one workload may not flood the mesh.
+            raise RegistrationError(StatusCode.RESOURCE_EXHAUSTED,
+                                    f"{identity} asks for {len(wanted)} inbound listeners; a "
+                                    f"proxyless server may serve on {MAX_INBOUND} addresses at "
+                                    f"most", "too_many_inbound_listeners")
         for instance in set(held) - set(wanted):
             del held[instance]  # no longer asked for: its lease runs out
         for instance, (name, endpoint) in wanted.items():

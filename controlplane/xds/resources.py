@@ -57,5 +57,8 @@ def _node(node: EnvoyNode) -> Node:
                 namespace=namespace.string_value if namespace is not None else "")
 
 
-XDS_V3 = Dialect("xds.v3", ORDER, DiscoveryResponse, _node)
+# Envoy's wildcard (an empty first request means every resource) exists for Listeners and
+# Clusters only; gRPC never uses it, and unsubscribes from a type with an empty list.
+XDS_V3 = Dialect("xds.v3", "StreamAggregatedResources", ORDER, DiscoveryResponse, _node,
+                 frozenset({LISTENER, CLUSTER}))
 parse_request = DiscoveryRequest.FromString  # for the gRPC server's method table

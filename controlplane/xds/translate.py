@@ -57,6 +57,9 @@ class Unsupported:
     message: str  # the field as our YAML writes it, and what gRPC gets instead
 
 
+LISTENER_CACHE_SIZE = 10_000  # built listeners kept per snapshot; more are built when asked
+
+
 class XdsSnapshot:
     """The xDS resources of one snapshot, as each identity may see them."""
 
@@ -70,18 +73,20 @@ class XdsSnapshot:
         self._by_type = {CLUSTER: clusters, CLUSTER_LOAD_ASSIGNMENT: endpoints,
                          ROUTE_CONFIGURATION: routes}
         self._names = names
-        self._listeners: dict[tuple[str, str, str], Any | None] = {}  # see _listener
+        self._listeners: dict[tuple[str, str, str], Any] = {}  # see _listener
 
-    def view(self, type_url: str, identity: SpiffeId, names: Sequence[str]) -> Resources:
+    def view(self, type_url: str, identity: SpiffeId,
+             names: Sequence[str] | None) -> Resources:
         """What the workload that proved ``identity`` should hold of ``type_url``: the
-        resources ``names`` names that exist, or all of them when it names none.
+        resources ``names`` names that exist, or all of them when ``names`` is None.
 
         Raises:
             KeyError: ``type_url`` is not one of the four we serve.
         """
         if type_url != LISTENER:
             return self._by_type[type_url].only(names)
-        wanted = sorted(set(names)) or self._names.nameable(identity.namespace)
+        wanted = self._names.nameable(identity.namespace) if names is None else \
+            sorted(set(names))
         listeners = [(name, self._listener(name, identity)) for name in wanted]
         return pack(LISTENER, [(name, listener) for name, listener in listeners
                                if listener is not None])
@@ -90,17 +95,23 @@ class XdsSnapshot:
         try:
             address = inbound_address(name)
         except ValueError as error:
-            log.warning("%s asked for %s; it gets no listener", identity, error)
+            # Refused on the stream (controlplane/xds/proxyless.py); never served here.
+            log.debug("%s asked for %s; it gets no listener", identity, error)
             return None
         # A client's listener depends on the namespace, a server's on the service as well.
         key = (identity.namespace, "" if address is None else identity.service, name)
-        if key not in self._listeners:
+        listener = self._listeners.get(key)
+        if listener is None:
             if address is None:
                 found = self._names.route_configuration(name, identity.namespace)
-                self._listeners[key] = None if found is None else api_listener(name, found)
+                listener = None if found is None else api_listener(name, found)
             else:
-                self._listeners[key] = self._inbound(name, *address, identity)
-        return self._listeners[key]
+                listener = self._inbound(name, *address, identity)
+            # Names are the clients' to choose (any port of any known name is a listener):
+            # keep a bounded number, and never the misses.
+            if listener is not None and len(self._listeners) < LISTENER_CACHE_SIZE:
+                self._listeners[key] = listener
+        return listener
 
     def _inbound(self, name: str, host: str, port: int, identity: SpiffeId) -> Any:
         mine = [(i, p) for i, p in enumerate(self._authorization)

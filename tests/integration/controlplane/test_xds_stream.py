@@ -26,6 +26,7 @@ from google.rpc.status_pb2 import Status
 
 from certs.pki import issue_workload, write_workload
 from controlplane.api import start_api
+from controlplane.xds.proxyless import MAX_INBOUND
 from controlplane.xds.resources import (
     CLUSTER,
     CLUSTER_LOAD_ASSIGNMENT,
@@ -221,13 +222,29 @@ async def test_a_proxyless_server_is_registered_while_it_asks_for_its_listener(
     assert not mesh.cp.inbound.held()
 
 
-async def test_a_proxyless_server_cannot_register_an_address_not_its_own(
-        mesh: Mesh, streams: list[Stream]) -> None:
+FLOOD = [f"mesh/inbound/127.0.0.1:{port}" for port in range(50000, 50000 + MAX_INBOUND + 1)]
+
+
+@pytest.mark.parametrize(("claims", "names", "code", "said"), [
+    pytest.param("inventory", ["mesh/inbound/127.0.0.99:50051"],
+                 grpc.StatusCode.PERMISSION_DENIED, "127.0.0.99", id="an-address-not-its-own"),
+    pytest.param("inventory", ["mesh/inbound/nonsense"], grpc.StatusCode.INVALID_ARGUMENT,
+                 "'nonsense' is not host:port", id="a-name-that-does-not-parse"),
+    pytest.param("inventory", FLOOD, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                 f"on {MAX_INBOUND} addresses at most", id="a-flood-of-listeners"),
+    pytest.param("payments", ["mesh/inbound/127.0.0.1:50051"],
+                 grpc.StatusCode.PERMISSION_DENIED, "claims service 'payments'",
+                 id="a-node-its-certificate-does-not-prove"),
+])
+async def test_a_proxyless_server_refused_registers_nothing(
+        mesh: Mesh, streams: list[Stream], claims: str, names: list[str],
+        code: grpc.StatusCode, said: str) -> None:
+    """The stream ends with the reason, and the registry is as it was (the node is checked
+    before anything is registered)."""
     stream = open_stream(mesh, streams, "inventory", "shop")
-    await stream.send(node=node("inventory", "shop"), type_url=LISTENER,
-                      resource_names=["mesh/inbound/127.0.0.99:50051"])
+    await stream.send(node=node(claims, "shop"), type_url=LISTENER, resource_names=names)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stream.receive()
-    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "127.0.0.99" in (refused.value.details() or "")
+    assert refused.value.code() == code
+    assert said in (refused.value.details() or "")
     assert not mesh.cp.registry.instances()
