@@ -133,16 +133,20 @@ class ControlPlane:
 
     # -- state -------------------------------------------------------------------------------
 
+    def _state(self) -> tuple[int, int]:
+        """(policy version, registry version): what both snapshots are built from."""
+        return self.policy.current[0], self.registry.version
+
     def snapshot(self) -> Snapshot:
         """The current snapshot, rebuilt only when the policy or the registry changed."""
-        key = (self.policy.current[0], self.registry.version)
+        key = self._state()
         if self._snapshot is None or self._snapshot[0] != key:
             self._snapshot = (key, build(self.policy.current[1], self._endpoints()))
         return self._snapshot[1]
 
     def xds_snapshot(self) -> XdsSnapshot:
         """The same state in Envoy's resources, rebuilt only when it changed."""
-        key = (self.policy.current[0], self.registry.version)
+        key = self._state()
         if self._xds_snapshot is None or self._xds_snapshot[0] != key:
             self._xds_snapshot = (key, translate(self.policy.current[1], self._endpoints()))
             warnings = set(self._xds_snapshot[1].warnings)

@@ -18,6 +18,10 @@ of the backend that answered. A result is ``[header value, backend or "", status
 milliseconds, the status's details]``, in call order; call ``i`` carries
 ``header: values[i % len(values)]`` when a header is named. ``{"quit": true}`` (or the end of
 stdin) closes the channels and exits.
+
+``{"csds": "HOST:PORT"}`` starts gRPC's CSDS service (gRFC A40, the ``grpcio-csds`` package)
+in this process on that address → ``{"csds_port": N}``: what its xDS clients hold, per
+resource, as gRPC itself reports it.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import asyncio
 import json
 import sys
 import time
+from concurrent import futures
 from typing import Any
 
 import grpc
 import grpc.experimental
+import grpc_csds
 
 METHOD = "/test.Echo/Who"
 
@@ -39,6 +45,16 @@ class Client:
 
     def __init__(self) -> None:
         self.channels: dict[str, grpc.aio.Channel] = {}
+        self.servers: list[grpc.Server] = []
+
+    def serve_csds(self, address: str) -> int:
+        """CSDS on ``address``; the port it listens on."""
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        grpc_csds.add_csds_servicer(server)
+        port: int = server.add_insecure_port(address)
+        server.start()
+        self.servers.append(server)
+        return port
 
     def method(self, target: str) -> Any:
         channel = self.channels.get(target)
@@ -78,6 +94,8 @@ class Client:
     async def close(self) -> None:
         for channel in self.channels.values():
             await channel.close()
+        for server in self.servers:
+            server.stop(None)
 
 
 async def main() -> int:
@@ -88,6 +106,9 @@ async def main() -> int:
             command = json.loads(line)
             if command.get("quit"):
                 break
+            if "csds" in command:
+                print(json.dumps({"csds_port": client.serve_csds(command["csds"])}), flush=True)
+                continue
             print(json.dumps(await client.run(command)), flush=True)
     finally:
         await client.close()

@@ -266,12 +266,12 @@ class GrpcioClient:
     log: Path
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def calls(self, target: str, calls: int = 1, *, concurrency: int = 1,
-                    order: dict[str, Any] | None = None, header: str | None = None,
-                    values: list[str] | None = None, timeout: float = 5.0) -> Calls:
-        """Make ``calls`` calls to ``xds:///target`` (see :mod:`grpcio_client`)."""
-        command = {"target": target, "calls": calls, "concurrency": concurrency,
-                   "order": order or {}, "header": header, "values": values, "timeout": timeout}
+    async def csds(self, host: str) -> int:
+        """Start CSDS in the client on ``host`` (any free port); the port."""
+        answer = await self._command({"csds": f"{host}:0"})
+        return int(answer["csds_port"])
+
+    async def _command(self, command: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
         async with self.lock:
             self.process.stdin.write(json.dumps(command).encode() + b"\n")
@@ -282,7 +282,17 @@ class GrpcioClient:
                 raise AssertionError(f"no answer to {command} within {COMMAND_TIMEOUT}s:\n"
                                      f"{self.log_text()[-5000:]}") from None
         assert line, f"the client exited ({self.process.returncode}):\n{self.log_text()[-5000:]}"
-        return Calls([Call(*result) for result in json.loads(line)["results"]])
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    async def calls(self, target: str, calls: int = 1, *, concurrency: int = 1,
+                    order: dict[str, Any] | None = None, header: str | None = None,
+                    values: list[str] | None = None, timeout: float = 5.0) -> Calls:
+        """Make ``calls`` calls to ``xds:///target`` (see :mod:`grpcio_client`)."""
+        command = {"target": target, "calls": calls, "concurrency": concurrency,
+                   "order": order or {}, "header": header, "values": values, "timeout": timeout}
+        answer = await self._command(command)
+        return Calls([Call(*result) for result in answer["results"]])
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import pytest_asyncio
+from envoy.admin.v3.config_dump_shared_pb2 import ClientResourceStatus
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from tests.integration.sidecar.conftest import SidecarProcess, run_tool, stopping
 from tests.interop.xds.harness import (
@@ -333,3 +336,28 @@ async def test_an_xds_client_without_a_mesh_certificate_is_refused(mesh: Mesh) -
     assert refused.code == "UNAVAILABLE", refused
     assert "UNAUTHENTICATED" in refused.details, refused
     assert node not in {stream["node"] for stream in (await mesh.cp.status())["streams"]}
+
+
+async def test_csds_shows_what_the_client_holds_as_the_control_plane_sent_it(mesh: Mesh) -> None:
+    """gRPC's own account of its xDS configuration (CSDS, gRFC A40, ``grpcio-csds``): every
+    resource of the chain is ACKED, at the version the control plane's status says it sent."""
+    await mesh.cp.apply(policy())
+    async with mesh.own_client("csds") as (client, node):
+        assert (await client.calls("echo")).codes() == {"OK": 1}
+        port = await client.csds(NET + ".1")
+        channel = grpc.aio.insecure_channel(f"{NET}.1:{port}")
+        try:
+            status = await csds_pb2_grpc.ClientStatusDiscoveryServiceStub(
+                channel).FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=10)
+        finally:
+            await channel.close()
+        stream = await mesh.cp.stream(node)
+
+    held = {(config.type_url.rsplit(".", 1)[-1], config.name):
+            (config.version_info, ClientResourceStatus.Name(config.client_status))
+            for client_config in status.config for config in client_config.generic_xds_configs}
+    for kind, name in (("Listener", "echo"), ("Cluster", "echo"),
+                       ("ClusterLoadAssignment", "echo")):
+        assert held[kind, name] == (stream["types"][kind]["acked"], "ACKED"), held
+    routes = [key for key in held if key[0] == "RouteConfiguration"]
+    assert routes and all(held[key][1] == "ACKED" for key in routes), held
