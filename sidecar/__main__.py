@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mesh.address import host_port
+from mesh.address import host_port, host_ports
 from mesh.loop import run
 from sidecar.sidecar import Sidecar, SidecarOptions
 
@@ -48,8 +48,10 @@ def parser() -> argparse.ArgumentParser:
                    help="what the app speaks; unset: as the configuration's cluster for this "
                         "service declares (app_protocol GRPC or HTTP1), else h2c "
                         "[MESH_APP_PROTOCOL]")
-    p.add_argument("--control-plane", type=host_port, default=env("MESH_CONTROL_PLANE"),
-                   help="the control plane's gRPC address [MESH_CONTROL_PLANE]")
+    p.add_argument("--control-plane", type=host_ports, default=env("MESH_CONTROL_PLANE") or (),
+                   help="the control plane's gRPC address, or several replicas' separated "
+                        "by commas (one at a time; the next when it is lost) "
+                        "[MESH_CONTROL_PLANE]")
     p.add_argument("--bootstrap-ca", type=Path, default=env("MESH_BOOTSTRAP_CA"),
                    help="the mesh CA certificate, to verify the control plane on first start "
                         "[MESH_BOOTSTRAP_CA]")

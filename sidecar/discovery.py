@@ -7,8 +7,9 @@ it still runs, the nonce, and the reason) when not — and keeps serving with th
 configuration.
 
 When the control plane is unreachable the sidecar keeps what it has (static stability) and
-reconnects with backoff and jitter; on reconnect it sends the versions it holds, so the control
-plane can tell it is in sync.
+reconnects with backoff and jitter — to the next replica when it was given several
+(:mod:`sidecar.control_planes`); on reconnect it sends the versions it holds, so the control
+plane (whichever replica) can tell it is in sync.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mesh.grpc import Call, Channel, GrpcError, StatusCode
 from mesh.http2 import Http2Error
 from mesh.proto.discovery_pb2 import DiscoveryRequest, DiscoveryResponse, Node, Status
 from mesh.proto.resources import ORDER, short_name, unpack
+from sidecar.control_planes import ControlPlanes
 
 log = logging.getLogger("sidecar.discovery")
 
@@ -44,7 +46,7 @@ class Accepted:
 class DiscoveryClient:
     """Subscribes, applies, ACKs or NACKs; reconnects forever with backoff."""
 
-    def __init__(self, channel: Channel, node: Node, apply: Apply, *,
+    def __init__(self, channel: Channel | ControlPlanes, node: Node, apply: Apply, *,
                  backoff: Callable[[], Iterator[float]],
                  types: tuple[str, ...] = ORDER) -> None:
         self.node = node
@@ -55,7 +57,8 @@ class DiscoveryClient:
         self.last_error = ""
         self.reconnects = 0
         self.responses = 0
-        self._channel = channel
+        self._planes = channel if isinstance(channel, ControlPlanes) else \
+            ControlPlanes.of(channel)
         self._apply = apply
         self._backoff = backoff
         self._types = types
@@ -64,11 +67,13 @@ class DiscoveryClient:
         """Keep a stream open for as long as the task runs."""
         delays: Iterator[float] | None = None
         while True:
+            channel = self._planes.channel
             try:
-                await self._session()
+                await self._session(channel)
                 reason = "control plane closed the stream"
             except (GrpcError, Http2Error, OSError) as error:
                 reason = str(error)
+            self._planes.failed(channel)  # the next try goes to another replica, if any
             if self.connected:
                 delays = None  # it worked for a while: start backing off from the beginning
             self.connected = False
@@ -79,9 +84,9 @@ class DiscoveryClient:
                         "configuration in force", reason, delay)
             await asyncio.sleep(delay)
 
-    async def _session(self) -> None:
+    async def _session(self, channel: Channel) -> None:
         call: Call[DiscoveryResponse]
-        async with self._channel.call(STREAM_RESOURCES, DiscoveryResponse.FromString) as call:
+        async with channel.call(STREAM_RESOURCES, DiscoveryResponse.FromString) as call:
             for type_url in self._types:
                 held = self.accepted.get(type_url)
                 await call.send(DiscoveryRequest(

@@ -16,10 +16,12 @@ so new handshakes present it and established connections carry on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import random
 import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,15 +90,18 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 async def bootstrap(host: str, port: int, bootstrap_ca: Path, files: CertificateFiles,
                     request_id: SpiffeId, join_token: str, *, backoff: Backoff = JOIN_BACKOFF,
-                    rng: random.Random | None = None) -> None:
+                    rng: random.Random | None = None,
+                    fallbacks: Sequence[tuple[str, int]] = ()) -> None:
     """The first certificate, for a join token; tried for again while the control plane
-    cannot be reached.
+    cannot be reached — at the next of ``fallbacks`` (other replicas) each time, if any.
 
     Raises:
         GrpcError: the control plane refused (an unknown, used or expired token).
     """
     delays = backoff.delays(rng or random.Random())
+    replicas = itertools.cycle([(host, port), *fallbacks])
     while True:
+        host, port = next(replicas)
         # The token goes only to the control plane: its certificate must prove so.
         channel = Channel(host, port, ssl=bootstrap_context(bootstrap_ca),
                           authority="controlplane",
@@ -122,8 +127,12 @@ class Rotation:
     """Renews the certificate before it expires and reloads it into the live contexts."""
 
     def __init__(self, host: str, port: int, files: CertificateFiles,
-                 contexts: list[ssl.SSLContext]) -> None:
+                 contexts: list[ssl.SSLContext], *,
+                 address: Callable[[], tuple[str, int]] | None = None) -> None:
+        """``address``, if given, says which control-plane replica to renew at, each time
+        (the one the sidecar talks to now); else always ``host:port``."""
         self.host, self.port = host, port
+        self._address = address
         self.files = files
         self.contexts = contexts
         self.renewals = 0
@@ -146,6 +155,8 @@ class Rotation:
     async def renew(self) -> None:
         tls = client_context(self.files.cert, self.files.key, self.files.ca)
         identity = self.files.identity()
+        if self._address is not None:
+            self.host, self.port = self._address()
         channel = Channel(self.host, self.port, ssl=tls, authority="controlplane",
                           peer_identity=str(control_plane_id(identity.trust_domain)))
         try:

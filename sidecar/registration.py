@@ -7,6 +7,11 @@ unreachable — the sidecar registers again. Other failures are retried with bac
 less often than heartbeats: a control plane that comes back must hear from every live instance
 within a lease TTL (it waits that long before telling reconnecting sidecars who is there). The
 endpoint simply lapses if the sidecar is gone for longer than the TTL.
+
+With several control-plane replicas (:mod:`sidecar.control_planes`), a replica that cannot be
+reached (or answers UNAVAILABLE) moves the sidecar to the next; there the same instance is
+renewed where the replicas share their state, and registered again where the new replica
+answers NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from mesh.proto.registry_pb2 import (
     RegisterRequest,
     RegisterResponse,
 )
+from sidecar.control_planes import ControlPlanes
 
 log = logging.getLogger("sidecar.registration")
 
@@ -35,8 +41,9 @@ REGISTRY = "/mesh.v1.Registry/"
 class Registration:
     """Registers once, renews forever, registers again when forgotten."""
 
-    def __init__(self, channel: Channel, service: str, namespace: str, endpoint: Endpoint, *,
-                 ready: Callable[[], bool], backoff: Callable[[], Iterator[float]]) -> None:
+    def __init__(self, channel: Channel | ControlPlanes, service: str, namespace: str,
+                 endpoint: Endpoint, *, ready: Callable[[], bool],
+                 backoff: Callable[[], Iterator[float]]) -> None:
         self.service = service
         self.namespace = namespace
         self.endpoint = endpoint
@@ -45,17 +52,15 @@ class Registration:
         self.registered = asyncio.Event()
         self._ready = ready
         self._backoff = backoff
-        self._register = channel.unary_unary(REGISTRY + "Register", RegisterResponse.FromString)
-        self._heartbeat = channel.unary_unary(REGISTRY + "Heartbeat",
-                                              HeartbeatResponse.FromString)
-        self._deregister = channel.unary_unary(REGISTRY + "Deregister",
-                                               DeregisterResponse.FromString)
+        self._planes = channel if isinstance(channel, ControlPlanes) else \
+            ControlPlanes.of(channel)
 
     async def run(self) -> None:
         delays: Iterator[float] | None = None
         while True:
+            channel = self._planes.channel
             try:
-                await self._renew()
+                await self._renew(channel)
                 delays = None
                 await asyncio.sleep(self.lease_ttl / 3)
             except GrpcError as error:
@@ -67,14 +72,17 @@ class Registration:
                     continue
                 if error.code in (StatusCode.PERMISSION_DENIED, StatusCode.UNAUTHENTICATED):
                     log.error("registration of %s refused: %s", self.service, error.message)
+                elif error.code == StatusCode.UNAVAILABLE:
+                    self._planes.failed(channel)
                 delays = delays or self._backoff()
                 await asyncio.sleep(min(next(delays), self.lease_ttl / 3))
             except (Http2Error, OSError) as error:
                 log.warning("control plane unreachable for registration: %s", error)
+                self._planes.failed(channel)
                 delays = delays or self._backoff()
                 await asyncio.sleep(min(next(delays), self.lease_ttl / 3))
 
-    async def _renew(self) -> None:
+    async def _renew(self, channel: Channel) -> None:
         health = Endpoint.HEALTHY if self._ready() else Endpoint.UNHEALTHY
         if self.instance is None:
             endpoint = Endpoint()
@@ -82,19 +90,23 @@ class Registration:
             endpoint.health = health
             request = RegisterRequest(service=self.service, namespace=self.namespace,
                                       endpoint=endpoint)
-            response = await self._register(request, timeout=5.0)
+            register = channel.unary_unary(REGISTRY + "Register", RegisterResponse.FromString)
+            response = await register(request, timeout=5.0)
             self.instance = response.instance
             self.lease_ttl = response.lease_ttl_ms / 1000 or self.lease_ttl
             self.registered.set()
             log.info("registered %s (lease %.1fs)", self.instance, self.lease_ttl)
             return
-        response = await self._heartbeat(HeartbeatRequest(instance=self.instance, health=health),
-                                         timeout=5.0)
+        heartbeat = channel.unary_unary(REGISTRY + "Heartbeat", HeartbeatResponse.FromString)
+        response = await heartbeat(HeartbeatRequest(instance=self.instance, health=health),
+                                   timeout=5.0)
         self.lease_ttl = response.lease_ttl_ms / 1000 or self.lease_ttl
 
     async def deregister(self) -> None:
         """Leave the registry now (on a clean shutdown), rather than when the lease lapses."""
         if self.instance is not None:
-            await self._deregister(DeregisterRequest(instance=self.instance), timeout=2.0)
+            deregister = self._planes.channel.unary_unary(REGISTRY + "Deregister",
+                                                          DeregisterResponse.FromString)
+            await deregister(DeregisterRequest(instance=self.instance), timeout=2.0)
             self.instance = None
             self.registered.clear()

@@ -23,6 +23,7 @@ from pathlib import Path
 from aiohttp import web
 from google.protobuf.message import Message
 
+from mesh.address import Address
 from mesh.clock import SYSTEM_CLOCK
 from mesh.grpc import Channel
 from mesh.http2 import Http2Connection, Server, serve
@@ -35,6 +36,7 @@ from sidecar import static_config
 from sidecar.admin import make_admin
 from sidecar.backoff import Backoff
 from sidecar.config import LiveConfig
+from sidecar.control_planes import ControlPlanes
 from sidecar.discovery import DiscoveryClient
 from sidecar.http1 import Http1App, Http1Downstream
 from sidecar.identity import CertificateFiles, Rotation, bootstrap
@@ -47,7 +49,6 @@ from sidecar.registration import Registration
 
 log = logging.getLogger("sidecar")
 
-Address = tuple[str, int]
 APP_PROTOCOLS = {"h2c": Cluster.GRPC, "http1": Cluster.HTTP1}  # --app-protocol → the config's
 
 
@@ -62,7 +63,7 @@ class SidecarOptions:
     advertise: str | None = None  # the address to register; default: the inbound host
     app: Address = ("127.0.0.1", 8080)
     app_protocol: str | None = None  # "h2c" or "http1"; None: as the configuration declares
-    control_plane: Address | None = None
+    control_plane: tuple[Address, ...] = ()  # replicas of one control plane; none: static
     bootstrap_ca: Path | None = None  # verifies the control plane before we have a cert
     join_token: str = ""  # from the environment: a command line is public
     join_token_file: Path | None = None  # holds the join token; used instead of join_token
@@ -100,7 +101,7 @@ class Sidecar:
         self._admin: web.AppRunner | None = None
         self._h1: web.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._cp_channel: Channel | None = None
+        self.control_planes: ControlPlanes | None = None
 
     # -- start -------------------------------------------------------------------------------
 
@@ -118,7 +119,7 @@ class Sidecar:
                 except ValueError as error:
                     raise ValueError(f"{o.static_config}: {error}") from None
             self.static_loaded = True
-        if o.control_plane is not None:
+        if o.control_plane:
             self._join(identity)
         # Both are lazy: only the one the service declares ever connects.
         self.h2c_app = ConnectionPool(*o.app, ssl=None)
@@ -138,7 +139,7 @@ class Sidecar:
 
     async def _identity(self) -> None:
         o = self.options
-        if o.control_plane is None:
+        if not o.control_plane:
             if o.cert is None or o.key is None or o.ca is None:
                 raise ValueError("without a control plane, --cert, --key and --ca are needed")
             self.files = CertificateFiles(o.cert, o.key, o.ca)
@@ -162,30 +163,35 @@ class Sidecar:
                                  "(the mesh CA that signs the control plane)")
             wanted = SpiffeId(trust_domain=o.trust_domain, namespace=o.namespace,
                               service=o.service)
-            await bootstrap(*o.control_plane, o.bootstrap_ca, files, wanted, token)
+            await bootstrap(*o.control_plane[0], o.bootstrap_ca, files, wanted, token,
+                            fallbacks=o.control_plane[1:])
         self.files = files
 
     def _join(self, identity: SpiffeId) -> None:
         o = self.options
-        assert o.control_plane is not None and self.files is not None
+        assert o.control_plane and self.files is not None
         assert self.server_tls is not None and self.client_tls is not None
-        # Registration must come from the address it registers: bind the source address.
-        channel = self._cp_channel = Channel(
-            *o.control_plane, ssl=client_context(self.files.cert, self.files.key,
-                                                  self.files.ca), authority="controlplane",
-            local_address=o.advertise or o.inbound[0],
-            peer_identity=str(control_plane_id(identity.trust_domain)))
+        files = self.files
+
+        def connect(address: Address) -> Channel:
+            # Registration must come from the address it registers: bind the source address.
+            return Channel(*address, ssl=client_context(files.cert, files.key, files.ca),
+                           authority="controlplane", local_address=o.advertise or o.inbound[0],
+                           peer_identity=str(control_plane_id(identity.trust_domain)))
+
+        planes = self.control_planes = ControlPlanes(o.control_plane, connect, rng=self.rng)
         backoff = functools.partial(Backoff(base_interval=0.1, max_interval=5.0).delays,
                                     self.rng)
         endpoint = Endpoint(address=o.advertise or o.inbound[0], port=o.inbound[1])
-        self.registration = Registration(channel, o.service, identity.namespace, endpoint,
+        self.registration = Registration(planes, o.service, identity.namespace, endpoint,
                                          ready=lambda: True, backoff=backoff)
         node = Node(id=instance_name(identity.namespace, o.service, endpoint.address,
                                      endpoint.port),
                     service=o.service, namespace=identity.namespace)
-        self.discovery = DiscoveryClient(channel, node, self._apply, backoff=backoff)
-        self.rotation = Rotation(*o.control_plane, self.files,
-                                 [self.server_tls, self.client_tls])
+        self.discovery = DiscoveryClient(planes, node, self._apply, backoff=backoff)
+        self.rotation = Rotation(*planes.address, self.files,
+                                 [self.server_tls, self.client_tls],
+                                 address=lambda: planes.address)
         for job in (self.registration.run(), self.discovery.run(), self.rotation.run()):
             self._tasks.append(asyncio.create_task(job))
 
@@ -254,5 +260,5 @@ class Sidecar:
         for app in (self.h2c_app, self.http1_app):
             if app is not None:
                 await app.close()
-        if self._cp_channel is not None:
-            await self._cp_channel.close()
+        if self.control_planes is not None:
+            await self.control_planes.close()

@@ -1,0 +1,201 @@
+"""Sidecars given two control-plane replicas move to the other when theirs is killed.
+
+    h2load ──▶ C "shopper" 127.0.37.11 ══mTLS══▶ S "orders" 127.0.37.12 ──▶ aiohttp
+                 └─── --control-plane 127.0.37.1:15012,127.0.37.2:15012 ───┘
+
+The two replicas share the mesh CA and the policy but, with the in-memory store, not their
+registries: a sidecar that moves registers again at the replica it moves to (NOT_FOUND there),
+and resubscribes with the versions it holds. The replica the client talks to is killed while
+h2load runs through the pair: no request fails (the sidecars keep their configuration), the
+client is subscribed to the other replica within twice its backoff cap, and the other replica
+knows the server's endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import yaml
+
+from tests.integration.sidecar.apps import WebApp, start_web
+from tests.integration.sidecar.conftest import (
+    INBOUND,
+    OUTBOUND,
+    ROOT,
+    SidecarProcess,
+    h2load,
+    run_tool,
+    spawn_sidecar,
+    stopping,
+)
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.interop,
+              pytest.mark.timeout(90)]
+
+REPLICAS = ("127.0.37.1", "127.0.37.2")
+GRPC_PORT, API_PORT = 15012, 15014
+C_HOST, S_HOST = "127.0.37.11", "127.0.37.12"
+ORDERS_APP = ("127.0.37.112", 8080)
+POLICY = {"clusters": [{"name": "orders", "app_protocol": "HTTP1"}]}
+BACKOFF_CAP = 5.0  # seconds: the sidecar's discovery backoff cap (sidecar/sidecar.py)
+
+
+@dataclass
+class Replica:
+    """One ``python -m controlplane`` of the two, on its own address."""
+
+    host: str
+    work: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        with (self.work / f"controlplane-{self.host}.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "controlplane", "--pki-dir", str(self.work / "pki"),
+                 "--init-pki", "--listen", f"{self.host}:{GRPC_PORT}",
+                 "--api", f"{self.host}:{API_PORT}", "--policy", str(self.work / "policy.yaml"),
+                 "--lease-ttl", "3"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env=dict(os.environ))
+
+    async def start(self) -> None:
+        self.process = self.spawn()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 20
+        while loop.time() < give_up:
+            assert self.process.poll() is None, self.log_text()
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                if (await self.api("/status"))[0] == 200:
+                    return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"control plane {self.host} not up:\n{self.log_text()}")
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            self.process.wait(timeout=10)
+
+    async def api(self, path: str) -> tuple[int, Any]:
+        token = (self.work / "pki/operator.token").read_text().strip()
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://{self.host}:{API_PORT}{path}", timeout=aiohttp.ClientTimeout(5),
+                headers={"Authorization": f"Bearer {token}"}) as response:
+            return response.status, await response.json()
+
+    async def streams_from(self, host: str) -> list[dict[str, Any]]:
+        """The discovery streams of the sidecar whose node names ``host``."""
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            status, data = await self.api("/status")
+            if status == 200:
+                return [s for s in data["streams"] if f"@{host}:" in s["node"]]
+        return []
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace")
+                         for p in sorted(self.work.glob("controlplane-*.log")))
+
+
+@dataclass
+class Mesh:
+    replicas: tuple[Replica, Replica]
+    client: SidecarProcess
+    server: SidecarProcess
+
+
+async def joining_sidecar(name: str, host: str, service: str, work: Path,
+                          *args: str) -> SidecarProcess:
+    """A sidecar given both replicas; its token is minted at the first (where it joins)."""
+    code, token, err = await run_tool(
+        sys.executable, "-m", "meshctl", "--api", f"{REPLICAS[0]}:{API_PORT}", "token",
+        "create", service, env={**os.environ, "MESH_PKI_DIR": str(work / "pki")})
+    assert code == 0, err
+    (work / f"{name}.token").write_text(token.strip())
+    replicas = ",".join(f"{host}:{GRPC_PORT}" for host in REPLICAS)
+    return spawn_sidecar(name, host, work, "--service", service, "--control-plane", replicas,
+                         "--bootstrap-ca", str(work / "pki/ca.crt"),
+                         "--join-token-file", str(work / f"{name}.token"),
+                         "--cert-dir", str(work / name), *args)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+    work = tmp_path_factory.mktemp("failover")
+    (work / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    runner = await start_web(WebApp("orders"), *ORDERS_APP)
+    replicas = (Replica(REPLICAS[0], work), Replica(REPLICAS[1], work))
+    try:
+        for replica in replicas:  # one after the other: the first makes the mesh CA
+            await replica.start()
+        sidecars = [
+            await joining_sidecar("shopper", C_HOST, "shopper", work),
+            await joining_sidecar("orders", S_HOST, "orders", work,
+                                  "--app", "{}:{}".format(*ORDERS_APP)),
+        ]
+        with stopping(sidecars):
+            await asyncio.gather(*(s.wait_ready() for s in sidecars))
+            yield Mesh(replicas, sidecars[0], sidecars[1])
+    finally:
+        for replica in replicas:
+            replica.stop()
+        await runner.cleanup()
+
+
+async def until(check: Any, what: str, timeout: float) -> float:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < timeout:
+        if await check():
+            return loop.time() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+async def test_a_killed_replica_loses_no_request_and_its_sidecars_move_to_the_other(
+        mesh: Mesh) -> None:
+    async def subscribed(replica: Replica, host: str) -> bool:
+        streams = await replica.streams_from(host)
+        return bool(streams) and all(
+            t["acked"] == t["sent"] for s in streams for t in s["types"].values())
+
+    async def on_either() -> bool:
+        return any([await subscribed(r, C_HOST) for r in mesh.replicas])
+
+    await until(on_either, "the client subscribed to a replica", 10)
+    held = [bool(await replica.streams_from(C_HOST)) for replica in mesh.replicas]
+    theirs = mesh.replicas[held.index(True)]
+    other = mesh.replicas[1 - mesh.replicas.index(theirs)]
+    load = asyncio.create_task(h2load("orders", f"http://{C_HOST}:{OUTBOUND}/",
+                                      "-D", "4", "-c", "2", "--rps", "50"))
+    try:
+        await asyncio.sleep(0.5)
+        theirs.stop(kill=True)
+        moved = await until(lambda: subscribed(other, C_HOST),
+                            "the client resubscribed to the other replica", 2 * BACKOFF_CAP)
+
+        async def server_known() -> bool:
+            status, endpoints = await other.api("/endpoints/orders")
+            return status == 200 and any(e["port"] == INBOUND for e in endpoints)
+
+        await until(server_known, "the other replica knows the server", 2 * BACKOFF_CAP)
+        result = await load
+    finally:
+        load.cancel()
+
+    print(f"client on {other.host} {moved:.2f}s after {theirs.host} was killed")
+    assert result.succeeded > 100, result.output
+    assert (result.failed, result.errored, result.timeout) == (0, 0, 0), result.output
+    assert f"control plane {theirs.host}:{GRPC_PORT} lost: moving to {other.host}:" \
+           f"{GRPC_PORT}" in mesh.client.log_text()
