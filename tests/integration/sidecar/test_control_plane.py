@@ -13,26 +13,22 @@ reconnect, register again and resync.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
 
+from tests.control_plane_process import ControlPlaneProcess
 from tests.integration.sidecar.apps import WebApp, start_web
 from tests.integration.sidecar.conftest import (
     INBOUND,
     OUTBOUND,
-    ROOT,
     SidecarProcess,
     h2load,
     run_tool,
@@ -47,65 +43,6 @@ CP_HOST, C_HOST, S_HOST = "127.0.20.20", "127.0.20.21", "127.0.20.22"
 CP_GRPC, CP_API = f"{CP_HOST}:15012", f"{CP_HOST}:15014"
 ORDERS_APP = ("127.0.20.122", 8080)
 POLICY = {"clusters": [{"name": "orders", "app_protocol": "HTTP1"}]}
-
-
-@dataclass
-class ControlPlaneProcess:
-    """``python -m controlplane``, restartable on the same addresses and PKI."""
-
-    work: Path
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        self.starts += 1
-        with (self.work / f"controlplane-{self.starts}.log").open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "controlplane", "--pki-dir", str(self.work / "pki"),
-                 "--init-pki", "--listen", CP_GRPC, "--api", CP_API,
-                 "--policy", str(self.work / "policy.yaml"), "--lease-ttl", "3"],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-    async def start(self) -> None:
-        """Start it (again) and wait until its API answers."""
-        self.process = self.spawn()
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + 20
-        while loop.time() < give_up:
-            assert self.process.poll() is None, self.log_text()
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                # (OSError too: the operator token is written at the first start.)
-                if (await self.api("GET", "/status"))[0] == 200:
-                    return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"control plane not up:\n{self.log_text()}")
-
-    def kill(self) -> None:
-        """Gone at once, without saying goodbye (SIGKILL): the worst case for the sidecars."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-    async def api(self, method: str, path: str) -> tuple[int, object]:
-        """A call to the operator API, as the operator (with the token from the PKI folder)."""
-        token = (self.work / "pki/operator.token").read_text().strip()
-        async with aiohttp.ClientSession() as session, session.request(
-                method, f"http://{CP_API}{path}", timeout=aiohttp.ClientTimeout(5),
-                headers={"Authorization": f"Bearer {token}"}) as response:
-            return response.status, await response.json()
-
-    def log_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace")
-                         for p in sorted(self.work.glob("controlplane-*.log")))
 
 
 async def join_token(service: str, work: Path) -> str:
@@ -143,7 +80,7 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
     (tmp_path / "policy.yaml").write_text(yaml.safe_dump(POLICY))
     app = WebApp("orders")
     runner = await start_web(app, *ORDERS_APP)
-    cp = ControlPlaneProcess(tmp_path)
+    cp = ControlPlaneProcess(tmp_path, CP_HOST)
     try:
         await cp.start()
         sidecars = [

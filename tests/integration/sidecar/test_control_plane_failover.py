@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,11 +27,11 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from tests.control_plane_process import ControlPlaneProcess
 from tests.integration.sidecar.apps import WebApp, start_web
 from tests.integration.sidecar.conftest import (
     INBOUND,
     OUTBOUND,
-    ROOT,
     SidecarProcess,
     h2load,
     run_tool,
@@ -51,61 +50,17 @@ POLICY = {"clusters": [{"name": "orders", "app_protocol": "HTTP1"}]}
 BACKOFF_CAP = 5.0  # seconds: the sidecar's discovery backoff cap (sidecar/sidecar.py)
 
 
-@dataclass
-class Replica:
-    """One ``python -m controlplane`` of the two, on its own address."""
-
-    host: str
-    work: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        with (self.work / f"controlplane-{self.host}.log").open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "controlplane", "--pki-dir", str(self.work / "pki"),
-                 "--init-pki", "--listen", f"{self.host}:{GRPC_PORT}",
-                 "--api", f"{self.host}:{API_PORT}", "--policy", str(self.work / "policy.yaml"),
-                 "--lease-ttl", "3"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ))
-
-    async def start(self) -> None:
-        self.process = self.spawn()
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + 20
-        while loop.time() < give_up:
-            assert self.process.poll() is None, self.log_text()
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                if (await self.api("/status"))[0] == 200:
-                    return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"control plane {self.host} not up:\n{self.log_text()}")
-
-    def stop(self, *, kill: bool = False) -> None:
-        if self.process is not None and self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            else:
-                self.process.terminate()
-            self.process.wait(timeout=10)
-
-    async def api(self, path: str) -> tuple[int, Any]:
-        token = (self.work / "pki/operator.token").read_text().strip()
-        async with aiohttp.ClientSession() as session, session.get(
-                f"http://{self.host}:{API_PORT}{path}", timeout=aiohttp.ClientTimeout(5),
-                headers={"Authorization": f"Bearer {token}"}) as response:
-            return response.status, await response.json()
+class Replica(ControlPlaneProcess):
+    """One of the two control planes."""
 
     async def streams_from(self, host: str) -> list[dict[str, Any]]:
-        """The discovery streams of the sidecar whose node names ``host``."""
+        """The discovery streams of the sidecar whose node names ``host`` (none when the
+        replica does not answer)."""
         with contextlib.suppress(aiohttp.ClientError, OSError):
-            status, data = await self.api("/status")
+            status, data = await self.api("GET", "/status")
             if status == 200:
                 return [s for s in data["streams"] if f"@{host}:" in s["node"]]
         return []
-
-    def log_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace")
-                         for p in sorted(self.work.glob("controlplane-*.log")))
 
 
 @dataclass
@@ -135,7 +90,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     work = tmp_path_factory.mktemp("failover")
     (work / "policy.yaml").write_text(yaml.safe_dump(POLICY))
     runner = await start_web(WebApp("orders"), *ORDERS_APP)
-    replicas = (Replica(REPLICAS[0], work), Replica(REPLICAS[1], work))
+    replicas = (Replica(work, REPLICAS[0]), Replica(work, REPLICAS[1]))
     try:
         for replica in replicas:  # one after the other: the first makes the mesh CA
             await replica.start()
@@ -181,12 +136,12 @@ async def test_a_killed_replica_loses_no_request_and_its_sidecars_move_to_the_ot
                                       "-D", "4", "-c", "2", "--rps", "50"))
     try:
         await asyncio.sleep(0.5)
-        theirs.stop(kill=True)
+        theirs.kill()
         moved = await until(lambda: subscribed(other, C_HOST),
                             "the client resubscribed to the other replica", 2 * BACKOFF_CAP)
 
         async def server_known() -> bool:
-            status, endpoints = await other.api("/endpoints/orders")
+            status, endpoints = await other.api("GET", "/endpoints/orders")
             return status == 200 and any(e["port"] == INBOUND for e in endpoints)
 
         await until(server_known, "the other replica knows the server", 2 * BACKOFF_CAP)

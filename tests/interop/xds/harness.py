@@ -20,8 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -29,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import yaml
 
+from tests.control_plane_process import ControlPlaneProcess
 from tests.integration.sidecar.conftest import INBOUND, SidecarProcess, run_tool, spawn_sidecar
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -94,66 +92,18 @@ async def start_backend(backend: Backend, host: str) -> grpc.aio.Server:
 # -- the control plane -----------------------------------------------------------------------
 
 
-@dataclass
-class ControlPlane:
-    """``python -m controlplane`` with a policy file, and its operator API."""
+class ControlPlane(ControlPlaneProcess):
+    """``python -m controlplane`` on ``CP_HOST`` with a policy file, and what an operator
+    does with it."""
 
-    work: Path
-    process: subprocess.Popen[bytes] | None = None
+    def __init__(self, work: Path) -> None:
+        super().__init__(work, CP_HOST, lease_ttl=LEASE_TTL)
 
-    @property
-    def pki(self) -> Path:
-        return self.work / "pki"
-
-    @property
-    def log(self) -> Path:
-        return self.work / "controlplane.log"
-
-    def spawn(self, policy: dict[str, Any]) -> subprocess.Popen[bytes]:
-        (self.work / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
-        with self.log.open("ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "controlplane", "--pki-dir", str(self.pki), "--init-pki",
-                 "--listen", CP_GRPC, "--api", CP_API, "--lease-ttl", str(LEASE_TTL),
-                 "--policy", str(self.work / "policy.yaml")],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-    async def start(self, policy: dict[str, Any]) -> None:
+    async def start(self, policy: dict[str, Any] | None = None) -> None:
         """Start it with ``policy`` in its policy file; wait until its API answers."""
-        self.process = self.spawn(policy)
-
-        async def up() -> bool:
-            assert self.process is not None and self.process.poll() is None, self.log_text()
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                return (await self.api("GET", "/status"))[0] == 200
-            return False
-        await until(up, what="the control plane's API", timeout=START_TIMEOUT)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    async def api(self, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
-        """A call to the operator API with the operator token from the PKI folder."""
-        token = (self.pki / "operator.token").read_text().strip()
-        async with aiohttp.ClientSession() as session, session.request(
-                method, f"http://{CP_API}{path}", data=body, timeout=aiohttp.ClientTimeout(5),
-                headers={"Authorization": f"Bearer {token}"}) as response:
-            return response.status, await response.json()
-
-    async def status(self) -> dict[str, Any]:
-        code, data = await self.api("GET", "/status")
-        assert code == 200, data
-        assert isinstance(data, dict)
-        return data
+        if policy is not None:
+            self.write_policy(policy)
+        await super().start()
 
     async def post_policy(self, policy: dict[str, Any]) -> tuple[int, Any]:
         """``POST /policy``: (HTTP status, answer)."""

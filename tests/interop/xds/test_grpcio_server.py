@@ -33,16 +33,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
-import yaml
 
 from certs.pki import issue_workload, load_ca, write_workload
 from demo_services.proto import hello_pb2_grpc
 from demo_services.proto.hello_pb2 import HelloReply, HelloRequest
 from mesh.identity import SpiffeId
+from tests.control_plane_process import ControlPlaneProcess
 from tests.integration.sidecar.conftest import (
     OUTBOUND,
     ROOT,
@@ -98,65 +97,22 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 # -- the control plane and what an operator does with it -------------------------------------
 
 
-@dataclass
-class ControlPlane:
+class ControlPlane(ControlPlaneProcess):
     """``python -m controlplane`` on 127.0.34.1 with a short lease, and its operator API."""
 
-    work: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pki(self) -> Path:
-        return self.work / "pki"
-
-    @property
-    def log(self) -> Path:
-        return self.work / "controlplane.log"
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        (self.work / "policy.yaml").write_text(yaml.safe_dump(POLICY, sort_keys=False))
-        with self.log.open("ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "controlplane", "--pki-dir", str(self.pki), "--init-pki",
-                 "--listen", CP_GRPC, "--api", CP_API, "--lease-ttl", str(LEASE_TTL),
-                 "--policy", str(self.work / "policy.yaml")],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-    async def start(self) -> None:
-        """Start it; wait until its API answers."""
-        self.process = self.spawn()
-
-        async def up() -> bool:
-            assert self.process is not None and self.process.poll() is None, self.log_text()
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                return (await self.api("/status"))[0] == 200
-            return False
-        await until(up, what="the control plane's API", timeout=START_TIMEOUT)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    async def api(self, path: str) -> tuple[int, Any]:
-        """``GET path`` from the operator API, as the operator (``Authorization: Bearer``)."""
-        token = (self.pki / "operator.token").read_text().strip()
-        async with aiohttp.ClientSession() as session, session.get(
-                f"http://{CP_API}{path}", timeout=aiohttp.ClientTimeout(5),
-                headers={"Authorization": f"Bearer {token}"}) as response:
-            return response.status, await response.json()
+    def __init__(self, work: Path) -> None:
+        super().__init__(work, CP_HOST, lease_ttl=LEASE_TTL)
+        self.write_policy(POLICY)
 
     async def endpoints(self, service: str) -> list[dict[str, Any]]:
-        code, rows = await self.api(f"/endpoints/{service}")
+        code, rows = await self.api("GET", f"/endpoints/{service}")
         assert code == 200, rows
         assert isinstance(rows, list)
         return rows
 
     async def streams(self, service: str) -> list[dict[str, Any]]:
         """The discovery streams of ``service``'s workloads, from ``GET /status``."""
-        code, status = await self.api("/status")
+        code, status = await self.api("GET", "/status")
         assert code == 200, status
         return [s for s in status["streams"] if s["service"] == service]
 
