@@ -3,7 +3,8 @@
 #
 #   MESH_INSTALL=test   scripts/test (the default): every tool a test runs — nghttp2 (h2load,
 #                       nghttpd), curl, openssl, HAProxy, Prometheus, iproute2 (ip, ss),
-#                       procps (sysctl, pgrep) — and what the compose test's engine needs:
+#                       procps (sysctl, pgrep), etcd-server (etcd, for the state store) — and
+#                       what the compose test's engine needs:
 #                       docker.io, docker-compose, iptables, debootstrap. Nothing else needs
 #                       installing first: this is the whole of what a fresh machine lacks.
 #   MESH_INSTALL=run    scripts/demo: what the demo talks to (curl, Prometheus), no test tools.
@@ -19,7 +20,7 @@ else
   tools=(h2load:nghttp2-client nghttpd:nghttp2-server curl:curl openssl:openssl
          haproxy:haproxy prometheus:prometheus ip:iproute2 ss:iproute2 sysctl:procps
          pgrep:procps dockerd:docker.io docker-compose:docker-compose iptables:iptables
-         debootstrap:debootstrap)
+         debootstrap:debootstrap etcd:etcd-server)
 fi
 need=()
 for tool in "${tools[@]}"; do
