@@ -87,6 +87,7 @@ class Entry:
     value: bytes
     version: int  # writes since the key was created
     revision: int  # the revision that last wrote it
+    lease: int = 0  # the lease it is attached to (0: none): any replica can renew it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +107,7 @@ class Change:
     value: bytes  # the new record; empty for a delete
     version: int  # the key's version after the change; 0 for a delete
     revision: int
+    lease: int = 0  # the lease the key is attached to after a put; 0 for a delete or none
 
 
 class Watch:

@@ -145,7 +145,7 @@ class EtcdStore:
         found = await self._call(lambda client: client.get_prefix(key))
         entries = {kv.key.decode()[len(self._prefix):]:
                    store.Entry(value=bytes(kv.value), version=kv.version,
-                               revision=kv.mod_revision)
+                               revision=kv.mod_revision, lease=int(kv.lease))
                    for kv in found.kvs}
         listing = store.Listing(revision=found.header.revision, entries=entries)
         watch = store.Watch(listing, self._follow(listing.revision + 1))
@@ -198,8 +198,9 @@ class EtcdStore:
         kind = store.ChangeKind.PUT if event.kind == "PUT" else store.ChangeKind.DELETE
         kv = event.kv
         return store.Change(kind=kind, key=kv.key.decode()[len(self._prefix):],
-                      value=bytes(kv.value), version=int(kv.version),
-                      revision=int(kv.mod_revision))
+                            value=bytes(kv.value), version=int(kv.version),
+                            revision=int(kv.mod_revision),
+                            lease=int(kv.lease) if kind == store.ChangeKind.PUT else 0)
 
     async def _call(self, request: Callable[[aetcd.Client], Awaitable[T]]) -> T:
         """``request`` at the endpoint that last answered, else at each of the others."""

@@ -134,7 +134,8 @@ class MemoryStore:
     @contextlib.asynccontextmanager
     async def watch(self) -> AsyncIterator[Watch]:
         self.sweep()
-        entries = {name: Entry(value=key.value, version=key.version, revision=key.revision)
+        entries = {name: Entry(value=key.value, version=key.version, revision=key.revision,
+                               lease=key.lease)
                    for name, key in sorted(self._keys.items())}
         changes: asyncio.Queue[Change] = asyncio.Queue()
         self._watches.add(changes)
@@ -171,7 +172,7 @@ class MemoryStore:
         if lease:
             self._leases[lease].keys.add(name)
         self._tell(Change(kind=ChangeKind.PUT, key=name, value=value, version=version,
-                          revision=revision))
+                          revision=revision, lease=lease))
         return revision
 
     def _end(self, lease: int) -> None:

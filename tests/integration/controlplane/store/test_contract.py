@@ -79,12 +79,13 @@ async def test_a_registration_is_listed_then_watched_until_deleted(backend: Back
         assert listing.revision >= first
         entry = listing.entries[f"instances/{ECHO}"]
         assert (entry.value, entry.version, entry.revision) == (b"v1", 1, first)
+        assert entry.lease == lease  # what another replica renews it with
 
         second = await store.put_instance(ECHO, b"v2", lease=lease)
         assert second > listing.revision
         assert await next_change(watch) == Change(
             kind=ChangeKind.PUT, key=f"instances/{ECHO}", value=b"v2", version=2,
-            revision=second)
+            revision=second, lease=lease)
 
         assert await store.delete_instance(ECHO)
         deleted = await next_change(watch)
