@@ -170,6 +170,23 @@ def make_csr(
     )
 
 
+def check_csr(csr: x509.CertificateSigningRequest, what: str = "CSR") -> None:
+    """That the requester holds the key (the CSR's signature verifies) and that it is one the
+    mesh certifies (ECDSA P-256): what can be refused before anything is spent on it.
+
+    Raises:
+        ValueError: either is not so.
+    """
+    if not csr.is_signature_valid:
+        raise ValueError(f"{what}: its signature does not match its public key")
+    public_key = csr.public_key()
+    if not (
+        isinstance(public_key, ec.EllipticCurvePublicKey)
+        and isinstance(public_key.curve, ec.SECP256R1)
+    ):
+        raise ValueError(f"{what}: the mesh issues ECDSA P-256 keys only")
+
+
 def sign_csr(
     ca: CertificateAuthority,
     csr: x509.CertificateSigningRequest,
@@ -193,14 +210,8 @@ def sign_csr(
             not positive, ``now`` is naive, or the certificate would not fit inside the CA's
             own validity.
     """
-    if not csr.is_signature_valid:
-        raise ValueError(f"CSR for {spiffe_id}: its signature does not match its public key")
+    check_csr(csr, f"CSR for {spiffe_id}")
     public_key = csr.public_key()
-    if not (
-        isinstance(public_key, ec.EllipticCurvePublicKey)
-        and isinstance(public_key.curve, ec.SECP256R1)
-    ):
-        raise ValueError(f"CSR for {spiffe_id}: the mesh issues ECDSA P-256 keys only")
     if spiffe_id.trust_domain != ca.trust_domain:
         raise ValueError(
             f"cannot issue {spiffe_id}: the CA signs for trust domain {ca.trust_domain!r} only"

@@ -13,11 +13,12 @@ import signal
 import sys
 from pathlib import Path
 
-from certs.pki import create_ca, parse_validity, write_ca
+from certs.pki import create_ca, load_ca, parse_validity, write_ca
 from controlplane.api import start_api
 from controlplane.operator import OperatorCredentialError
 from controlplane.policy import PolicyError
 from controlplane.server import ControlPlane
+from controlplane.store.etcd import EtcdStore
 from mesh.address import host_port
 from mesh.loop import run
 
@@ -47,18 +48,40 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cert-validity", type=parse_validity,
                    default=parse_validity(env("MESH_CERT_VALIDITY", "1h")),
                    help="workload certificate lifetime, e.g. 1h, 30m [MESH_CERT_VALIDITY]")
+    p.add_argument("--store", type=store_spec, default=store_spec(env("MESH_STORE", "memory")),
+                   help="where the state replicas share lives (join tokens, for now): "
+                        "'memory' (this process), or 'etcd://HOST:PORT[,HOST:PORT...]' (an etcd "
+                        "cluster's members) [MESH_STORE]")
     p.add_argument("--log-level", default=env("MESH_LOG_LEVEL", "INFO"),
                    help="logging level [MESH_LOG_LEVEL]")
     return p
+
+
+def store_spec(text: str) -> tuple[str, ...]:
+    """``memory`` as ``()``; ``etcd://a:2379,b:2379`` as its endpoints; an argparse type.
+
+    Raises:
+        argparse.ArgumentTypeError: neither.
+    """
+    if text == "memory":
+        return ()
+    if text.startswith("etcd://"):
+        endpoints = tuple(e for e in text.removeprefix("etcd://").split(",") if e)
+        if endpoints and all(host_port(e) for e in endpoints):
+            return endpoints
+    raise argparse.ArgumentTypeError(f"want 'memory' or 'etcd://HOST:PORT[,HOST:PORT...]', "
+                                     f"got {text!r}")
 
 
 async def main_async(args: argparse.Namespace) -> int:
     if args.init_pki and not (args.pki_dir / "ca.crt").exists():
         write_ca(create_ca(trust_domain=args.trust_domain), args.pki_dir)
     try:
+        store = None if not args.store else EtcdStore(
+            args.store, trust_domain=load_ca(args.pki_dir).trust_domain)
         cp = ControlPlane(args.pki_dir, lease_ttl=args.lease_ttl,
                           cert_validity=args.cert_validity, policy_path=args.policy,
-                          operator_token_file=args.operator_token_file)
+                          operator_token_file=args.operator_token_file, store=store)
     except OperatorCredentialError as error:
         print(f"controlplane: {error}", file=sys.stderr)
         return 2

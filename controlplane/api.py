@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from controlplane.discovery import DiscoveryServer
 from controlplane.policy import PolicyError, to_yaml
 from controlplane.server import ControlPlane
+from controlplane.store import StoreUnavailable
 from mesh.identity import DEFAULT_NAMESPACE, SpiffeId
 from mesh.proto.config_pb2 import Endpoint
 from mesh.proto.resources import short_name
@@ -162,9 +163,11 @@ def make_app(cp: ControlPlane) -> web.Application:
                                 namespace=str(body.get("namespace", DEFAULT_NAMESPACE)),
                                 service=str(body["service"]))
             ttl = float(body["ttl"]) if "ttl" in body else None
-            token = cp.tokens.create(identity, ttl)
+            token = await cp.tokens.create(identity, ttl)
         except (KeyError, ValueError, TypeError, AttributeError) as error:
             return web.json_response({"error": f"bad token request: {error!r}"}, status=400)
+        except StoreUnavailable as error:
+            return web.json_response({"error": f"no token made: {error}"}, status=503)
         audit.info("join token minted for %s (valid %.0fs) %s", identity,
                    cp.tokens.ttl if ttl is None else ttl, by(request))
         return web.json_response({"token": token, "identity": str(identity)})

@@ -14,95 +14,93 @@ reveal usable tokens.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certs.pki import CertificateAuthority, sign_csr
+from certs.pki import CertificateAuthority, check_csr, sign_csr
 from controlplane.errors import IdentityError
+from controlplane.store import TOKENS, Store
 from mesh.clock import Clock
 from mesh.grpc import StatusCode
-from mesh.identity import CONTROL_PLANE_NAMESPACE, SpiffeId
+from mesh.identity import CONTROL_PLANE_NAMESPACE, SpiffeId, parse
 
 log = logging.getLogger("controlplane.identity")
 
-T = TypeVar("T")
-
 DEFAULT_TOKEN_TTL = 600.0  # seconds: long enough to start a sidecar by hand
 MAX_TOKEN_TTL = 86400.0  # seconds: a token that outlives a day is a credential, not a bootstrap
+EXPIRED_KEPT = 60.0  # seconds an expired token stays in the store, to be refused as expired
 DEFAULT_CERT_VALIDITY = timedelta(hours=1)
 
 
-@dataclass(frozen=True, slots=True)
-class _Token:
-    identity: SpiffeId
-    expires_at: float  # on the control plane's clock
-
-
 class JoinTokens:
-    """Single-use, expiring tokens, each bound to one SPIFFE ID."""
+    """Single-use, expiring tokens, each bound to one SPIFFE ID, kept in the state store.
 
-    def __init__(self, clock: Clock, *, ttl: float = DEFAULT_TOKEN_TTL) -> None:
+    The store holds each token's digest with its identity and expiry, on a lease a little
+    longer than its life (so that a late redemption is told "expired", not "unknown"). A
+    redemption *takes* it from the store atomically (:meth:`Store.redeem_token`): with several
+    control-plane replicas on one etcd, a token redeemed at two of them at once is issued
+    once.
+    """
+
+    def __init__(self, store: Store, clock: Clock, *, ttl: float = DEFAULT_TOKEN_TTL) -> None:
+        self._store = store
         self._clock = clock
         self.ttl = ttl
-        self._tokens: dict[str, _Token] = {}
 
-    def create(self, identity: SpiffeId, ttl: float | None = None) -> str:
+    async def create(self, identity: SpiffeId, ttl: float | None = None) -> str:
         """A new token for ``identity``; it is shown once and stored only as a digest.
 
         Raises:
             ValueError: ``ttl`` is not a number of seconds in (0, MAX_TOKEN_TTL] (NaN and
                 infinity would make a token that never expires).
+            StoreUnavailable: the state store cannot be reached.
         """
         if ttl is not None and not 0 < ttl <= MAX_TOKEN_TTL:  # False for NaN too
             raise ValueError(f"ttl {ttl}: a join token lives more than 0 and at most "
                              f"{MAX_TOKEN_TTL:.0f} seconds")
-        self._forget_expired()
         # Hex, not urlsafe base64: a token that starts with '-' is awkward in any shell.
         token = secrets.token_hex(24)
         lifetime = self.ttl if ttl is None else ttl
-        self._tokens[_digest(token)] = _Token(identity, self._clock.now() + lifetime)
+        record = json.dumps({"identity": str(identity),
+                             "expires_at": self._clock.now() + lifetime}).encode()
+        await self._store.put_token(_digest(token), record, ttl=lifetime + EXPIRED_KEPT)
         log.info("join token created for %s, valid %.0fs", identity, lifetime)
         return token
 
-    def redeem(self, token: str, spend: Callable[[SpiffeId], T]) -> T:
-        """What ``spend`` makes of the identity the token grants; the token is then spent.
+    async def outstanding(self) -> int:
+        """How many tokens are in the store, not yet redeemed (expired ones included until
+        the store drops them)."""
+        async with self._store.watch() as watch:
+            return sum(1 for key in watch.listing.entries if key.startswith(TOKENS))
 
-        A token is spent only by a request that succeeds: a CSR that does not verify leaves
-        it usable, so a sidecar with a bug can try again. Nothing awaits between the check and
-        the spending, so two requests racing with one token cannot both succeed.
+    async def redeem(self, token: str) -> SpiffeId:
+        """The identity the token grants; the token is spent.
+
+        Check what can be refused before (the CSR: :meth:`CertificateIssuer.check`): a request
+        refused after the token is taken has spent it.
 
         Raises:
-            IdentityError: PERMISSION_DENIED for an unknown, already used or expired token;
-                whatever ``spend`` raises (the token is kept).
+            IdentityError: PERMISSION_DENIED for an unknown, already used or expired token.
+            StoreUnavailable: the state store cannot be reached.
         """
-        digest = _digest(token)
-        entry = self._tokens.get(digest)
-        if entry is None:
+        record = await self._store.redeem_token(_digest(token))
+        if record is None:
             raise IdentityError(StatusCode.PERMISSION_DENIED,
                                 "join token unknown or already used (tokens are single use)",
                                 "token_unknown_or_used")
-        if self._clock.now() >= entry.expires_at:
-            del self._tokens[digest]
+        fields = json.loads(record)
+        identity = parse(fields["identity"])
+        if self._clock.now() >= float(fields["expires_at"]):
             raise IdentityError(StatusCode.PERMISSION_DENIED,
-                                f"join token for {entry.identity} expired", "token_expired")
-        result = spend(entry.identity)
-        del self._tokens[digest]
-        return result
-
-    def __len__(self) -> int:
-        return len(self._tokens)
-
-    def _forget_expired(self) -> None:
-        now = self._clock.now()
-        for digest in [d for d, t in self._tokens.items() if now >= t.expires_at]:
-            del self._tokens[digest]
+                                f"join token for {identity} expired", "token_expired")
+        return identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +119,18 @@ class CertificateIssuer:
         self.validity = validity
         self._now = now
         self.ca_pem = ca.certificate.public_bytes(Encoding.PEM)
+
+    def check(self, csr_pem: bytes) -> None:
+        """Refuse a CSR that does not parse or verify, before a join token is spent on it.
+
+        Raises:
+            IdentityError: INVALID_ARGUMENT.
+        """
+        try:
+            check_csr(x509.load_pem_x509_csr(csr_pem))
+        except ValueError as error:
+            raise IdentityError(StatusCode.INVALID_ARGUMENT, f"CSR refused: {error}",
+                                "bad_csr") from None
 
     def issue(self, csr_pem: bytes, identity: SpiffeId) -> IssuedCertificate:
         """Certify the CSR's key as ``identity`` (whatever the CSR itself claims).

@@ -44,6 +44,8 @@ from controlplane.operator import TOKEN_FILE, OperatorToken
 from controlplane.policy import PolicyStore
 from controlplane.registry import Registry
 from controlplane.snapshot import Snapshot, build
+from controlplane.store import Store, StoreUnavailable
+from controlplane.store.memory import MemoryStore
 from controlplane.xds.proxyless import InboundRegistrations
 from controlplane.xds.resources import ADS_METHOD, XDS_V3, parse_request
 from controlplane.xds.translate import Unsupported, XdsSnapshot, translate
@@ -98,8 +100,11 @@ class ControlPlane:
     def __init__(self, pki_dir: Path, *, clock: Clock = SYSTEM_CLOCK, lease_ttl: float = 10.0,
                  cert_validity: timedelta = timedelta(hours=1), token_ttl: float = 600.0,
                  policy_path: Path | None = None,
-                 operator_token_file: Path | None = None) -> None:
-        """Raises:
+                 operator_token_file: Path | None = None, store: Store | None = None) -> None:
+        """``store``: where the state shared by replicas lives (the join tokens, for now);
+        default: in this process's memory.
+
+        Raises:
             OperatorCredentialError: the operator token file cannot be used.
         """
         self.pki_dir = pki_dir
@@ -109,7 +114,8 @@ class ControlPlane:
         self.metrics = ControlPlaneMetrics()
         self.operator_token_file = operator_token_file or pki_dir / TOKEN_FILE
         self.operator = OperatorToken.load_or_create(self.operator_token_file)
-        self.tokens = JoinTokens(clock, ttl=token_ttl)
+        self.store = store or MemoryStore(clock, trust_domain=self.trust_domain)
+        self.tokens = JoinTokens(self.store, clock, ttl=token_ttl)
         self.issuer = CertificateIssuer(self.ca, validity=cert_validity)
         self.policy = PolicyStore(on_reject=lambda _: self.metrics.policy_rejections.inc())
         self.policy_path = policy_path
@@ -236,9 +242,13 @@ class ControlPlane:
                                 context: Context) -> SignCertificateResponse:
         try:
             if request.join_token:
-                issued = self.tokens.redeem(
-                    request.join_token,
-                    lambda identity: self.issuer.issue(request.csr_pem, identity))
+                self.issuer.check(request.csr_pem)  # a bad CSR does not spend the token
+                try:
+                    identity = await self.tokens.redeem(request.join_token)
+                except StoreUnavailable as error:
+                    raise IdentityError(StatusCode.UNAVAILABLE, str(error),
+                                        "store_unavailable") from None
+                issued = self.issuer.issue(request.csr_pem, identity)
             else:
                 identity = self._authenticate(context, "SignCertificate")
                 issued = self.issuer.issue(request.csr_pem, identity)
@@ -320,6 +330,7 @@ class ControlPlane:
             await self.listener.close()
         if self.server is not None:
             await self.server.shutdown(grace=1.0)
+        await self.store.close()  # the control plane owns its store (see __init__)
 
     async def _sweep_leases(self) -> None:
         # Streams renew the leases of the instances whose sidecar is connected; expiry runs at a

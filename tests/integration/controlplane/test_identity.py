@@ -46,7 +46,7 @@ def uri_of(pem: bytes) -> str:
 
 
 async def test_join_token_gives_the_tokens_identity_not_the_csrs(mesh: Mesh) -> None:
-    token = mesh.cp.tokens.create(mesh.identity("orders"))
+    token = await mesh.cp.tokens.create(mesh.identity("orders"))
     response = await sign(mesh, None, token)
     assert uri_of(response.certificate_pem) == f"spiffe://{TRUST_DOMAIN}/ns/default/sa/orders"
     assert b"BEGIN CERTIFICATE" in response.ca_pem
@@ -59,7 +59,7 @@ def refused_certificates(mesh: Mesh) -> float:
 
 
 async def test_a_token_is_single_use(mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
-    token = mesh.cp.tokens.create(mesh.identity("orders"))
+    token = await mesh.cp.tokens.create(mesh.identity("orders"))
     await sign(mesh, None, token)
     with caplog.at_level(logging.WARNING, "controlplane"), \
             pytest.raises(GrpcError) as refused:
@@ -74,7 +74,7 @@ async def test_a_token_is_single_use(mesh: Mesh, caplog: pytest.LogCaptureFixtur
 
 
 async def test_an_expired_token_is_refused(mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
-    token = mesh.cp.tokens.create(mesh.identity("orders"), ttl=0.05)
+    token = await mesh.cp.tokens.create(mesh.identity("orders"), ttl=0.05)
     await asyncio.sleep(0.1)
     with caplog.at_level(logging.WARNING, "controlplane"), \
             pytest.raises(GrpcError) as refused:
@@ -83,7 +83,7 @@ async def test_an_expired_token_is_refused(mesh: Mesh, caplog: pytest.LogCapture
     assert "expired" in refused.value.message
     assert f"join token for spiffe://{TRUST_DOMAIN}/ns/default/sa/orders expired" in caplog.text
     assert refused_certificates(mesh) == 1
-    assert len(mesh.cp.tokens) == 0  # spent: it cannot be tried again
+    assert await mesh.cp.tokens.outstanding() == 0  # spent: it cannot be tried again
     assert mesh.cp.registry.instances() == [] and mesh.cp.registry.version == 0
 
 
@@ -101,7 +101,7 @@ async def test_no_token_and_no_certificate_is_unauthenticated(mesh: Mesh) -> Non
 async def test_a_token_is_spent_only_by_a_request_that_succeeds(mesh: Mesh) -> None:
     """A CSR that does not parse is refused without spending the token: the sidecar may try
     again with a good one (and only once more)."""
-    token = mesh.cp.tokens.create(mesh.identity("orders"))
+    token = await mesh.cp.tokens.create(mesh.identity("orders"))
     channel = mesh.channel(None)
     try:
         call = channel.unary_unary(SIGN, SignCertificateResponse.FromString)
@@ -112,7 +112,7 @@ async def test_a_token_is_spent_only_by_a_request_that_succeeds(mesh: Mesh) -> N
         assert token not in refused.value.message
     finally:
         await channel.close()
-    assert len(mesh.cp.tokens) == 1
+    assert await mesh.cp.tokens.outstanding() == 1
     response = await sign(mesh, None, token)
     assert uri_of(response.certificate_pem) == f"spiffe://{TRUST_DOMAIN}/ns/default/sa/orders"
-    assert len(mesh.cp.tokens) == 0
+    assert await mesh.cp.tokens.outstanding() == 0

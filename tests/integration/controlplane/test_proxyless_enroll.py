@@ -114,7 +114,7 @@ async def test_proxyless_mints_a_token_and_writes_what_grpcio_needs(
     files = CertificateFiles(out / "cert.pem", out / "key.pem", out / "ca.pem")
     check_pair(files, mesh.ca, "spiffe://cluster.local/ns/shop/sa/orders")
     assert stat.S_IMODE(files.key.stat().st_mode) == 0o600
-    assert len(mesh.cp.tokens) == 0  # the token it minted was spent
+    assert await mesh.cp.tokens.outstanding() == 0  # the token it minted was spent
 
     bootstrap = json.loads((out / "bootstrap.json").read_text())
     server = bootstrap["xds_servers"][0]
@@ -131,7 +131,7 @@ async def test_proxyless_mints_a_token_and_writes_what_grpcio_needs(
 async def test_a_token_handed_over_is_spent_and_refused_the_second_time(
         meshctl: Meshctl, mesh: Mesh, tmp_path: Path) -> None:
     token_file = tmp_path / "join.token"
-    token_file.write_text(mesh.cp.tokens.create(mesh.identity("billing")) + "\n")
+    token_file.write_text(await mesh.cp.tokens.create(mesh.identity("billing")) + "\n")
     code, _, stderr = await meshctl.run("billing", "--join-token-file", str(token_file),
                                         "--out", "billing", operator=False)
     assert code == 0, stderr
@@ -139,7 +139,7 @@ async def test_a_token_handed_over_is_spent_and_refused_the_second_time(
     check_pair(CertificateFiles(out / "cert.pem", out / "key.pem", out / "ca.pem"), mesh.ca,
                "spiffe://cluster.local/ns/default/sa/billing")
     with pytest.raises(GrpcError) as spent:  # single use
-        mesh.cp.tokens.redeem(token_file.read_text().strip(), lambda identity: identity)
+        await mesh.cp.tokens.redeem(token_file.read_text().strip())
     assert spent.value.code == StatusCode.PERMISSION_DENIED
 
     code, stdout, stderr = await meshctl.run("billing", "--join-token-file", str(token_file),
@@ -156,7 +156,7 @@ async def test_a_restart_keeps_a_valid_certificate_instead_of_a_spent_token(
     # An agent restarted with the environment it started with (its token long spent): the
     # certificate in its folder is still good, so it is kept and no token is asked for.
     token_file = tmp_path / "join.token"
-    token_file.write_text(mesh.cp.tokens.create(mesh.identity("billing")) + "\n")
+    token_file.write_text(await mesh.cp.tokens.create(mesh.identity("billing")) + "\n")
     code, _, stderr = await meshctl.run("billing", "--join-token-file", str(token_file),
                                         "--out", "billing", operator=False)
     assert code == 0, stderr
@@ -203,7 +203,7 @@ async def test_without_an_operator_token_it_says_how_to_join_instead(
     assert "meshctl proxyless: no join token from the operator API: POST /tokens: HTTP 401" \
         in stderr
     assert f"(meshctl sent the token in {wrong})" in stderr and "Traceback" not in stderr
-    assert len(mesh.cp.tokens) == 0 and not (tmp_path / ".mesh").exists()
+    assert await mesh.cp.tokens.outstanding() == 0 and not (tmp_path / ".mesh").exists()
 
 
 async def test_renew_replaces_the_pair_before_it_expires_until_sigterm(
