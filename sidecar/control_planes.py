@@ -49,6 +49,7 @@ class ControlPlanes:
         self.channel = connect(self.address)
         self.failovers = 0
         self._closing: set[asyncio.Task[None]] = set()
+        self._on_move: list[Callable[[], None]] = []
 
     @classmethod
     def of(cls, channel: Channel) -> ControlPlanes:
@@ -60,7 +61,13 @@ class ControlPlanes:
         planes.channel = channel
         planes.failovers = 0
         planes._closing = set()
+        planes._on_move = []
         return planes
+
+    def on_move(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every move to another replica (registration renews at
+        once there, rather than at its next heartbeat)."""
+        self._on_move.append(callback)
 
     @property
     def address(self) -> Address:
@@ -76,6 +83,8 @@ class ControlPlanes:
         self.channel = self._connect(self.address)
         self.failovers += 1
         log.warning("control plane %s:%d lost: moving to %s:%d", *lost, *self.address)
+        for callback in self._on_move:
+            callback()
         task = asyncio.ensure_future(self._close(channel))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

@@ -17,6 +17,7 @@ answers NOT_FOUND.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 
@@ -54,6 +55,8 @@ class Registration:
         self._backoff = backoff
         self._planes = channel if isinstance(channel, ControlPlanes) else \
             ControlPlanes.of(channel)
+        self._moved = asyncio.Event()  # to another replica: renew there now
+        self._planes.on_move(self._moved.set)
 
     async def run(self) -> None:
         delays: Iterator[float] | None = None
@@ -62,7 +65,7 @@ class Registration:
             try:
                 await self._renew(channel)
                 delays = None
-                await asyncio.sleep(self.lease_ttl / 3)
+                await self._pause(self.lease_ttl / 3)
             except GrpcError as error:
                 if error.code == StatusCode.NOT_FOUND:
                     log.warning("control plane forgot %s (%s): registering again",
@@ -75,12 +78,18 @@ class Registration:
                 elif error.code == StatusCode.UNAVAILABLE:
                     self._planes.failed(channel)
                 delays = delays or self._backoff()
-                await asyncio.sleep(min(next(delays), self.lease_ttl / 3))
+                await self._pause(min(next(delays), self.lease_ttl / 3))
             except (Http2Error, OSError) as error:
                 log.warning("control plane unreachable for registration: %s", error)
                 self._planes.failed(channel)
                 delays = delays or self._backoff()
-                await asyncio.sleep(min(next(delays), self.lease_ttl / 3))
+                await self._pause(min(next(delays), self.lease_ttl / 3))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the sidecar moves to another control plane."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._moved.wait(), seconds)
+        self._moved.clear()
 
     async def _renew(self, channel: Channel) -> None:
         health = Endpoint.HEALTHY if self._ready() else Endpoint.UNHEALTHY
