@@ -76,11 +76,19 @@ class Snapshot:
         if type_url == ROUTES:
             return self.routes.only(names)
         if type_url == AUTHORIZATION:
-            mine = [p for p in self.authorization if p.service == identity.service
-                    and (p.namespace or DEFAULT_NAMESPACE) == identity.namespace]
+            mine = [p for _, p in protecting(self.authorization, identity)]
             return pack(AUTHORIZATION,
                         [(f"{p.service}/{i}", p) for i, p in enumerate(mine)]).only(names)
         raise KeyError(f"unknown resource type {type_url!r}")
+
+
+def protecting(policies: Sequence[AuthorizationPolicy], identity: SpiffeId,
+               ) -> list[tuple[int, AuthorizationPolicy]]:
+    """The authorization policies (with their place in ``policies``) that protect the service
+    ``identity`` proves, in its namespace: what its sidecar, or a proxyless server's RBAC,
+    enforces."""
+    return [(i, p) for i, p in enumerate(policies) if p.service == identity.service
+            and (p.namespace or DEFAULT_NAMESPACE) == identity.namespace]
 
 
 def build(policy: MeshPolicy, endpoints: Mapping[tuple[str, str], list[Endpoint]]) -> Snapshot:

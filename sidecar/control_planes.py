@@ -54,15 +54,8 @@ class ControlPlanes:
     @classmethod
     def of(cls, channel: Channel) -> ControlPlanes:
         """One channel, made elsewhere (tests, benchmarks): never moves."""
-        planes = cls.__new__(cls)
-        planes.addresses = [(channel.host, channel.port)]
-        planes._connect = lambda _address: channel
-        planes._index = 0
-        planes.channel = channel
-        planes.failovers = 0
-        planes._closing = set()
-        planes._on_move = []
-        return planes
+        return cls([(channel.host, channel.port)], lambda _address: channel,
+                   rng=random.Random(0))
 
     def on_move(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every move to another replica (registration renews at

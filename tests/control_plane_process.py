@@ -113,6 +113,24 @@ class ControlPlaneProcess:
         assert code == 200 and isinstance(data, dict), data
         return data
 
+    async def join_token(self, service: str, namespace: str = "default") -> str:
+        """A join token from the operator's tool: ``meshctl token create SERVICE`` (it finds
+        the operator token in the PKI folder)."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshctl", "--api", self.api_address, "token", "create",
+            service, "--namespace", namespace, cwd=ROOT,
+            env={**os.environ, "MESH_PKI_DIR": str(self.pki)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, err.decode(errors="replace")
+        return out.decode().strip()
+
+    async def join_token_file(self, service: str, namespace: str = "default") -> Path:
+        """A join token handed over in a file, as compose's mesh-init does."""
+        path = self.work / f"{namespace}-{service}-{len(list(self.work.glob('*.token')))}.token"
+        path.write_text(await self.join_token(service, namespace))
+        return path
+
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace")
                          for p in sorted(self.work.glob(f"controlplane-{self.host}-*.log")))

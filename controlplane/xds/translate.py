@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.snapshot import Resources, pack, resolve
+from controlplane.snapshot import Resources, pack, protecting, resolve
 from controlplane.xds import clusters as cluster_translation
 from controlplane.xds.endpoints import assignment
 from controlplane.xds.listeners import ListenerNames, api_listener, inbound_listener
@@ -114,9 +114,7 @@ class XdsSnapshot:
         return listener
 
     def _inbound(self, name: str, host: str, port: int, identity: SpiffeId) -> Any:
-        mine = [(i, p) for i, p in enumerate(self._authorization)
-                if p.service == identity.service
-                and (p.namespace or DEFAULT_NAMESPACE) == identity.namespace]
+        mine = protecting(self._authorization, identity)
         if (identity.namespace, identity.service) in self._inbound_limited:
             log.warning("Listener %s: inbound_rate_limit of cluster %s not applied: gRPC has "
                         "no local rate limit", name, identity.service)

@@ -102,6 +102,17 @@ def check_pair(files: CertificateFiles, ca: CertificateAuthority,
     return certificate
 
 
+async def enroll_billing(meshctl: Meshctl, mesh: Mesh,
+                         tmp_path: Path) -> tuple[Path, int, str]:
+    """``meshctl proxyless billing --out billing`` with a token an operator handed over in a
+    file: the file, the exit code and stderr."""
+    token_file = tmp_path / "join.token"
+    token_file.write_text(await mesh.cp.tokens.create(mesh.identity("billing")) + "\n")
+    code, _, stderr = await meshctl.run("billing", "--join-token-file", str(token_file),
+                                        "--out", "billing", operator=False)
+    return token_file, code, stderr
+
+
 async def test_proxyless_mints_a_token_and_writes_what_grpcio_needs(
         meshctl: Meshctl, mesh: Mesh, tmp_path: Path) -> None:
     code, stdout, stderr = await meshctl.run("orders", "--namespace", "shop", "--zone", "z1")
@@ -130,10 +141,7 @@ async def test_proxyless_mints_a_token_and_writes_what_grpcio_needs(
 
 async def test_a_token_handed_over_is_spent_and_refused_the_second_time(
         meshctl: Meshctl, mesh: Mesh, tmp_path: Path) -> None:
-    token_file = tmp_path / "join.token"
-    token_file.write_text(await mesh.cp.tokens.create(mesh.identity("billing")) + "\n")
-    code, _, stderr = await meshctl.run("billing", "--join-token-file", str(token_file),
-                                        "--out", "billing", operator=False)
+    token_file, code, stderr = await enroll_billing(meshctl, mesh, tmp_path)
     assert code == 0, stderr
     out = tmp_path / "billing"
     check_pair(CertificateFiles(out / "cert.pem", out / "key.pem", out / "ca.pem"), mesh.ca,
@@ -155,10 +163,7 @@ async def test_a_restart_keeps_a_valid_certificate_instead_of_a_spent_token(
         meshctl: Meshctl, mesh: Mesh, tmp_path: Path) -> None:
     # An agent restarted with the environment it started with (its token long spent): the
     # certificate in its folder is still good, so it is kept and no token is asked for.
-    token_file = tmp_path / "join.token"
-    token_file.write_text(await mesh.cp.tokens.create(mesh.identity("billing")) + "\n")
-    code, _, stderr = await meshctl.run("billing", "--join-token-file", str(token_file),
-                                        "--out", "billing", operator=False)
+    token_file, code, stderr = await enroll_billing(meshctl, mesh, tmp_path)
     assert code == 0, stderr
     files = CertificateFiles(*(tmp_path / "billing" / n for n in ("cert.pem", "key.pem",
                                                                   "ca.pem")))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,30 +39,18 @@ pytestmark = [pytest.mark.asyncio(loop_scope="package"), pytest.mark.interop,
               pytest.mark.timeout(90)]
 
 CP_HOST, C_HOST, S_HOST = "127.0.20.20", "127.0.20.21", "127.0.20.22"
-CP_GRPC, CP_API = f"{CP_HOST}:15012", f"{CP_HOST}:15014"
+CP_GRPC = f"{CP_HOST}:15012"
 ORDERS_APP = ("127.0.20.122", 8080)
 POLICY = {"clusters": [{"name": "orders", "app_protocol": "HTTP1"}]}
 
 
-async def join_token(service: str, work: Path) -> str:
-    """A join token from the operator's tool: ``meshctl token create SERVICE`` (it finds the
-    operator token in the control plane's PKI folder, ``work/pki``)."""
-    code, out, err = await run_tool(sys.executable, "-m", "meshctl", "--api", CP_API, "token",
-                                    "create", service, "--namespace", "default",
-                                    env={**os.environ, "MESH_PKI_DIR": str(work / "pki")})
-    assert code == 0, err
-    return out.strip()
-
-
-async def joining_sidecar(name: str, host: str, service: str, work: Path,
+async def joining_sidecar(cp: ControlPlaneProcess, name: str, host: str, service: str,
                           *args: str) -> SidecarProcess:
     """A sidecar that joins with a token handed over in a file, as compose's mesh-init does."""
-    token_file = work / f"{name}.token"
-    token_file.write_text(await join_token(service, work))
-    return spawn_sidecar(name, host, work, "--service", service,
-                         "--control-plane", CP_GRPC, "--bootstrap-ca", str(work / "pki/ca.crt"),
-                         "--join-token-file", str(token_file),
-                         "--cert-dir", str(work / name), *args)
+    return spawn_sidecar(name, host, cp.work, "--service", service,
+                         "--control-plane", cp.grpc, "--bootstrap-ca", str(cp.pki / "ca.crt"),
+                         "--join-token-file", str(await cp.join_token_file(service)),
+                         "--cert-dir", str(cp.work / name), *args)
 
 
 @dataclass
@@ -84,8 +71,8 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
     try:
         await cp.start()
         sidecars = [
-            await joining_sidecar("shopper", C_HOST, "shopper", tmp_path),
-            await joining_sidecar("orders", S_HOST, "orders", tmp_path,
+            await joining_sidecar(cp, "shopper", C_HOST, "shopper"),
+            await joining_sidecar(cp, "orders", S_HOST, "orders",
                                   "--app", "{}:{}".format(*ORDERS_APP)),
         ]
         with stopping(sidecars):
@@ -172,7 +159,7 @@ async def test_a_sidecar_started_before_its_control_plane_is_reachable_joins_lat
         "late", LATE_HOST, tmp_path, "--service", "late",
         "--control-plane", f"{LATE_CP_HOST}:15012",
         "--bootstrap-ca", str(pair.cp.work / "pki/ca.crt"), "--cert-dir", str(tmp_path / "late"),
-        env={"MESH_JOIN_TOKEN": await join_token("late", pair.cp.work)})
+        env={"MESH_JOIN_TOKEN": await pair.cp.join_token("late")})
     pipes: list[asyncio.StreamWriter] = []
 
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -37,7 +34,6 @@ from tests.integration.sidecar.conftest import (
     OUTBOUND,
     SidecarProcess,
     h2load,
-    run_tool,
     spawn_sidecar,
     stopping,
 )
@@ -46,7 +42,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.interop,
               pytest.mark.timeout(90)]
 
 REPLICAS = ("127.0.37.1", "127.0.37.2")
-GRPC_PORT, API_PORT = 15012, 15014
+GRPC_PORT = 15012
 C_HOST, S_HOST = "127.0.37.11", "127.0.37.12"
 ORDERS_APP = ("127.0.37.112", 8080)
 POLICY = {"clusters": [{"name": "orders", "app_protocol": "HTTP1"}]}
@@ -73,19 +69,15 @@ class Mesh:
     server: SidecarProcess
 
 
-async def joining_sidecar(name: str, host: str, service: str, work: Path,
-                          *args: str) -> SidecarProcess:
+async def joining_sidecar(replicas: tuple[Replica, Replica], name: str, host: str,
+                          service: str, *args: str) -> SidecarProcess:
     """A sidecar given both replicas; its token is minted at the first (where it joins)."""
-    code, token, err = await run_tool(
-        sys.executable, "-m", "meshctl", "--api", f"{REPLICAS[0]}:{API_PORT}", "token",
-        "create", service, env={**os.environ, "MESH_PKI_DIR": str(work / "pki")})
-    assert code == 0, err
-    (work / f"{name}.token").write_text(token.strip())
-    replicas = ",".join(f"{host}:{GRPC_PORT}" for host in REPLICAS)
-    return spawn_sidecar(name, host, work, "--service", service, "--control-plane", replicas,
-                         "--bootstrap-ca", str(work / "pki/ca.crt"),
-                         "--join-token-file", str(work / f"{name}.token"),
-                         "--cert-dir", str(work / name), *args)
+    first = replicas[0]
+    return spawn_sidecar(name, host, first.work, "--service", service,
+                         "--control-plane", ",".join(r.grpc for r in replicas),
+                         "--bootstrap-ca", str(first.pki / "ca.crt"),
+                         "--join-token-file", str(await first.join_token_file(service)),
+                         "--cert-dir", str(first.work / name), *args)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -98,8 +90,8 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
         for replica in replicas:  # one after the other: the first makes the mesh CA
             await replica.start()
         sidecars = [
-            await joining_sidecar("shopper", C_HOST, "shopper", work),
-            await joining_sidecar("orders", S_HOST, "orders", work,
+            await joining_sidecar(replicas, "shopper", C_HOST, "shopper"),
+            await joining_sidecar(replicas, "orders", S_HOST, "orders",
                                   "--app", "{}:{}".format(*ORDERS_APP)),
         ]
         with stopping(sidecars):

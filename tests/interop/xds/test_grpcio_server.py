@@ -116,16 +116,6 @@ class ControlPlane(ControlPlaneProcess):
         assert code == 200, status
         return [s for s in status["streams"] if s["service"] == service]
 
-    async def join_token_file(self, service: str) -> Path:
-        """A join token from ``meshctl token create SERVICE``, handed over in a file."""
-        code, out, err = await run_tool(sys.executable, "-m", "meshctl", "--api", CP_API,
-                                        "token", "create", service, "--namespace", NAMESPACE,
-                                        env={**os.environ, "MESH_PKI_DIR": str(self.pki)})
-        assert code == 0, err
-        path = self.work / f"{service}-{len(list(self.work.glob('*.token')))}.token"
-        path.write_text(out.strip())
-        return path
-
 
 @dataclass
 class ProxylessServer:
