@@ -13,7 +13,10 @@ Glossary:
                    (:mod:`.backend_load`).
     local mesh     the whole shop on 127.0.10.x with a control plane and Prometheus, started and
                    stopped by PID (:mod:`.topology`, :mod:`.local_mesh`, :mod:`.processes`,
-                   :mod:`.prometheus`); ``meshctl demo up``.
+                   :mod:`.prometheus`, :mod:`.where_to_look`); ``meshctl demo up``.
+    etcd cluster   ``meshctl demo up --ha``: three control-plane replicas keep their shared
+                   state in three etcd members on loopback, run as processes of the mesh
+                   (:mod:`.etcd_cluster`).
     proxyless      a workload with no sidecar: grpcio's own xDS client takes its configuration
                    from the control plane (:mod:`.auditor`, enrolled by ``meshctl proxyless``).
     hello          the first demo: one gRPC greeter over mTLS, every call shape (:mod:`.hello`).

@@ -5,7 +5,10 @@
 1. **PKI**: a fresh mesh CA in ``STATE/pki`` (keys 0600), as ``python -m certs init`` makes it;
 2. **control plane** on 127.0.10.1 with the demo policy (``demo_services/policy/shop.yaml``,
    copied to ``STATE/policy/`` and hot-reloaded from there); it makes the operator token in
-   ``STATE/pki/operator.token`` (0600), where ``meshctl`` finds it;
+   ``STATE/pki/operator.token`` (0600), where ``meshctl`` finds it. With ``ha``, first a
+   three-member etcd cluster (:mod:`demo_services.etcd_cluster`, data in ``STATE/etcd/``),
+   then three replicas, one after the other, sharing the PKI folder and keeping their shared
+   state in that cluster (``--store etcd://...``); every sidecar is given all three;
 3. **join tokens**: one single-use token per sidecar, minted with the operator token from the
    operator API (``POST /tokens``), handed over in the environment (never on a command line,
    where ``ps`` would show it);
@@ -42,14 +45,14 @@ from typing import Any
 import aiohttp
 
 from certs import pki
-from demo_services import prometheus
-from demo_services.load_report import summary
+from demo_services import etcd_cluster, prometheus
 from demo_services.loadgen import HttpClient, LoadPlan, LoadResult, run_load
 from demo_services.processes import Record, alive, read_state, spawn, stop, tail, write_state
 from demo_services.topology import (
     NAMESPACE,
     REPLICAS,
     TRUST_DOMAIN,
+    ControlPlaneReplica,
     Instance,
     ProxylessClient,
     Topology,
@@ -62,7 +65,7 @@ STOP_GRACE = 8.0  # seconds processes get to drain before SIGKILL
 OWNER_GRACE = 20.0  # seconds ``down`` waits for a running ``up`` to stop its mesh
 ORDER = '{"sku": "tea", "quantity": 1}'
 STATE_FILES = ("state.json", "pki", "sidecars", "proxyless", "policy",
-               "prometheus")  # removed on stop
+               "prometheus", "etcd")  # removed on stop
 
 
 class MeshError(Exception):
@@ -77,6 +80,7 @@ class MeshOptions:
     load_duration: float = 5.0  # seconds (0: no load)
     prometheus: str | None = None  # the binary, when installed
     lease_ttl: float = 10.0
+    ha: bool = False  # three control-plane replicas on a three-member etcd cluster
 
 
 def _log(started: float, text: str) -> None:
@@ -88,7 +92,11 @@ class LocalMesh:
 
     def __init__(self, options: MeshOptions) -> None:
         self.options = options
-        self.topology = Topology(net=options.net)
+        self.topology = Topology(net=options.net, ha=options.ha)
+        try:
+            self.etcd = etcd_cluster.etcd_binary() if options.ha else None
+        except etcd_cluster.EtcdError as error:
+            raise ValueError(f"--ha: {error}") from None
         self.state_dir = options.state_dir
         self.state_file = options.state_dir / "state.json"
         self.records: list[Record] = []
@@ -102,6 +110,11 @@ class LocalMesh:
         t, auditor = self.topology, self.topology.auditor
         write_state(self.state_file, {
             "status": status, "net": t.net, "api": t.api, "control_plane": t.control_plane,
+            "control_planes": [{"name": r.name, "listen": r.listen, "api": r.api}
+                               for r in t.control_planes()],
+            "etcd": [{"name": name, "endpoint": f"{ip}:{etcd_cluster.CLIENT_PORT}",
+                      "peer": f"{ip}:{etcd_cluster.PEER_PORT}"}
+                     for name, ip in t.etcd_hosts().items()],
             "prometheus": t.prometheus if self.options.prometheus else None,
             "owner": self.owner.to_json() if self.owner else None,
             "processes": [r.to_json() for r in self.records],
@@ -117,30 +130,30 @@ class LocalMesh:
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         record, process = spawn(name, argv, log=self.state_dir / "logs" / f"{name}.log",
                                 env={**os.environ, "PYTHONPATH": path, **(env or {})})
+        self._adopt(record, process)
+        return record
+
+    def _adopt(self, record: Record, process: subprocess.Popen[bytes]) -> None:
+        """Make a process this mesh started part of it: stopped with it, by its PID."""
         self.records.append(record)
         self.children[record.pid] = process
         self._save("starting")
-        return record
 
     # -- up ----------------------------------------------------------------------------------
 
     async def up(self) -> LoadResult | None:
         """Start everything, wait until it works, run the first load; raise MeshError if not."""
         self._prepare()
-        t, py = self.topology, sys.executable
+        t = self.topology
         ca = pki.create_ca(trust_domain=TRUST_DOMAIN)
         pki.write_ca(ca, self.state_dir / "pki")
         policy = self.state_dir / "policy" / "shop.yaml"
         policy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(POLICY, policy)
-        _log(self.started, f"mesh CA made in {self.state_dir / 'pki'}; starting the control "
-                           f"plane on {t.control_plane}")
-        self._start("controlplane", [py, "-m", "controlplane", "--pki-dir",
-                                     str(self.state_dir / "pki"), "--listen", t.control_plane,
-                                     "--api", t.api, "--policy", str(policy),
-                                     "--lease-ttl", str(self.options.lease_ttl)])
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
-            await self._wait("the control plane's API", lambda: _ok(http, f"http://{t.api}/healthz"))
+            store = await self._start_etcd() if t.ha else None
+            for replica in t.control_planes():
+                await self._start_control_plane(http, replica, policy, store)
             operator = (self.state_dir / "pki" / "operator.token").read_text().strip()
             workloads: list[Instance | ProxylessClient] = [*t.instances(), t.auditor]
             tokens = {w.name: await _token(http, t.api, operator, w.service) for w in workloads}
@@ -180,6 +193,50 @@ class LocalMesh:
             for old in logs.glob("*.log"):
                 old.unlink()
 
+    async def _start_etcd(self) -> str:
+        """Start every etcd member on an empty data folder; the replicas' ``--store`` once the
+        cluster has a leader."""
+        assert self.etcd is not None
+        folder = self.state_dir / "etcd"
+        if folder.exists():  # left by a mesh that was killed: a cluster of its own
+            shutil.rmtree(folder)
+        cluster = etcd_cluster.EtcdCluster.in_folder(folder, self.topology.etcd_hosts(),
+                                                     token=f"asyncmesh-demo-{self.topology.net}")
+        _log(self.started, f"mesh CA made in {self.state_dir / 'pki'}; starting "
+                           f"{len(cluster.members)} etcd members: {', '.join(cluster.endpoints)}")
+        members = {}
+        for member in cluster.members:
+            record, process = etcd_cluster.start(
+                cluster, member, binary=self.etcd,
+                log=self.state_dir / "logs" / f"{member.name}.log")
+            self._adopt(record, process)
+            members[member] = (record, process)
+        left = self.started + READY_TIMEOUT - time.monotonic()
+        try:
+            await asyncio.to_thread(etcd_cluster.wait_until_healthy, members, timeout=left)
+        except etcd_cluster.EtcdError as error:
+            raise MeshError(str(error)) from None
+        _log(self.started, f"etcd cluster healthy; the control plane's store: {cluster.store}")
+        return cluster.store
+
+    async def _start_control_plane(self, http: aiohttp.ClientSession,
+                                   replica: ControlPlaneReplica, policy: Path,
+                                   store: str | None) -> None:
+        """Start one control-plane process and wait until its API answers. Replicas start one
+        at a time: the first makes the operator token in the PKI folder they share."""
+        if store is None:
+            _log(self.started, f"mesh CA made in {self.state_dir / 'pki'}; starting the "
+                               f"control plane on {replica.listen}")
+        else:
+            _log(self.started, f"starting {replica.name} on {replica.listen} (operator API "
+                               f"{replica.api})")
+        argv = [sys.executable, "-m", "controlplane", "--pki-dir", str(self.state_dir / "pki"),
+                "--listen", replica.listen, "--api", replica.api, "--policy", str(policy),
+                "--lease-ttl", str(self.options.lease_ttl)]
+        self._start(replica.name, argv + (["--store", store] if store else []))
+        await self._wait(f"{replica.name}'s API",
+                         lambda: _ok(http, f"http://{replica.api}/healthz"))
+
     def _start_instance(self, instance: Instance, token: str, *, seed: int) -> None:
         py = sys.executable
         if instance.app is not None:
@@ -209,7 +266,8 @@ class LocalMesh:
         folder = self.state_dir / "proxyless" / client.name
         self._start(f"agent:{client.name}", [
             py, "-m", "meshctl", "--api", t.api, "proxyless", client.service,
-            "--namespace", NAMESPACE, "--control-plane", t.control_plane,
+            # One replica: a gRPC xDS bootstrap names the server its client uses.
+            "--namespace", NAMESPACE, "--control-plane", t.control_planes()[0].listen,
             "--bootstrap-ca", str(self.state_dir / "pki" / "ca.crt"), "--out", str(folder),
             "--renew"], env={"MESH_JOIN_TOKEN": token})
         bootstrap = folder / "bootstrap.json"
@@ -229,8 +287,10 @@ class LocalMesh:
         folder = self.state_dir / "prometheus"
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / "prometheus.yml"
-        config.write_text(prometheus.config({i.name: i.sidecar_admin for i in t.instances()},
-                                            t.api))
+        config.write_text(prometheus.config(
+            {i.name: i.sidecar_admin for i in t.instances()},
+            [r.api for r in t.control_planes()],
+            [f"{ip}:{etcd_cluster.CLIENT_PORT}" for ip in t.etcd_hosts().values()]))
         self._start("prometheus", prometheus.argv(self.options.prometheus, str(config),
                                                   str(folder / "data"), t.prometheus))
         await self._wait("prometheus", lambda: _ok(http, f"http://{t.prometheus}/-/ready"))
@@ -278,11 +338,16 @@ class LocalMesh:
 def stop_records(records: list[Record],
                  children: dict[int, subprocess.Popen[bytes]] | None = None) -> list[str]:
     """Stop apps, sidecars and agents first (so sidecars can deregister), then the control
-    plane."""
+    plane (and Prometheus), then the etcd members the control plane writes to until it stops.
+
+    The etcd members stop one at a time: a leader that is told to stop first hands its
+    leadership to a peer, and waits 5 s for a peer that is stopping too.
+    """
     first = [r for r in records if r.name.startswith(("app:", "sidecar:", "agent:"))]
-    rest = [r for r in records if r not in first]
-    return stop(first, grace=STOP_GRACE, children=children) + \
-        stop(rest, grace=STOP_GRACE, children=children)
+    etcd = [r for r in records if r.name.startswith("etcd-")]
+    rest = [r for r in records if r not in first and r not in etcd]
+    return [name for tier in (first, rest, *([r] for r in etcd))
+            for name in stop(tier, grace=STOP_GRACE, children=children)]
 
 
 def remove_state(state_dir: Path) -> None:
@@ -386,43 +451,3 @@ async def _token(http: aiohttp.ClientSession, api: str, operator: str, service: 
             raise MeshError(f"the control plane refused a join token for {service}: {data}")
         token: str = data["token"]
         return token
-
-
-def print_summary(mesh: LocalMesh, result: LoadResult | None) -> None:
-    """The tables and pointers ``meshctl demo up`` ends with."""
-    t, state = mesh.topology, mesh.state_dir
-    rows = [["INSTANCE", "APP", "FAULT KNOBS", "SIDECAR ADMIN"]]
-    for i in t.instances():
-        rows.append([i.name, i.app_address if i.app else "-",
-                     f"http://{i.app_admin}/faults" if i.app else "-",
-                     f"http://{i.sidecar_admin}/clusters"])
-    auditor = t.auditor
-    rows.append([auditor.name, f"calls {auditor.target}", "-", "none: proxyless gRPC"])
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    print()
-    for row in rows:
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-    if result is not None:
-        print()
-        print(summary(result))
-    loadgen, orders = t.instance("loadgen"), t.instance("orders")
-    prom = f"http://{t.prometheus}/targets" if mesh.options.prometheus else \
-        "not installed (apt-get install prometheus, then demo up again)"
-    env = f"DEMO_STATE_DIR={state} " if state != Path(".mesh/demo") else ""
-    audit_log = state / "logs" / f"app:{auditor.name}.log"
-    print(f"""
-The mesh is up. Where to look:
-  the shop       curl -s -H 'host: frontend' http://{loadgen.outbound}/products
-                 curl -s -H 'host: frontend' -d '{ORDER}' http://{loadgen.outbound}/orders
-  a sidecar      http://{orders.sidecar_admin}/clusters   (endpoints: in flight, latency, ejected)
-                 http://{orders.sidecar_admin}/config_dump   /metrics   /ready
-  control plane  meshctl --api {t.api} status     (also: services, endpoints inventory, policy)
-  proxyless      {audit_log}   (the auditor: a line a call;
-                 its xDS stream is the xds.v3 one in meshctl status)
-  the policy     {state / 'policy' / 'shop.yaml'} (edit it: sidecars have the change in a second)
-  prometheus     {prom}
-  more load      {env}meshctl load --rate 100 --duration 20
-  break things   {env}meshctl fault payments --replica 2 --crash
-                 {env}meshctl fault inventory --brownout 10 --error-rate 0.5 --latency 100ms
-  logs           {state / 'logs'}/
-Stop it with Ctrl-C here, or: {env}meshctl demo down""", flush=True)

@@ -3,7 +3,10 @@
 Prometheus pulls: every ``scrape_interval`` it GETs each target's ``/metrics`` and stores the
 samples, labelled with the target's ``instance``. The demo scrapes every sidecar's admin
 endpoint (``job="sidecar"``, one ``mesh_instance`` label per replica, so a graph can split
-``payments-1`` from ``payments-2``) and the control plane's operator API (``job="controlplane"``).
+``payments-1`` from ``payments-2``), the control plane's operator API (``job="controlplane"``,
+every replica's) and, when the control plane keeps its state in etcd, each etcd member's
+``/metrics`` (``job="etcd"``: ``etcd_server_has_leader``,
+``etcd_server_leader_changes_seen_total``).
 ``/api/v1/targets`` then says, per target, whether the last scrape worked (``health: up``).
 
 The local mesh runs Debian's ``prometheus`` binary when it is installed; the configuration is
@@ -21,16 +24,20 @@ import yaml
 SCRAPE_INTERVAL = "2s"  # short, so a demo's graphs move while a person watches
 
 
-def config(sidecars: dict[str, str], controlplane: str) -> str:
-    """The YAML configuration scraping ``sidecars`` (instance name → admin address)."""
+def config(sidecars: dict[str, str], controlplanes: list[str], etcd: list[str]) -> str:
+    """The YAML configuration scraping ``sidecars`` (instance name → admin address), the
+    control-plane replicas' operator APIs and the etcd members' client addresses (if any)."""
+    jobs: list[dict[str, Any]] = [
+        {"job_name": "sidecar",
+         "static_configs": [{"targets": [address], "labels": {"mesh_instance": name}}
+                            for name, address in sidecars.items()]},
+        {"job_name": "controlplane", "static_configs": [{"targets": controlplanes}]},
+    ]
+    if etcd:
+        jobs.append({"job_name": "etcd", "static_configs": [{"targets": etcd}]})
     document: dict[str, Any] = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "scrape_configs": [
-            {"job_name": "sidecar",
-             "static_configs": [{"targets": [address], "labels": {"mesh_instance": name}}
-                                for name, address in sidecars.items()]},
-            {"job_name": "controlplane", "static_configs": [{"targets": [controlplane]}]},
-        ],
+        "scrape_configs": jobs,
     }
     return "# Made by the demo: every sidecar and the control plane.\n" + \
         yaml.safe_dump(document, sort_keys=False)

@@ -11,6 +11,8 @@ namespace:
                8081 its fault knobs (``meshctl fault``)
 
     127.0.10.1       the control plane (gRPC 15012, operator API 15014) and Prometheus (9090)
+    127.0.10.3, .4   with ``ha``: control-plane replicas 2 and 3 (the same two ports)
+    127.0.10.61..63  with ``ha``: the etcd members the replicas share (clients 2379, peers 2380)
     127.0.10.2       loadgen: a sidecar with no app, the load generator's way into the mesh
     127.0.10.10      frontend
     127.0.10.20      orders
@@ -21,7 +23,8 @@ namespace:
                      place in the plan, as a pod's IP would be)
 
 ``net`` (the first three numbers) can be changed, so a second mesh (a test's) can run beside
-a person's demo without a port in common.
+a person's demo without a port in common. ``ha`` makes the control plane three replicas that
+keep their shared state in a three-member etcd cluster; every sidecar is given all three.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ PROMETHEUS_PORT = 9090
 REPLICAS = {"inventory": 3, "payments": 3}
 HOSTS = {"loadgen": 2, "frontend": 10, "orders": 20, "inventory": 31, "payments": 41,
          "auditor": 50}
+HA_REPLICAS = 3  # control-plane replicas with ``ha``, and as many etcd members
+CONTROL_PLANE_HOSTS = (1, 3, 4)
+ETCD_HOST = 61  # the first member's; the others follow
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,10 +93,27 @@ class ProxylessClient:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ControlPlaneReplica:
+    """One control-plane process: the sidecars' gRPC port and the operator API."""
+
+    name: str  # "controlplane", or "controlplane-2" with ``ha``
+    ip: str
+
+    @property
+    def listen(self) -> str:
+        return f"{self.ip}:{CONTROL_PLANE_PORT}"
+
+    @property
+    def api(self) -> str:
+        return f"{self.ip}:{API_PORT}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topology:
     """Every instance of the local mesh, on addresses ``net``.x."""
 
     net: str = "127.0.10"
+    ha: bool = False  # three control-plane replicas sharing an etcd cluster, instead of one
 
     def __post_init__(self) -> None:
         parts = self.net.split(".")
@@ -99,13 +122,28 @@ class Topology:
             raise ValueError(f"net {self.net!r}: want the first three numbers of a loopback "
                              f"address, like 127.0.10")
 
+    def control_planes(self) -> list[ControlPlaneReplica]:
+        """In start order; the first is the one that makes the operator token."""
+        if not self.ha:
+            return [ControlPlaneReplica(name="controlplane", ip=f"{self.net}.1")]
+        return [ControlPlaneReplica(name=f"controlplane-{n + 1}", ip=f"{self.net}.{host}")
+                for n, host in enumerate(CONTROL_PLANE_HOSTS[:HA_REPLICAS])]
+
     @property
     def control_plane(self) -> str:
-        return f"{self.net}.1:{CONTROL_PLANE_PORT}"
+        """What a sidecar's ``--control-plane`` says: every replica's gRPC address."""
+        return ",".join(replica.listen for replica in self.control_planes())
 
     @property
     def api(self) -> str:
-        return f"{self.net}.1:{API_PORT}"
+        """The first replica's operator API (any replica's would do)."""
+        return self.control_planes()[0].api
+
+    def etcd_hosts(self) -> dict[str, str]:
+        """With ``ha``, each etcd member's name and address (none without)."""
+        if not self.ha:
+            return {}
+        return {f"etcd-{n + 1}": f"{self.net}.{ETCD_HOST + n}" for n in range(HA_REPLICAS)}
 
     @property
     def prometheus(self) -> str:

@@ -3,6 +3,8 @@
     meshctl demo up              start everything, run a short load, print where to look;
                                  stays in the foreground until Ctrl-C, then stops it all
     meshctl demo up --detach     the same, but leave the mesh running and return
+    meshctl demo up --ha         the control plane as three replicas sharing a three-member
+                                 etcd cluster (Debian's etcd-server); sidecars get all three
     meshctl demo down            stop a mesh started here (foreground or detached)
 
 The mesh's state (PIDs, certificates, policy copy, logs) is kept in ``--state-dir``
@@ -20,8 +22,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from demo_services.local_mesh import LocalMesh, MeshError, MeshOptions, down, print_summary
+from demo_services.local_mesh import LocalMesh, MeshError, MeshOptions, down
 from demo_services.processes import Record, read_state
+from demo_services.where_to_look import print_summary
 from mesh.loop import run
 
 DEFAULT_STATE_DIR = ".mesh/demo"
@@ -62,6 +65,9 @@ def register(sub: Any) -> None:
                    help="up: requests per second of the first load (default 40)")
     p.add_argument("--load-duration", type=float, default=5.0,
                    help="up: seconds of the first load (default 5; 0: none)")
+    p.add_argument("--ha", action="store_true", default=os.environ.get("DEMO_HA", "") == "1",
+                   help="up: three control-plane replicas keeping their shared state in a "
+                        "three-member etcd cluster, every sidecar given all three [DEMO_HA=1]")
     p.set_defaults(run=main)
 
 
@@ -76,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         options = MeshOptions(state_dir=args.state_dir, net=args.net,
                               load_rate=args.load_rate, load_duration=args.load_duration,
-                              prometheus=shutil.which("prometheus"))
+                              prometheus=shutil.which("prometheus"), ha=args.ha)
         mesh = LocalMesh(options)
     except ValueError as error:
         print(f"meshctl demo up: {error}")
