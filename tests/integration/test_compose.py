@@ -1,6 +1,7 @@
 """The compose demo on a real Docker engine: up, traffic through the sidecars, Prometheus up on
-every target, credentials only where they belong, down — and the host's networking exactly as
-it was before.
+every target, credentials only where they belong, a control-plane replica and an etcd member
+killed with orders still placed and every pod still registered, down — and the host's
+networking exactly as it was before.
 
 ``scripts/compose-up --detach`` starts a private dockerd, builds the images FROM the local
 debootstrap base (cached in /var/lib/asyncmesh-docker after the first run) and starts the shop;
@@ -38,6 +39,9 @@ UP_TIMEOUT = 900.0  # seconds: a cold start (debootstrap, pip, apt) takes a few 
 BACKENDS = ["frontend", "orders", "inventory-1", "inventory-2", "inventory-3",
             "payments-1", "payments-2", "payments-3"]
 PODS = [*BACKENDS, "loadgen"]  # each: X-pod, X-sidecar and X (loadgen's X: the load generator)
+REPLICAS = ["controlplane", "controlplane-2", "controlplane-3"]  # sharing etcd-1..3
+ETCD = ["etcd-1", "etcd-2", "etcd-3"]
+LEASE_TTL = 10.0  # seconds: the control plane's default; a pod unrenewed for longer is gone
 TOOLS = ["dockerd", "docker-compose", "debootstrap", "iptables"]
 DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"  # as engine.sh
 
@@ -286,6 +290,28 @@ def ports_free() -> None:
                 pytest.fail(f"{PUBLISH}:{port} is taken ({error}); the test publishes there")
 
 
+EVERY_POD = {"frontend": 1, "orders": 1, "inventory": 3, "payments": 3, "loadgen": 1}
+
+
+def registered(operator_token: str) -> dict[str, int]:
+    """The healthy instances of each shop service, as the first replica's operator API says."""
+    services = {row["service"]: row for row in
+                get_json(f"http://{PUBLISH}:15014/services", operator_token)}
+    return {s: services[s]["healthy"] for s in EVERY_POD if s in services}
+
+
+def place_orders(*, rate: int, count: int) -> dict[str, Any]:
+    """Orders placed from the loadgen pod, through its sidecar: the load generator's JSON."""
+    load = compose("exec", "-T", "loadgen", "python", "-m", "demo_services.loadgen",
+                   "http://127.0.0.1:15001/orders", "--authority", "frontend",
+                   "--body", '{"sku": "tea", "quantity": 1}', "--rate", str(rate),
+                   "--count", str(count), "--timeout", "5", "--json", timeout=120)
+    assert load.returncode == 0, load.stderr
+    result: dict[str, Any] = json.loads(load.stdout)
+    assert result["sent"] == count
+    return result
+
+
 # -- the test ---------------------------------------------------------------------------------
 
 def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
@@ -314,21 +340,11 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
         assert len(set(join_tokens.values())) == len(PODS)
 
         # Every pod registered with the control plane (its API is published for meshctl).
-        services = {row["service"]: row for row in
-                    get_json(f"http://{PUBLISH}:15014/services", operator_token)}
-        assert {s: services[s]["healthy"] for s in ("frontend", "orders", "inventory",
-                                                    "payments", "loadgen")} == \
-            {"frontend": 1, "orders": 1, "inventory": 3, "payments": 3, "loadgen": 1}
+        assert registered(operator_token) == EVERY_POD
 
         # Traffic through the sidecars: orders placed from the loadgen pod, through its sidecar,
         # the frontend's, orders', and on to the inventory and payments replicas.
-        load = compose("exec", "-T", "loadgen", "python", "-m", "demo_services.loadgen",
-                       "http://127.0.0.1:15001/orders", "--authority", "frontend",
-                       "--body", '{"sku": "tea", "quantity": 1}', "--rate", "10",
-                       "--count", "40", "--timeout", "5", "--json", timeout=120)
-        assert load.returncode == 0, load.stderr
-        result = json.loads(load.stdout)
-        assert result["sent"] == 40
+        result = place_orders(rate=10, count=40)
         # Nearly all succeed (a busy machine may time out a few; a broken hop fails them all),
         # and each hop's sidecar counted at least as many calls in (the running loadgen's too).
         placed = result["outcomes"].get("201", 0)
@@ -353,7 +369,8 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
             return health if set(health.values()) == {"up"} else None
 
         health = eventually(targets_up, 60, "every Prometheus target up")
-        assert sorted(health) == sorted([*PODS, "controlplane:15014"])
+        assert sorted(health) == sorted([*PODS, *(f"{r}:15014" for r in REPLICAS),
+                                         *(f"{m}:2379" for m in ETCD)])
 
         def every_backend_served() -> dict[str, float] | None:
             rows = prometheus("/api/v1/query", query='sum by (instance) '
@@ -401,9 +418,29 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
         for name in containers:
             cmdlines = docker("exec", name, "sh", "-c",
                               "cat /proc/[0-9]*/cmdline 2>/dev/null || true")
-            assert "sleep" in cmdlines or "python" in cmdlines or "prometheus" in cmdlines
+            assert any(p in cmdlines for p in ("sleep", "python", "prometheus", "etcd"))
             shown = [what for what, secret in secrets.items() if secret in cmdlines]
             assert not shown, f"{name}: {', '.join(shown)} on a command line"
+
+        # -- failover: a control-plane replica and an etcd member killed --
+
+        # Every sidecar was given the three replicas; the replicas share the etcd cluster.
+        for pod in PODS:
+            environ = docker("exec", container(f"{pod}-sidecar"), "sh", "-c",
+                             "tr '\\0' '\\n' </proc/1/environ")
+            assert "MESH_CONTROL_PLANE=" + ",".join(f"{r}:15012" for r in REPLICAS) in \
+                environ.splitlines(), pod
+        # etcd-1 is the member every replica asks first: they move on to the next.
+        killed = time.monotonic()
+        docker("kill", container("controlplane-2"), container("etcd-1"))
+        # Orders for longer than a lease: the data plane never needed the control plane, and
+        # the sidecars that used controlplane-2 renew their leases at another replica.
+        result = place_orders(rate=5, count=75)
+        assert result["outcomes"].get("201", 0) >= 68, result["outcomes"]
+        assert time.monotonic() - killed > LEASE_TTL
+        assert registered(operator_token) == EVERY_POD
+        print(f"controlplane-2 and etcd-1 killed: {result['outcomes']} of 75 orders; every pod "
+              f"still registered {time.monotonic() - killed:.0f} s later")
     finally:
         down = subprocess.run([str(ROOT / "scripts/compose-down")], cwd=ROOT,
                               capture_output=True, text=True, timeout=180)
