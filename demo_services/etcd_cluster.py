@@ -120,7 +120,7 @@ def etcd_binary() -> str:
     binary = shutil.which("etcd", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
     if binary is None:
         raise EtcdError("etcd is not installed (Debian: apt-get install etcd-server; "
-                        "scripts/env.sh installs it)")
+                        "scripts/test installs it, scripts/demo does not)")
     return binary
 
 

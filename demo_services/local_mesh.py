@@ -294,8 +294,10 @@ class LocalMesh:
         self._start("prometheus", prometheus.argv(self.options.prometheus, str(config),
                                                   str(folder / "data"), t.prometheus))
         await self._wait("prometheus", lambda: _ok(http, f"http://{t.prometheus}/-/ready"))
-        _log(self.started, f"prometheus scraping {len(t.instances())} sidecars and the control "
-                           f"plane: http://{t.prometheus}/targets")
+        others = f", {len(t.control_planes())} control-plane replicas and " \
+            f"{len(t.etcd_hosts())} etcd members" if t.ha else " and the control plane"
+        _log(self.started, f"prometheus scraping {len(t.instances())} sidecars{others}: "
+                           f"http://{t.prometheus}/targets")
 
     async def _wait(self, what: str, check: Callable[[], Awaitable[bool]]) -> None:
         """Poll ``check`` until true; fail at once if a process died, or after the timeout."""
