@@ -49,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
                    default=parse_validity(env("MESH_CERT_VALIDITY", "1h")),
                    help="workload certificate lifetime, e.g. 1h, 30m [MESH_CERT_VALIDITY]")
     p.add_argument("--store", type=store_spec, default=store_spec(env("MESH_STORE", "memory")),
-                   help="where the state replicas share lives (join tokens, for now): "
+                   help="where the state replicas share lives (registrations, join tokens, "
+                        "the policy): "
                         "'memory' (this process), or 'etcd://HOST:PORT[,HOST:PORT...]' (an etcd "
                         "cluster's members) [MESH_STORE]")
     p.add_argument("--log-level", default=env("MESH_LOG_LEVEL", "INFO"),
@@ -92,7 +93,7 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"controlplane: {error} (create the CA with --init-pki or python -m certs init)",
               file=sys.stderr)
         return 2
-    await cp.start(*args.listen)
+    await cp.start(*args.listen, api=f"{args.api[0]}:{args.api[1]}")
     api = await start_api(cp, *args.api)
     print(f"control plane: gRPC on {args.listen[0]}:{cp.port}, API on "
           f"http://{args.api[0]}:{args.api[1]}", flush=True)

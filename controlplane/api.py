@@ -1,12 +1,16 @@
 """The operator API (HTTP/JSON, loopback by default): what ``meshctl`` reads and writes.
 
 Every request needs ``Authorization: Bearer <operator token>`` (:mod:`controlplane.operator`)
-except ``GET /metrics`` and ``GET /healthz``; without it the answer is 401 and says what is
-missing. Every accepted change (a policy applied, a join token minted) is one line of the
-``controlplane.audit`` log: what, for whom, by which credential, from where.
+except ``GET /metrics``, ``GET /healthz`` and ``GET /readyz``; without it the answer is 401 and
+says what is missing. Every accepted change (a policy applied, a join token minted) is one line
+of the ``controlplane.audit`` log: what, for whom, by which credential, from where.
 
     GET  /healthz              200 "ok" (no credential needed: a liveness probe)
-    GET  /status               policy version, last rejection, convergence (time from the
+    GET  /readyz               200 "ready" while this replica follows the state store; 503 and
+                               why not (it still serves discovery from its last state)
+    GET  /status               this replica (name, store, revision, readiness), every replica
+                               the store knows, policy version, last rejection, convergence
+                               (time from the
                                last change to the last ACK), every discovery stream — our
                                sidecars' (mesh.v1) and proxyless gRPC's (xds.v3) — with its
                                per-type sent / ACKed versions and NACKs (``?streams=0``: none),
@@ -14,7 +18,10 @@ missing. Every accepted change (a policy applied, a join token minted) is one li
     GET  /services             services (with their namespace) and instance counts
     GET  /endpoints/{service}  the endpoints of one service (``?namespace=``: of one namespace)
     GET  /policy               the policy in force, as YAML
-    POST /policy               apply a YAML policy (400 with every problem when rejected)
+    POST /policy               apply a YAML policy (400 with every problem when rejected);
+                               ``If-Match: <version>``: only if the policy is still at that
+                               version, else 409 naming both versions (without it, the change
+                               is based on the version in force at this replica)
     POST /tokens               {"service": ..., "namespace": ..., "ttl": s} → a join token
     GET  /metrics              Prometheus
 """
@@ -32,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from controlplane.discovery import DiscoveryServer
 from controlplane.policy import PolicyError, to_yaml
 from controlplane.server import ControlPlane
-from controlplane.store import StoreUnavailable
+from controlplane.store import Conflict, StoreUnavailable
 from mesh.identity import DEFAULT_NAMESPACE, SpiffeId
 from mesh.proto.config_pb2 import Endpoint
 from mesh.proto.resources import short_name
@@ -40,7 +47,7 @@ from mesh.proto.resources import short_name
 audit = logging.getLogger("controlplane.audit")
 log = logging.getLogger("controlplane.api")
 
-OPEN_PATHS = frozenset({"/metrics", "/healthz"})  # read-only, no credential needed
+OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})  # read-only, no credential needed
 OPERATOR = web.RequestKey("operator", str)  # the fingerprint of the credential a request used
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -79,6 +86,12 @@ def make_app(cp: ControlPlane) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    @routes.get("/readyz")
+    async def readyz(_: web.Request) -> web.Response:
+        if cp.state.ready:
+            return web.Response(text="ready\n")
+        return web.Response(text=f"not ready: {cp.state.problem}\n", status=503)
+
     @routes.get("/status")
     async def status(request: web.Request) -> web.Response:
         version, _policy = cp.policy.current
@@ -96,6 +109,10 @@ def make_app(cp: ControlPlane) -> web.Application:
                 })
         return web.json_response({
             "trust_domain": cp.trust_domain,
+            "replica": {"name": cp.name, "store": cp.store.where, "revision": cp.state.revision,
+                        "ready": cp.state.ready, "problem": cp.state.problem},
+            "replicas": [{"name": name, **record}
+                         for name, record in sorted(cp.replicas.running.items())],
             "policy_version": version,
             "policy_error": str(cp.policy.last_error) if cp.policy.last_error else None,
             "instances": len(cp.registry.instances()),
@@ -133,7 +150,7 @@ def make_app(cp: ControlPlane) -> web.Application:
                                     always_print_fields_with_no_presence=True)
                 row["namespace"] = instance.namespace
                 row["owner"] = str(instance.owner)
-                row["lease_remaining_s"] = round(instance.expires_at - cp.clock.now(), 2)
+                row["lease"] = f"{instance.lease:x}"
                 rows.append(row)
         return web.json_response(rows)
 
@@ -146,12 +163,22 @@ def make_app(cp: ControlPlane) -> web.Application:
     @routes.post("/policy")
     async def post_policy(request: web.Request) -> web.Response:
         source = request.query.get("source", "api")
+        match = request.headers.get("If-Match", "").strip().strip('"')
+        if match and not match.isdigit():
+            return web.json_response({"error": f"If-Match {match!r}: want the policy version "
+                                               f"the change is based on, a number"}, status=400)
         try:
-            cp.policy.apply_text(await request.text(), source)
+            version = await cp.policy.apply_text(await request.text(), source,
+                                                 based_on=int(match) if match else None)
         except PolicyError as error:
             audit.info("policy from %s rejected %s", source, by(request))
             return web.json_response({"error": str(error)}, status=400)
-        version = cp.policy.current[0]
+        except Conflict as error:
+            audit.info("policy from %s refused (conflict) %s", source, by(request))
+            return web.json_response({"error": str(error), "version": error.current},
+                                     status=409)
+        except StoreUnavailable as error:
+            return web.json_response({"error": f"policy not applied: {error}"}, status=503)
         audit.info("policy version %d applied from %s %s", version, source, by(request))
         return web.json_response({"version": version})
 
@@ -163,7 +190,7 @@ def make_app(cp: ControlPlane) -> web.Application:
                                 namespace=str(body.get("namespace", DEFAULT_NAMESPACE)),
                                 service=str(body["service"]))
             ttl = float(body["ttl"]) if "ttl" in body else None
-            token = await cp.tokens.create(identity, ttl)
+            token = await cp.state.write(lambda: cp.tokens.create(identity, ttl))
         except (KeyError, ValueError, TypeError, AttributeError) as error:
             return web.json_response({"error": f"bad token request: {error!r}"}, status=400)
         except StoreUnavailable as error:

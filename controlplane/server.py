@@ -16,6 +16,14 @@ UNAUTHENTICATED unless the caller proved a mesh SPIFFE ID with a certificate of 
 (a certificate of another CA, or an expired one, fails the handshake itself). Each refusal is
 logged with the peer's address and counted in ``mesh_controlplane_refused`` by call and reason.
 
+The state — registry, join tokens, policy — is in the state store (:mod:`controlplane.store`),
+and several replicas may share it: each follows the store's watch (:mod:`controlplane.state`),
+serves discovery, registration and the operator API, and says in the store that it runs (a
+key on a lease: ``meshctl status`` lists every replica from it). No task needs to run once
+for the whole mesh: every lease lapses in the store itself, and each replica renews only the
+leases of the streams it holds. A replica that cannot reach the store serves its last state,
+refuses writes with UNAVAILABLE, and reports not ready.
+
 Every change to the policy or the registry builds one new snapshot (lazily, on the first
 stream that asks) and wakes every discovery stream. The xDS dialect translates the same
 clusters, endpoints and routes (:mod:`controlplane.xds.translate`); what gRPC cannot apply of
@@ -26,8 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,10 +54,11 @@ from controlplane.identity import CertificateIssuer, JoinTokens
 from controlplane.listener import TlsListener
 from controlplane.metrics import ControlPlaneMetrics
 from controlplane.operator import TOKEN_FILE, OperatorToken
-from controlplane.policy import PolicyStore
+from controlplane.policy import Document, PolicyError, PolicyStore
 from controlplane.registry import Registry
 from controlplane.snapshot import Snapshot, build
-from controlplane.store import Store, StoreUnavailable
+from controlplane.state import Replicas, StoreState
+from controlplane.store import LeaseExpired, Store, StoreError, StoreUnavailable
 from controlplane.store.memory import MemoryStore
 from controlplane.xds.proxyless import InboundRegistrations
 from controlplane.xds.resources import ADS_METHOD, XDS_V3, parse_request
@@ -70,6 +84,9 @@ from mesh.tls import peer_spiffe_id, server_context
 log = logging.getLogger("controlplane")
 
 T = TypeVar("T")
+
+LISTED_TIMEOUT = 5.0  # seconds start() waits for the first listing of the store; after it, the
+# replica starts not ready and keeps trying
 
 
 
@@ -101,11 +118,12 @@ class ControlPlane:
                  cert_validity: timedelta = timedelta(hours=1), token_ttl: float = 600.0,
                  policy_path: Path | None = None,
                  operator_token_file: Path | None = None, store: Store | None = None) -> None:
-        """``store``: where the state shared by replicas lives (the join tokens, for now);
-        default: in this process's memory.
+        """``store``: where the state shared by replicas lives; default: in this process's
+        memory. ``policy_path`` is checked here and applied by :meth:`start`.
 
         Raises:
             OperatorCredentialError: the operator token file cannot be used.
+            PolicyError: the policy at ``policy_path`` is refused.
         """
         self.pki_dir = pki_dir
         self.ca = load_ca(pki_dir)
@@ -115,17 +133,25 @@ class ControlPlane:
         self.operator_token_file = operator_token_file or pki_dir / TOKEN_FILE
         self.operator = OperatorToken.load_or_create(self.operator_token_file)
         self.store = store or MemoryStore(clock, trust_domain=self.trust_domain)
+        self.state = StoreState(self.store)
         self.tokens = JoinTokens(self.store, clock, ttl=token_ttl)
         self.issuer = CertificateIssuer(self.ca, validity=cert_validity)
-        self.policy = PolicyStore(on_reject=lambda _: self.metrics.policy_rejections.inc())
+        self.policy = PolicyStore(self.state,
+                                  on_reject=lambda _: self.metrics.policy_rejections.inc())
         self.policy_path = policy_path
         if policy_path is not None:
-            self.policy.load_path(policy_path)
-        self.registry = Registry(clock, trust_domain=self.trust_domain, lease_ttl=lease_ttl,
+            self.policy.check_path(policy_path)
+        self.registry = Registry(self.state, trust_domain=self.trust_domain, lease_ttl=lease_ttl,
                                  grants=lambda: self.policy.current[1].registration)
-        self.discovery = DiscoveryServer(self.snapshot, clock, self.metrics, warmup=lease_ttl)
-        self.xds = DiscoveryServer(self.xds_snapshot, clock, self.metrics, warmup=lease_ttl,
+        # Warm-up (controlplane/discovery.py) covers a registry that restarts empty; a store
+        # that outlives the process lists every live instance at once.
+        warmup = 0.0 if self.store.durable else lease_ttl
+        self.discovery = DiscoveryServer(self.snapshot, clock, self.metrics, warmup=warmup)
+        self.xds = DiscoveryServer(self.xds_snapshot, clock, self.metrics, warmup=warmup,
                                    dialect=XDS_V3)
+        self.name = ""  # this replica's, in the store: its gRPC host:port, once started
+        self.replicas = Replicas()  # every running replica, as the store says
+        self._lease = 0  # of this replica's key in the store
         self.inbound = InboundRegistrations(self.registry)
         self.registry.subscribe(self._changed)
         self.policy.subscribe(lambda *_: self._changed())
@@ -136,6 +162,8 @@ class ControlPlane:
         self._xds_snapshot: tuple[tuple[int, int], XdsSnapshot] | None = None
         self._warned: set[Unsupported] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._cert_dir: Path | None = None
+        self._api = ""
 
     # -- state -------------------------------------------------------------------------------
 
@@ -244,7 +272,8 @@ class ControlPlane:
             if request.join_token:
                 self.issuer.check(request.csr_pem)  # a bad CSR does not spend the token
                 try:
-                    identity = await self.tokens.redeem(request.join_token)
+                    identity = await self.state.write(
+                        lambda: self.tokens.redeem(request.join_token))
                 except StoreUnavailable as error:
                     raise IdentityError(StatusCode.UNAVAILABLE, str(error),
                                         "store_unavailable") from None
@@ -262,18 +291,18 @@ class ControlPlane:
                                        ca_pem=issued.ca_pem,
                                        not_after_unix=int(issued.not_after.timestamp()))
 
-    def _as_caller(self, call: str, context: Context,
-                      action: Callable[[SpiffeId], T]) -> T:
+    async def _as_caller(self, call: str, context: Context,
+                         action: Callable[[SpiffeId], Awaitable[T]]) -> T:
         """Run ``action`` for the caller's proven identity; log and count its refusal."""
         identity = self._authenticate(context, call)
         try:
-            return action(identity)
+            return await action(identity)
         except ControlPlaneError as error:
             raise self._refused(call, context, error) from None
 
     async def _register(self, request: RegisterRequest, context: Context) -> RegisterResponse:
         try:
-            instance = self._as_caller("Register", context, lambda identity: (
+            instance = await self._as_caller("Register", context, lambda identity: (
                 self.registry.register(request.service, request.endpoint, identity,
                                        caller_address(context), request.namespace)))
         except ControlPlaneError:
@@ -284,36 +313,65 @@ class ControlPlane:
                                 lease_ttl_ms=int(self.registry.lease_ttl * 1000))
 
     async def _heartbeat(self, request: HeartbeatRequest, context: Context) -> HeartbeatResponse:
-        self._as_caller("Heartbeat", context, lambda identity: (
+        await self._as_caller("Heartbeat", context, lambda identity: (
             self.registry.heartbeat(request.instance, request.health, identity)))
         return HeartbeatResponse(lease_ttl_ms=int(self.registry.lease_ttl * 1000))
 
     async def _deregister(self, request: DeregisterRequest,
                           context: Context) -> DeregisterResponse:
-        self._as_caller("Deregister", context, lambda identity: (
+        await self._as_caller("Deregister", context, lambda identity: (
             self.registry.deregister(request.instance, identity)))
         return DeregisterResponse()
 
     # -- running -----------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 15012) -> None:
-        """Serve gRPC on ``host:port`` and run the lease sweeper (and the policy watcher)."""
+    async def start(self, host: str = "127.0.0.1", port: int = 15012, *, api: str = "") -> None:
+        """Serve gRPC on ``host:port``: follow the store, apply the policy files (if given and
+        the store answers), announce this replica, and renew leases.
+
+        Args:
+            api: ``host:port`` of this replica's operator API, announced with it.
+        """
         identity = control_plane_id(self.trust_domain)
         # Its address too, for clients that verify host names (grpcio's xDS client does).
         serving = (host,) if host not in ("", "0.0.0.0", "::") else ()
         own = issue_workload(self.ca, identity, timedelta(days=1), hosts=serving)
-        cert, key = write_workload(own, self.pki_dir / "controlplane")
+        # Each replica's own files, so that replicas can share one PKI folder.
+        self._cert_dir = Path(tempfile.mkdtemp(prefix="controlplane-", dir=self.pki_dir))
+        cert, key = write_workload(own, self._cert_dir)
         tls = server_context(cert, key, self.pki_dir / "ca.crt", require_client_cert=False)
+        self._tasks.append(asyncio.create_task(
+            self.state.follow([self.registry, self.policy, self.replicas])))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LISTED_TIMEOUT):
+                await self.state.listed.wait()
+        applied = await self._apply_policy_files()
         self.server = Server(self.grpc.handle)
         self.listener = TlsListener(
             self.server, tls,
             on_failed=lambda _: self.metrics.handshakes_failed.inc())
         await self.listener.start(host, port)
-        self._tasks.append(asyncio.create_task(self._sweep_leases()))
+        self.name, self._api = f"{host}:{self.port}", api
+        self._tasks.append(asyncio.create_task(self._renew_leases()))
         if self.policy_path is not None:
-            self._tasks.append(asyncio.create_task(self.policy.watch(self.policy_path)))
-        log.info("control plane serving on %s:%d (trust domain %s)", host, self.port,
-                 self.trust_domain)
+            self._tasks.append(asyncio.create_task(
+                self.policy.watch(self.policy_path, applied=applied)))
+        log.info("control plane serving on %s:%d (trust domain %s, state in %s%s)", host,
+                 self.port, self.trust_domain, self.store.where,
+                 "" if self.state.ready else f", not ready: {self.state.problem}")
+
+    async def _apply_policy_files(self) -> tuple[Document, ...] | None:
+        """Write the policy files to the store if they differ; what was applied, or None for
+        the file watcher to try again."""
+        if self.policy_path is None:
+            return None
+        try:
+            documents = self.policy.check_path(self.policy_path)
+            await self.policy.load_path(self.policy_path)
+        except (PolicyError, StoreError) as error:
+            log.warning("policy files %s not applied yet: %s", self.policy_path, error)
+            return None
+        return documents
 
     @property
     def port(self) -> int:
@@ -330,19 +388,38 @@ class ControlPlane:
             await self.listener.close()
         if self.server is not None:
             await self.server.shutdown(grace=1.0)
+        if self._lease:  # other replicas see this one leave at once, not a TTL later
+            with contextlib.suppress(StoreError):
+                await self.store.revoke_lease(self._lease)
         await self.store.close()  # the control plane owns its store (see __init__)
+        if self._cert_dir is not None:
+            shutil.rmtree(self._cert_dir, ignore_errors=True)
 
-    async def _sweep_leases(self) -> None:
-        # Streams renew the leases of the instances whose sidecar is connected; expiry runs at a
-        # quarter of the TTL, so a lapsed lease is gone within 1.25 x TTL at worst.
+    async def _renew_leases(self) -> None:
+        # Streams renew the leases of the instances whose sidecar is connected, so a sidecar
+        # connected to any replica stays registered; this replica's own lease says it runs.
+        # Every quarter of the TTL: a lease lapses within 1.25 x TTL of its last renewal.
         interval = self.registry.lease_ttl / 4
         while True:
-            await asyncio.sleep(interval)
             connected = {(s.node.id, s.identity) for s in self.discovery.subscriptions.values()}
             connected |= self.inbound.held()  # proxyless servers (controlplane/xds/)
-            for instance in self.registry.instances():
-                if (instance.id, instance.owner) in connected:
-                    self.registry.heartbeat(instance.id, None, instance.owner)
-            self.registry.expire()
+            with contextlib.suppress(StoreUnavailable):  # counted by the state; next round
+                await self.state.request(self._announce)
+                await self.state.request(functools.partial(self.registry.renew, connected))
+                await self.state.request(self.store.expire)
             self.metrics.subscribers.set(len(self.discovery.subscriptions)
                                          + len(self.xds.subscriptions))
+            await asyncio.sleep(interval)
+
+    async def _announce(self) -> None:
+        """Renew this replica's key in the store (made again if its lease lapsed)."""
+        if self._lease:
+            try:
+                await self.store.keep_alive(self._lease)
+                return
+            except LeaseExpired:
+                pass
+        self._lease = await self.store.grant_lease(self.registry.lease_ttl)
+        record = json.dumps({"grpc": self.name, "api": self._api, "started": time.time()})
+        await self.store.put_replica(self.name, record.encode(), lease=self._lease)
+

@@ -1,8 +1,9 @@
 """meshctl: inspect and change the mesh through the control plane's operator API.
 
-    meshctl status                        discovery streams: versions sent, ACKed, NACKs
+    meshctl status                        every replica (its store revision, readiness) and
+                                          its discovery streams: versions sent, ACKed, NACKs
     meshctl services                      services and their instances
-    meshctl endpoints SERVICE             one service's endpoints and leases
+    meshctl endpoints SERVICE             one service's endpoints and their leases
     meshctl policy                        the policy in force (YAML)
     meshctl apply -f FILE                 apply a policy file (every problem shown if rejected)
     meshctl token create SERVICE [--namespace NS] [--ttl SECONDS]
@@ -107,29 +108,56 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def status(api: str) -> str:
+    """The control plane's state; with several replicas, each one's (asked at its own API)."""
     data = call(api, "GET", "/status")
-    kinds = [stream.get("protocol", "mesh.v1") for stream in data["streams"]]
+    views, unreachable = {data["replica"]["name"]: data}, {}
+    for replica in data.get("replicas", []):
+        name = replica["name"]
+        if name not in views and replica.get("api"):
+            try:
+                views[name] = call(replica["api"], "GET", "/status")
+            except ApiError as error:
+                unreachable[name] = str(error).splitlines()[0]
+    streams = [(name, stream) for name, view in sorted(views.items())
+               for stream in view["streams"]]
+    kinds = [stream.get("protocol", "mesh.v1") for _, stream in streams]
     out = [f"trust domain {data['trust_domain']}, policy version {data['policy_version']}, "
-           f"{data['instances']} instances, {len(data['streams'])} discovery streams "
+           f"{data['instances']} instances, {len(streams)} discovery streams "
            f"({kinds.count('mesh.v1')} sidecars, {kinds.count('xds.v3')} proxyless gRPC)"]
     if data["policy_error"]:
         out.append(f"last policy rejected:\n{data['policy_error']}")
+    several = len(views) + len(unreachable) > 1
+    if several or data["replica"]["store"] != "memory":
+        out.append(table([_replica_row(name, view) for name, view in sorted(views.items())]
+                         + [{"replica": name, "problem": problem}
+                            for name, problem in sorted(unreachable.items())],
+                         ["replica", "api", "store", "revision", "ready", "policy", "streams",
+                          "problem"]))
     rows = []
-    for stream in data["streams"]:
+    for name, stream in streams:
         for type_name, state in sorted(stream["types"].items()):
-            rows.append({"node": stream["node"] or stream["peer"],
+            rows.append({"replica": name, "node": stream["node"] or stream["peer"],
                          "protocol": stream.get("protocol", "mesh.v1"), "type": type_name,
                          "sent": state["sent"], "acked": state["acked"],
                          "in sync": "yes" if state["sent"] == state["acked"] else "NO",
                          "nacks": state["nacks"], "last nack": state["last_nack"]})
     if rows:
-        out.append(table(rows, ["node", "protocol", "type", "sent", "acked", "in sync", "nacks",
-                                "last nack"]))
+        out.append(table(rows, ["replica"] * several + [
+            "node", "protocol", "type", "sent", "acked", "in sync", "nacks", "last nack"]))
     unsupported = data.get("xds", {}).get("unsupported", [])
     if unsupported:
         out.append("what proxyless gRPC clients cannot apply as written (xds.v3):")
         out += [f"  {item['resource']}: {item['message']}" for item in unsupported]
     return "\n".join(out)
+
+
+def _replica_row(name: str, view: dict[str, Any]) -> dict[str, Any]:
+    replica = view["replica"]
+    api = next((r.get("api", "") for r in view.get("replicas", []) if r["name"] == name), "")
+    return {"replica": name, "api": api, "store": replica["store"],
+            "revision": replica["revision"], "ready": "yes" if replica["ready"] else "NO",
+            "policy": view["policy_version"], "streams": len(view["streams"]),
+            "problem": replica["problem"] or ""}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             case "endpoints":
                 rows = call(api, "GET", f"/endpoints/{args.service}")
                 print(table(rows, ["instance", "namespace", "address", "port", "weight", "zone",
-                                   "health", "owner", "lease_remaining_s"]))
+                                   "health", "owner", "lease"]))
             case "policy":
                 print(call(api, "GET", "/policy"), end="")
             case "apply":

@@ -35,6 +35,7 @@ class ControlPlaneProcess:
     lease_ttl: float = 3.0
     grpc_port: int = 15012
     api_port: int = 15014
+    store: str = ""  # --store: '' for the default (memory), or 'etcd://HOST:PORT,...'
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -66,7 +67,8 @@ class ControlPlaneProcess:
             return subprocess.Popen(
                 [sys.executable, "-m", "controlplane", "--pki-dir", str(self.pki), "--init-pki",
                  "--listen", self.grpc, "--api", self.api_address,
-                 "--lease-ttl", str(self.lease_ttl), "--policy", str(self.policy_file)],
+                 "--lease-ttl", str(self.lease_ttl), "--policy", str(self.policy_file),
+                 *(["--store", self.store] if self.store else [])],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
 
     async def start(self) -> None:

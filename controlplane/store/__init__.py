@@ -11,6 +11,7 @@ shared by every replica). Its words:
         instances/<namespace>/<service>@<address>:<port>   an instance record, on a lease
         tokens/<sha256 of the token, hex>                   a join token's record, on a lease
         policy                                              the policy document
+        replicas/<host>:<port>                              a control-plane replica, on a lease
 
     An instance's key ends in its instance id (:func:`mesh.proto.resources.instance_name`),
     so re-registering the same endpoint replaces its record in place. The CA's key is not
@@ -58,6 +59,7 @@ PREFIX_ROOT = "/asyncmesh"
 INSTANCES = "instances/"
 TOKENS = "tokens/"
 POLICY = "policy"
+REPLICAS = "replicas/"
 
 
 def prefix(trust_domain: str) -> str:
@@ -144,6 +146,16 @@ class Store(Protocol):
         """The mesh's prefix, ``/asyncmesh/<trust-domain>/``."""
         ...
 
+    @property
+    def durable(self) -> bool:
+        """Whether the state outlives this process (etcd: yes; memory: no)."""
+        ...
+
+    @property
+    def where(self) -> str:
+        """Where the state is, for logs and status: ``memory`` or ``etcd://a:2379,...``."""
+        ...
+
     # -- registrations ---------------------------------------------------------------------
 
     async def grant_lease(self, ttl: float) -> int:
@@ -172,8 +184,24 @@ class Store(Protocol):
         """
         ...
 
-    async def delete_instance(self, instance: str) -> bool:
-        """Delete an instance's record; False if there was none."""
+    async def delete_instance(self, instance: str) -> int:
+        """Delete an instance's record; returns the revision of the delete, 0 if there was
+        none."""
+        ...
+
+    async def expire(self) -> None:
+        """Let the leases whose time is up lapse now. Only the memory store, which has no
+        timer of its own, needs it called (periodically); etcd lapses leases itself."""
+        ...
+
+    # -- replicas --------------------------------------------------------------------------
+
+    async def put_replica(self, name: str, record: bytes, *, lease: int) -> None:
+        """Say that the control-plane replica ``name`` runs, for as long as ``lease`` lives.
+
+        Raises:
+            LeaseExpired: ``lease`` lapsed or was revoked.
+        """
         ...
 
     # -- join tokens -----------------------------------------------------------------------

@@ -78,6 +78,14 @@ class EtcdStore:
     def prefix(self) -> str:
         return self._prefix
 
+    @property
+    def durable(self) -> bool:
+        return True
+
+    @property
+    def where(self) -> str:
+        return "etcd://" + ",".join(self.endpoints)
+
     # -- registrations ---------------------------------------------------------------------
 
     async def grant_lease(self, ttl: float) -> int:
@@ -99,9 +107,19 @@ class EtcdStore:
         put = await self._on_lease(lease, lambda client: client.put(key, record, lease=lease))
         return int(put.header.revision)
 
-    async def delete_instance(self, instance: str) -> bool:
+    async def delete_instance(self, instance: str) -> int:
         key = self._key(store.INSTANCES + instance)
-        return await self._call(lambda client: client.delete(key)) is not None
+        deleted = await self._call(lambda client: client.delete(key))
+        return 0 if deleted is None else int(deleted.header.revision)
+
+    async def expire(self) -> None:
+        pass  # etcd lapses leases itself, for every replica at once
+
+    # -- replicas --------------------------------------------------------------------------
+
+    async def put_replica(self, name: str, record: bytes, *, lease: int) -> None:
+        key = self._key(store.REPLICAS + name)
+        await self._on_lease(lease, lambda client: client.put(key, record, lease=lease))
 
     # -- join tokens -----------------------------------------------------------------------
 
@@ -167,7 +185,8 @@ class EtcdStore:
                     start = change.revision + 1
                     yield change
                 return  # the client was closed
-            except _UNREACHABLE as error:
+            except (*_UNREACHABLE, aetcd.exceptions.InternalError) as error:
+                # grpc reports a stream whose member died mid-send as INTERNAL, not UNAVAILABLE
                 log.warning("etcd watch broke (%s); resuming at revision %d", error, start)
             except aetcd.exceptions.RevisionCompactedError as error:
                 raise store.StoreError(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from controlplane.store import (
     INSTANCES,
     POLICY,
+    REPLICAS,
     TOKENS,
     Change,
     ChangeKind,
@@ -65,6 +66,14 @@ class MemoryStore:
     def prefix(self) -> str:
         return self._prefix
 
+    @property
+    def durable(self) -> bool:
+        return False
+
+    @property
+    def where(self) -> str:
+        return "memory"
+
     def sweep(self) -> int:
         """Drop every lease whose time is up, with its keys; returns how many lapsed."""
         now = self._clock.now()
@@ -94,13 +103,22 @@ class MemoryStore:
         self._live(lease)
         return self._put(INSTANCES + instance, record, lease)
 
-    async def delete_instance(self, instance: str) -> bool:
+    async def delete_instance(self, instance: str) -> int:
         self.sweep()
         if INSTANCES + instance not in self._keys:
-            return False
-        self._next_revision()
+            return 0
+        revision = self._next_revision()
         self._delete(INSTANCES + instance)
-        return True
+        return revision
+
+    async def expire(self) -> None:
+        self.sweep()
+
+    # -- replicas --------------------------------------------------------------------------
+
+    async def put_replica(self, name: str, record: bytes, *, lease: int) -> None:
+        self._live(lease)
+        self._put(REPLICAS + name, record, lease)
 
     # -- join tokens -----------------------------------------------------------------------
 

@@ -86,14 +86,14 @@ class InboundRegistrations:
                 yield request
                 if request.type_url == LISTENER:
                     try:
-                        self._update(held, list(request.resource_names), identity,
+                        await self._update(held, list(request.resource_names), identity,
                                      caller_address, zone)
                     except ControlPlaneError as error:
                         raise refused(error) from None
         finally:
             del self._held[stream]
 
-    def _update(self, held: dict[str, SpiffeId], names: list[str], identity: SpiffeId,
+    async def _update(self, held: dict[str, SpiffeId], names: list[str], identity: SpiffeId,
                 caller_address: str, zone: str) -> None:
         """Register what ``names`` newly asks for; forget what it no longer does.
 
@@ -127,7 +127,7 @@ class InboundRegistrations:
         for instance, (name, endpoint) in wanted.items():
             if instance in held:
                 continue
-            self._registry.register(identity.service, endpoint, identity, caller_address,
+            await self._registry.register(identity.service, endpoint, identity, caller_address,
                                     identity.namespace)
             held[instance] = identity
             log.info("proxyless server %s registered as %s (it asked for listener %r)",

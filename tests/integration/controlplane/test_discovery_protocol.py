@@ -87,10 +87,10 @@ def refuse_clusters_named_bad(type_url: str, resources: list[Message]) -> None:
 
 
 async def test_a_nack_keeps_the_old_version_until_the_policy_is_fixed(mesh: Mesh) -> None:
-    mesh.cp.policy.apply_text("clusters:\n- name: orders\n", "v1")
+    await mesh.cp.policy.apply_text("clusters:\n- name: orders\n", "v1")
     async with sidecar(mesh, "frontend", refuse_clusters_named_bad) as frontend:
         good = frontend.client.accepted[CLUSTERS].version
-        mesh.cp.policy.apply_text("clusters:\n- name: orders\n- name: bad\n", "v2")
+        await mesh.cp.policy.apply_text("clusters:\n- name: orders\n- name: bad\n", "v2")
         await eventually(lambda: frontend.client.nacks == 1)
         assert frontend.client.accepted[CLUSTERS].version == good
         assert "cluster 'bad' is not acceptable" in frontend.client.last_error
@@ -102,7 +102,7 @@ async def test_a_nack_keeps_the_old_version_until_the_policy_is_fixed(mesh: Mesh
         responses = frontend.client.responses
         await asyncio.sleep(0.3)
         assert frontend.client.responses == responses
-        mesh.cp.policy.apply_text("clusters:\n- name: orders\n- name: fixed\n", "v3")
+        await mesh.cp.policy.apply_text("clusters:\n- name: orders\n- name: fixed\n", "v3")
         await eventually(lambda: frontend.client.accepted[CLUSTERS].version != good)
         assert frontend.client.nacks == 1
         names = [c.name for c in frontend.client.accepted[CLUSTERS].resources

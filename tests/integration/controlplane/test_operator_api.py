@@ -34,6 +34,35 @@ BAD = ("clusters:\n- name: orders\n  retry_budget: {retry_ratio: 1.5}\n"
        "    routes: [{match: {prefix: /}, route: {cluster: ordres}}]\n")
 
 
+async def test_a_change_based_on_an_old_version_is_refused_with_both_versions(
+        mesh: Mesh) -> None:
+    async with TestClient(TestServer(make_app(mesh.cp), host="127.0.0.1"),
+                          headers=mesh.operator_headers) as http:
+        assert (await http.post("/policy", data=GOOD)).status == 200  # version 1
+        response = await http.post("/policy", data=GOOD.replace("PEAK_EWMA", "LEAST_REQUEST"),
+                                   headers={"If-Match": '"1"'})
+        assert response.status == 200 and await response.json() == {"version": 2}
+        # Another operator, who read version 1 too, applies theirs: refused, nothing lost.
+        response = await http.post("/policy", data=GOOD.replace("PEAK_EWMA", "RANDOM"),
+                                   headers={"If-Match": "1"})
+        assert response.status == 409
+        assert await response.json() == {
+            "error": "policy changed: this change was based on version 1, the policy is now at "
+                     "version 2; read it and apply again", "version": 2}
+        assert mesh.cp.policy.current[0] == 2
+        response = await http.post("/policy", data=GOOD, headers={"If-Match": "two"})
+        assert response.status == 400 and "If-Match 'two'" in (await response.json())["error"]
+
+
+async def test_readyz_says_whether_the_replica_follows_its_store(mesh: Mesh) -> None:
+    async with TestClient(TestServer(make_app(mesh.cp), host="127.0.0.1")) as http:
+        response = await http.get("/readyz")  # no credential needed, as /healthz
+        assert response.status == 200 and await response.text() == "ready\n"
+        status = await (await http.get("/status", headers=mesh.operator_headers)).json()
+        assert status["replica"]["store"] == "memory" and status["replica"]["ready"]
+        assert [r["name"] for r in status["replicas"]] == [mesh.cp.name]
+
+
 async def test_post_policy_applies_a_good_one_and_explains_a_bad_one(mesh: Mesh) -> None:
     async with TestClient(TestServer(make_app(mesh.cp), host="127.0.0.1"),
                           headers=mesh.operator_headers) as http:

@@ -129,7 +129,7 @@ async def test_a_refused_caller_can_still_register_what_it_owns(mesh: Mesh) -> N
 
 
 async def test_a_registration_grant_widens_who_may_register(mesh: Mesh) -> None:
-    mesh.cp.policy.apply_text(
+    await mesh.cp.policy.apply_text(
         "registration:\n- service: orders\n"
         "  identities: [spiffe://cluster.local/ns/default/sa/deployer]\n",
         "test")
@@ -183,7 +183,7 @@ async def test_the_same_account_name_in_another_namespace_is_another_workload(
 async def test_a_grant_names_identities_in_full(mesh: Mesh, identities: list[str]) -> None:
     """A grant to ops/deployer (or all of ops) opens shop/orders to ops only, never to a
     'deployer' account of another namespace."""
-    mesh.cp.policy.apply_text(
+    await mesh.cp.policy.apply_text(
         f"registration:\n- service: orders\n  namespace: shop\n  identities: {identities}\n",
         "test")
     for namespace in ("shop", "evil"):

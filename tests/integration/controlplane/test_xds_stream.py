@@ -140,7 +140,7 @@ async def test_a_node_its_certificate_does_not_prove_is_refused(mesh: Mesh,
 
 async def test_ack_nack_and_pushes_follow_the_xds_rules(mesh: Mesh,
                                                         streams: list[Stream]) -> None:
-    mesh.cp.policy.apply_text("clusters:\n- name: orders\n", "test")
+    await mesh.cp.policy.apply_text("clusters:\n- name: orders\n", "test")
     stream = open_stream(mesh, streams, "auditor")
     await stream.send(node=node("auditor"), type_url=CLUSTER, resource_names=["orders"])
     first = await stream.receive()
@@ -152,7 +152,7 @@ async def test_ack_nack_and_pushes_follow_the_xds_rules(mesh: Mesh,
     (row,) = [s for s in mesh.cp.xds.subscriptions.values()]
     assert row.types[CLUSTER].acked_version == first.version_info
     # A change to what it holds is pushed, with a new version and nonce.
-    mesh.cp.policy.apply_text("clusters:\n- name: orders\n  lb_policy: RING_HASH\n"
+    await mesh.cp.policy.apply_text("clusters:\n- name: orders\n  lb_policy: RING_HASH\n"
                               "  ring_hash: {hash_header: x-user}\n", "test")
     second = await stream.receive()
     assert second.version_info != first.version_info and second.nonce != first.nonce
@@ -173,7 +173,7 @@ async def test_ack_nack_and_pushes_follow_the_xds_rules(mesh: Mesh,
 
 async def test_the_operator_api_shows_xds_streams_beside_sidecars(mesh: Mesh,
                                                                   streams: list[Stream]) -> None:
-    mesh.cp.policy.apply_text("clusters:\n- name: orders\n  lb_policy: PEAK_EWMA\n", "test")
+    await mesh.cp.policy.apply_text("clusters:\n- name: orders\n  lb_policy: PEAK_EWMA\n", "test")
     stream = open_stream(mesh, streams, "auditor", "shop")
     await stream.send(node=node("auditor", "shop"), type_url=CLUSTER, resource_names=["orders"])
     response = await stream.receive()

@@ -11,7 +11,7 @@ within twice its backoff cap, the other replica knows the server's endpoint, and
 the move is served as before. *During* the move a few calls can fail: when the client reaches
 the other replica before the server has registered there, it is told the server has no
 endpoint, for the moment it takes the server to register. The test prints how many; replicas
-sharing their registry in etcd (issue 15, being built) close that window.
+sharing their registry in etcd close that window (tests/integration/ha/).
 """
 
 from __future__ import annotations

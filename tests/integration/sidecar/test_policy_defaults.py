@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane.policy import PolicyError, PolicyStore
+from controlplane.policy import PolicyError, validate
 from tests.integration.sidecar.conftest import (
     INBOUND,
     Pki,
@@ -61,7 +61,7 @@ def static_config(policy: str) -> dict[str, Any]:
 
 async def test_written_zeros_and_slow_start_reach_config_dump_with_defaults_marked(
         mesh_pki: Pki, tmp_path: Path) -> None:
-    assert PolicyStore().apply_text(POLICY, "shop.yaml") == 1  # the control plane accepts it
+    validate(POLICY, "shop.yaml")  # the control plane accepts it
     sidecar = static_sidecar("defaults", HOST, "client", static_config(POLICY), mesh_pki,
                              tmp_path)
     with stopping([sidecar]):
@@ -99,7 +99,7 @@ async def test_written_zeros_and_slow_start_reach_config_dump_with_defaults_mark
 async def test_a_value_out_of_range_is_refused_by_both_naming_the_field(
         mesh_pki: Pki, tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as refused:
-        PolicyStore().apply_text(BAD, "shop.yaml")
+        validate(BAD, "shop.yaml")
     assert [str(p) for p in refused.value.problems] == [
         "shop.yaml: clusters[0].least_request.active_request_bias: -1.0 is not a number of 0 or "
         "more (0 ignores the load; 1 divides the weight by it)",

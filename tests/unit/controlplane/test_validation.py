@@ -7,7 +7,7 @@ import textwrap
 import pytest
 from google.protobuf.json_format import ParseDict
 
-from controlplane.policy import PolicyError, PolicyStore, merge
+from controlplane.policy import PolicyError, merge, validate
 from controlplane.validation import RETRY_ON
 from mesh.proto.config_pb2 import MeshPolicy
 from sidecar.cluster_settings import settings_from
@@ -67,7 +67,7 @@ registration:
 def problems(text: str) -> list[str]:
     """The problems the store reports for ``text`` (applied as ``p.yaml``)."""
     with pytest.raises(PolicyError) as refused:
-        PolicyStore().apply_text(textwrap.dedent(text), "p.yaml")
+        validate(textwrap.dedent(text), "p.yaml")
     return [str(p) for p in refused.value.problems]
 
 
@@ -110,9 +110,7 @@ clusters:
 
 
 def test_written_zeros_and_every_new_field_are_accepted_and_the_sidecar_runs_them() -> None:
-    store = PolicyStore()
-    store.apply_text(TUNED, "p.yaml")
-    orders, payments = (settings_from(c) for c in store.current[1].clusters)
+    orders, payments = (settings_from(c) for c in validate(TUNED, "p.yaml").clusters)
     assert orders.least_request is not None and orders.outlier_detection is not None
     assert orders.least_request.active_request_bias == 0.0  # not the default 1.0
     assert orders.least_request.slow_start_config is not None
@@ -382,10 +380,9 @@ def test_principal_rules(text: str, expected: list[str]) -> None:
 
 def test_authorization_for_a_service_without_a_cluster_is_accepted() -> None:
     # A service exists once its instances register; its policy may come first.
-    store = PolicyStore()
-    store.apply_text("authorization:\n- service: payments\n  rules: [{principals: ['*']}]\n",
+    policy = validate("authorization:\n- service: payments\n  rules: [{principals: ['*']}]\n",
                      "p.yaml")
-    assert store.current[1].authorization[0].service == "payments"
+    assert policy.authorization[0].service == "payments"
 
 
 def test_every_problem_is_reported_at_once() -> None:

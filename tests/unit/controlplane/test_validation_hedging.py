@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from controlplane.policy import PolicyError, PolicyStore
+from controlplane.policy import PolicyError, validate
 from sidecar.cluster_settings import settings_from
 from sidecar.router import Router
 
@@ -30,14 +30,12 @@ ENVOY = "retry_on: [5xx], per_try_timeout: 0.1s, hedge_on_per_try_timeout: true"
 
 def problems(route_policy: str, policy: str = POLICY) -> list[str]:
     with pytest.raises(PolicyError) as refused:
-        PolicyStore().apply_text(policy % route_policy, "p.yaml")
+        validate(policy % route_policy, "p.yaml")
     return [str(p) for p in refused.value.problems]
 
 
 def test_grpcs_and_envoys_shapes_pass_and_the_sidecar_runs_them() -> None:
-    store = PolicyStore()
-    store.apply_text(POLICY % ENVOY, "p.yaml")
-    _, policy = store.current
+    policy = validate(POLICY % ENVOY, "p.yaml")
     cluster = settings_from(policy.clusters[0]).retry_policy
     assert (cluster.hedging_delay, cluster.num_retries) == (0.05, 2)
     target = Router(list(policy.routes), ["orders"]).route("orders", "/", {}, random.Random(1))

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from controlplane.policy import PolicyError, PolicyStore
+from controlplane.policy import PolicyError, validate
 from sidecar.router import Router
 
 ROUTE = """\
@@ -28,20 +28,18 @@ def policy_with(extra: str) -> str:
 
 def problems(text: str) -> list[str]:
     with pytest.raises(PolicyError) as refused:
-        PolicyStore().apply_text(text, "p.yaml")
+        validate(text, "p.yaml")
     return [str(p) for p in refused.value.problems]
 
 
 def test_a_fault_and_a_limit_pass_and_the_sidecar_compiles_them() -> None:
-    store = PolicyStore()
-    store.apply_text(policy_with("""\
+    policy = validate(policy_with("""\
         fault:
           delay: {fixed_delay: 0.2s, percentage: 10}
           abort: {grpc_status: 14, percentage: 1.5}
           headers: [{name: x-chaos, present: true}]
         rate_limit: {max_tokens: 100, tokens_per_fill: 10, fill_interval: 0.1s}
         """), "p.yaml")
-    _, policy = store.current
     router = Router(list(policy.routes), ["orders"])
     assert set(router.limiters) == {"/0"}  # the virtual host has no name
 
