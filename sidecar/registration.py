@@ -76,14 +76,22 @@ class Registration:
                 if error.code in (StatusCode.PERMISSION_DENIED, StatusCode.UNAUTHENTICATED):
                     log.error("registration of %s refused: %s", self.service, error.message)
                 elif error.code == StatusCode.UNAVAILABLE:
-                    self._planes.failed(channel)
+                    self._move(channel)
                 delays = delays or self._backoff()
                 await self._pause(min(next(delays), self.lease_ttl / 3))
             except (Http2Error, OSError) as error:
                 log.warning("control plane unreachable for registration: %s", error)
-                self._planes.failed(channel)
+                self._move(channel)
                 delays = delays or self._backoff()
                 await self._pause(min(next(delays), self.lease_ttl / 3))
+
+    def _move(self, channel: Channel) -> None:
+        """Leave the replica that failed; the next try, there, still waits its backoff."""
+        self._planes.failed(channel)
+        # Only a move made elsewhere (discovery's) cuts a pause short. A move of our own must
+        # not: when every replica answers UNAVAILABLE (their store has lost its majority), the
+        # sidecar would go round them without pause, reconnecting discovery at each step.
+        self._moved.clear()
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if the sidecar moves to another control plane."""
