@@ -7,7 +7,8 @@
 #                       what the compose test's engine needs:
 #                       docker.io, docker-compose, iptables, debootstrap. Nothing else needs
 #                       installing first: this is the whole of what a fresh machine lacks.
-#   MESH_INSTALL=run    scripts/demo: what the demo talks to (curl, Prometheus), no test tools.
+#   MESH_INSTALL=run    scripts/demo: what the demo talks to (curl, Prometheus), no test tools;
+#                       with MESH_INSTALL_ETCD=1 (scripts/demo --ha) etcd-server too.
 #
 # Either way python3-venv, when there is no .venv yet and Debian's python3 cannot make one.
 set -euo pipefail
@@ -16,6 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # command:package, for every command a test (or the demo) runs
 if [ "${MESH_INSTALL:-test}" = run ]; then
   tools=(curl:curl prometheus:prometheus)
+  [ "${MESH_INSTALL_ETCD:-0}" = 1 ] && tools+=(etcd:etcd-server)
 else
   tools=(h2load:nghttp2-client nghttpd:nghttp2-server curl:curl openssl:openssl
          haproxy:haproxy prometheus:prometheus ip:iproute2 ss:iproute2 sysctl:procps
