@@ -1,52 +1,89 @@
-"""Benchmark: how fast a registry change reaches every subscribed sidecar.
+"""Benchmark: how fast a registry change reaches every subscribed sidecar, on one control-plane
+replica or on several that share their state in etcd.
 
-The control plane runs in its own process; N discovery clients (real ``sidecar.discovery``
-clients, each on its own mTLS connection) are spread over a few worker processes. The driver
-then makes C registry changes one after another — a second instance of a registered service
-comes or goes, so each change is one ClusterLoadAssignment push per client — and, for each,
-reads the control plane's own measurement: the time from the change to the last client's ACK
-of it. Reported: p50 / p99 / max of that, and the control plane's CPU per change and per push
-(its whole process: discovery, TLS, HTTP/2, and the status polls of the driver).
+N discovery clients (real ``sidecar.discovery`` clients, each on its own mTLS connection) run in
+a few worker processes (:mod:`bench.discovery_clients`), dealt evenly over the replicas. The
+driver makes C registry changes one after another at replica 1 — a second instance of a
+registered service comes or goes, so each change is one ClusterLoadAssignment push per client
+— and measures, for each, the time from the write being accepted (the Register or Deregister
+call returned; replica 1 answers once its own copy holds the change) until the last client at
+*every* replica has ACKed it. Reported, one row per run: p50 / p99 / max of that; CPU per
+change of the control planes (summed over the replicas: discovery, TLS, HTTP/2, following the
+store, and the driver's status polls) and per push, of etcd (summed over its members; the part
+it would have spent idle in as long — raft heartbeats — measured beforehand and shown), and of
+the clients.
 
-    python -m bench.discovery_fanout                       # 200 clients, 50 changes
+    python -m bench.discovery_fanout                       # 200 clients, 50 changes, 1 replica
+    python -m bench.discovery_fanout --replicas 3          # and the same on 3 replicas and etcd
     python -m bench.discovery_fanout --clients 12 --changes 4   # the shortened form tests run
     python -m bench.discovery_fanout --grpc-clients 200    # and 200 proxyless grpcio clients
 
-With ``--grpc-clients N``, N unmodified grpcio xDS clients (:mod:`bench.grpc_xds_clients`, one
-process, one ADS stream per channel target) subscribe too, through Envoy's xDS v3 from the same
-control plane: each change is then also one ClusterLoadAssignment per grpcio client, and the
-time to its last ACK (gRPC ACKs a resource once it has validated and taken it) is reported per
-dialect, side by side. Their targets ``xds:///churn-<i>`` all reach the churn cluster through
-a ``*`` virtual host.
+Replicas (:mod:`bench.control_plane_replicas`): with ``--replicas N`` (N > 1) the state is in
+etcd (``--store etcd``, the default then; the in-memory store is one replica's alone). A
+3-member etcd cluster starts on loopback addresses of its own (the first free block of
+127.0.41.x; data in the run's temporary folder; raft as :mod:`demo_services.etcd_cluster` runs
+it), and N ``python -m controlplane --store etcd://...`` share it and one PKI folder; a
+registration at replica 1 reaches replicas 2..N through their etcd watch. A run on etcd is
+preceded by the same run on one replica with the in-memory store, and both rows are printed
+side by side with their ratio: what sharing the state costs.
 
-Target (issue): p99 under 100 ms for 200 clients on a 2-core machine.
+Measuring across replicas: a replica's own convergence record (``/status``) starts from its
+own view of the change — at replicas 2..N, when their watch delivered it — so it cannot say
+how long the change took from the write. The driver uses one clock instead: CLOCK_MONOTONIC,
+which is the machine's, read when the write returned and again when a poll of a replica's
+``/status`` (every ``POLL_INTERVAL``) first finds its convergence count increased with nothing
+unACKed. A figure is therefore late by up to ``POLL_INTERVAL`` plus one round of polls (the
+round's median is printed), a little more on a loaded machine. The replicas' own records are
+printed below the table. On replica 1 the write returns only after the replica has started
+pushing (its answer waits in the same event loop as the pushes), so its own record, which
+starts before that, can exceed the common-clock figure.
+
+With ``--grpc-clients N``, N unmodified grpcio xDS clients subscribe too, through Envoy's xDS
+v3 (:mod:`bench.proxyless_subscribers`: one process per replica, as a bootstrap names one
+control plane): each change is then also one ClusterLoadAssignment per grpcio client, and the
+time to its last ACK (gRPC ACKs a resource once it has validated and taken it) is reported per
+dialect, side by side. The policy they need is given to replica 1 and reaches the others
+through the store.
+
+Target (issue): p99 under 100 ms for 200 clients on a 2-core machine, on one replica and on
+three.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import itertools
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.http2_server import free_port, wait_listening
-from certs.pki import create_ca, issue_workload, write_ca, write_workload
+import aiohttp
+
+from bench import discovery_clients, proxyless_subscribers
+from bench.control_plane_replicas import (
+    Replica,
+    operator_session,
+    replicas_ready,
+    start_etcd,
+    start_replicas,
+    status,
+    stop,
+    stream_counts,
+)
+from bench.discovery_clients import shares
+from certs.pki import create_ca, issue_workload, load_ca, write_ca, write_workload
+from controlplane.operator import TOKEN_FILE, OperatorToken
 from mesh.grpc import Channel
 from mesh.identity import SpiffeId
 from mesh.loop import run
 from mesh.proto.config_pb2 import Endpoint
-from mesh.proto.discovery_pb2 import Node
 from mesh.proto.registry_pb2 import (
     DeregisterRequest,
     DeregisterResponse,
@@ -54,27 +91,19 @@ from mesh.proto.registry_pb2 import (
     RegisterResponse,
 )
 from mesh.tls import client_context
-from meshctl.proxyless import bootstrap_config
-from sidecar.discovery import DiscoveryClient
-from sidecar.identity import CertificateFiles
 
 TRUST_DOMAIN = "cluster.local"
-POLL_INTERVAL = 0.01  # seconds between the driver's looks at the control plane's status
+# Seconds between the driver's looks at each replica's status: the error of every figure.
+# Not shorter: every poll costs the control plane CPU that the push needs.
+POLL_INTERVAL = 0.01
+CONVERGE_TIMEOUT = 10.0  # seconds a change may take to reach every client
+SETTLE = 0.02  # seconds between changes: let the machine settle
+ETCD_IDLE_WINDOW = 2.0  # seconds etcd's CPU is measured with no change: its idling (raft ticks)
+TARGET_P99 = 0.1  # seconds (the issue's)
+# What the processes of each group are, in the report: (one, several)
+UNITS = {"controlplane": ("replica", "replicas"), "etcd": ("member", "members"),
+         "sidecars": ("process", "processes"), "grpcio": ("process", "processes")}
 DIALECTS = ("mesh.v1", "xds.v3")
-# grpcio clients call xds:///churn-<i>: every name reaches the churn cluster (the instances
-# spiffe://…/ns/bench/sa/churn registers) through one wildcard virtual host.
-GRPC_POLICY = """\
-clusters:
-- {name: churn, namespace: bench}
-routes:
-- name: churn
-  virtual_hosts:
-  - name: any
-    domains: ["*"]
-    routes:
-    - match: {prefix: /}
-      route: {cluster: churn}
-"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -82,223 +111,315 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def api_status(api: str, pki: Path, *, streams: bool = False) -> dict[str, Any]:
-    """The control plane's /status, asked with the operator token it made in ``pki``."""
-    token = (pki / "operator.token").read_text().strip()
-    request = urllib.request.Request(f"http://{api}/status{'' if streams else '?streams=0'}",
-                                     headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        status: dict[str, Any] = json.loads(response.read())
-        return status
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Setup:
+    """What one run measures: how many replicas, and where their state lives."""
+
+    replicas: int
+    store: str  # "memory" or "etcd"
+
+    def __post_init__(self) -> None:
+        if self.store not in ("memory", "etcd"):
+            raise ValueError(f"store {self.store!r}: want 'memory' or 'etcd'")
+        if self.replicas < 1 or (self.store == "memory" and self.replicas > 1):
+            raise ValueError(f"{self.replicas} replicas with the {self.store} store: replicas "
+                             f"share their state only in etcd")
+
+    @property
+    def label(self) -> str:
+        return f"{self.replicas} replica{'s' if self.replicas > 1 else ''}, {self.store} store"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measured:
+    """What the driver saw of the changes of one run."""
+
+    # By dialect, one figure per change: seconds from the write being accepted at replica 1
+    # to the poll that found the last replica converged (the common clock), ...
+    latency: dict[str, list[float]]
+    # ... and the longest of the replicas' own records (each from its own view of the change).
+    own: dict[str, list[float]]
+    polls: list[float]  # seconds each round of status requests took
+    cpu: dict[str, float]  # CPU seconds over the changes, by group of processes
+    etcd_idle: float  # of etcd's, what it spends in as long with no change (raft's ticks)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    """One run: its setup, what subscribed, the processes counted, what was measured."""
+
+    setup: Setup
+    subscribed: dict[str, list[int]]  # streams by dialect, by replica
+    processes: dict[str, int]  # by group: "controlplane", "etcd", "sidecars", "grpcio"
+    measured: Measured
 
 
 def workload(pki: Path, service: str) -> tuple[Path, Path]:
-    from certs.pki import load_ca
-
     identity = SpiffeId(trust_domain=TRUST_DOMAIN, namespace="bench", service=service)
     return write_workload(issue_workload(load_ca(pki), identity, timedelta(hours=1)),
                           pki / service)
 
 
-async def worker(port: int, pki: Path, clients: int, name: str) -> None:
-    """Run ``clients`` discovery clients until stdin closes; print 'ready' once all synced."""
-    cert, key = pki / "subscriber" / "subscriber.crt", pki / "subscriber" / "subscriber.key"
-    tls = client_context(cert, key, pki / "ca.crt")
-    subscribers = []
-    for i in range(clients):
-        channel = Channel("127.0.0.1", port, ssl=tls, authority="controlplane")
-        # Every client proves the same identity: a node may claim no other (it would be cut off).
-        client = DiscoveryClient(channel, Node(id=f"{name}-{i}", service="subscriber"),
-                                 lambda *_: None, backoff=lambda: itertools.repeat(0.5))
-        subscribers.append((client, asyncio.create_task(client.run())))
-    await asyncio.gather(*(c.synced.wait() for c, _ in subscribers))
-    print("ready", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    for _, task in subscribers:
-        task.cancel()
-
-
-def convergences(api: str, pki: Path) -> dict[str, dict[str, Any]]:
-    """Each dialect's convergence record from the control plane's status."""
-    status = api_status(api, pki)
+def convergences(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each dialect's convergence record in a replica's status."""
     return {"mesh.v1": status["convergence"], "xds.v3": status["xds"]["convergence"]}
 
 
-async def converged(api: str, pki: Path, before: dict[str, int], what: str) -> dict[str, float]:
-    """Wait until each dialect of ``before`` counts a convergence after its count there; the
-    seconds from the change to its last ACK, by dialect."""
-    deadline = time.monotonic() + 10
-    while True:
-        status = convergences(api, pki)
-        if all(status[d]["count"] > count and status[d]["unacked"] == 0
-               for d, count in before.items()):
-            return {d: float(status[d]["last_change_to_last_ack_ms"]) / 1000 for d in before}
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not converge in 10 s: {status}")
-        # Not faster: every poll costs the control plane CPU that the push needs.
+async def converged(session: aiohttp.ClientSession, replicas: list[Replica],
+                    before: list[dict[str, int]], since: float, what: str,
+                    ) -> tuple[dict[str, float], dict[str, float], list[float]]:
+    """Poll every replica until each dialect of its ``before`` counts a convergence after the
+    count there, with nothing unACKed.
+
+    Returns, by dialect, the seconds from ``since`` (on the machine's monotonic clock) to the
+    poll that found the last replica converged, and the longest of the replicas' own records
+    of it; and the seconds each round of polls took.
+
+    Raises:
+        RuntimeError: a replica did not converge within ``CONVERGE_TIMEOUT``.
+    """
+    seen: dict[tuple[int, str], tuple[float, float]] = {}
+    rounds = []
+    while waiting := [r for r, dialects in enumerate(before)
+                      if any((r, d) not in seen for d in dialects)]:
+        sent = time.monotonic()
+        answers = await asyncio.gather(*(status(session, replicas[r]) for r in waiting))
+        now = time.monotonic()  # each replica converged before it answered
+        rounds.append(now - sent)
+        for r, answer in zip(waiting, answers, strict=True):
+            for dialect, record in convergences(answer).items():
+                if (dialect in before[r] and record["count"] > before[r][dialect]
+                        and record["unacked"] == 0):
+                    own = float(record["last_change_to_last_ack_ms"]) / 1000
+                    seen.setdefault((r, dialect), (now - since, own))
+        if now - since > CONVERGE_TIMEOUT:
+            raise RuntimeError(f"{what} did not converge in {CONVERGE_TIMEOUT:.0f} s at "
+                               f"replicas {[r + 1 for r in waiting]}: {answers}")
         await asyncio.sleep(POLL_INTERVAL)
+    latest: dict[str, float] = {}
+    longest: dict[str, float] = {}
+    for (_, dialect), (seconds, own) in seen.items():
+        latest[dialect] = max(latest.get(dialect, 0.0), seconds)
+        longest[dialect] = max(longest.get(dialect, 0.0), own)
+    return latest, longest, rounds
 
 
-async def drive(port: int, api: str, pki: Path, changes: int, pids: list[int],
-                dialects: list[str]) -> tuple[dict[str, list[float]], list[float]]:
-    """Make ``changes`` registry changes; the convergence time of each by dialect, and the
-    CPU seconds each process of ``pids`` spent over them."""
+async def drive(replicas: list[Replica], pki: Path, changes: int,
+                subscribed: list[list[str]], pids: dict[str, list[int]]) -> Measured:
+    """Make ``changes`` registry changes at replica 1 and measure each at every replica.
+
+    Args:
+        subscribed: the dialects each replica holds streams of (only those converge there).
+        pids: the processes whose CPU is counted, by group.
+    """
     cert, key = workload(pki, "churn")
-    channel = Channel("127.0.0.1", port, ssl=client_context(cert, key, pki / "ca.crt"),
-                      authority="controlplane")
+    channel = Channel("127.0.0.1", replicas[0].grpc_port,
+                      ssl=client_context(cert, key, pki / "ca.crt"), authority="controlplane")
     register = channel.unary_unary("/mesh.v1.Registry/Register", RegisterResponse.FromString)
     deregister = channel.unary_unary("/mesh.v1.Registry/Deregister",
                                      DeregisterResponse.FromString)
 
-    def counts() -> dict[str, int]:
-        status = convergences(api, pki)
-        return {d: int(status[d]["count"]) for d in dialects}
+    def cpu() -> dict[str, float]:
+        return {group: sum(map(cpu_seconds, members)) for group, members in pids.items()}
 
-    # A first instance that stays, so that the service (and its cluster) exists throughout
-    # and each change is what a deployment makes: one endpoint more or less, one
-    # ClusterLoadAssignment push per client.
-    before = counts()
-    await register(RegisterRequest(service="churn",
-                                   endpoint=Endpoint(address="127.0.0.1", port=19999)))
-    await converged(api, pki, before, "the first registration")
-    if "xds.v3" in dialects:  # grpcio asks for the endpoints once it holds the cluster
-        await converged(api, pki, {"xds.v3": 0}, "the grpcio clients' endpoint subscriptions")
-    results: dict[str, list[float]] = {d: [] for d in dialects}
-    instance = ""
-    cpu_before = [cpu_seconds(pid) for pid in pids]
-    for change in range(changes):
-        before = counts()
-        if change % 2 == 0:
-            response = await register(RegisterRequest(
-                service="churn", endpoint=Endpoint(address="127.0.0.1", port=20000 + change)))
-            instance = response.instance
-        else:
-            await deregister(DeregisterRequest(instance=instance))
-        for dialect, seconds in (await converged(api, pki, before, f"change {change}")).items():
-            results[dialect].append(seconds)
-        await asyncio.sleep(0.02)  # let the machine settle between changes
-    cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
+    async with operator_session(pki) as session:
+
+        async def counts() -> list[dict[str, int]]:
+            answers = await asyncio.gather(*(status(session, r) for r in replicas))
+            return [{d: int(convergences(a)[d]["count"]) for d in dialects}
+                    for a, dialects in zip(answers, subscribed, strict=True)]
+
+        # A first instance that stays, so that the service (and its cluster) exists throughout
+        # and each change is what a deployment makes: one endpoint more or less, one
+        # ClusterLoadAssignment push per client.
+        before = await counts()
+        await register(RegisterRequest(service="churn",
+                                       endpoint=Endpoint(address="127.0.0.1", port=19999)))
+        await converged(session, replicas, before, time.monotonic(), "the first registration")
+        # grpcio asks for the endpoints once it holds the cluster
+        await converged(session, replicas, [{"xds.v3": 0} if "xds.v3" in d else {}
+                                            for d in subscribed],
+                        time.monotonic(), "the grpcio clients' endpoint subscriptions")
+        etcd_idle = 0.0  # CPU seconds per second
+        if "etcd" in pids:
+            idle_from = cpu()["etcd"]
+            await asyncio.sleep(ETCD_IDLE_WINDOW)
+            etcd_idle = (cpu()["etcd"] - idle_from) / ETCD_IDLE_WINDOW
+
+        latency: dict[str, list[float]] = {d: [] for d in DIALECTS
+                                           if any(d in s for s in subscribed)}
+        own: dict[str, list[float]] = {d: [] for d in latency}
+        polls: list[float] = []
+        instance = ""
+        cpu_before, started = cpu(), time.monotonic()
+        for change in range(changes):
+            before = await counts()
+            if change % 2 == 0:
+                response = await register(RegisterRequest(
+                    service="churn", endpoint=Endpoint(address="127.0.0.1",
+                                                       port=20000 + change)))
+                instance = response.instance
+            else:
+                await deregister(DeregisterRequest(instance=instance))
+            accepted = time.monotonic()  # the write returned: replica 1's copy holds it
+            seconds, records, rounds = await converged(session, replicas, before, accepted,
+                                                       f"change {change}")
+            for dialect in latency:
+                latency[dialect].append(seconds[dialect])
+                own[dialect].append(records[dialect])
+            polls.extend(rounds)
+            await asyncio.sleep(SETTLE)
+        spent = {group: after - cpu_before[group] for group, after in cpu().items()}
+        elapsed = time.monotonic() - started
     await channel.close()
-    return results, cpu
+    return Measured(latency=latency, own=own, polls=polls, cpu=spent,
+                    etcd_idle=etcd_idle * elapsed)
 
 
-def grpc_bootstrap(pki: Path, control_plane: str) -> Path:
-    """A bootstrap for the grpcio clients, with the subscribers' certificate."""
-    folder = pki / "subscriber"
-    files = CertificateFiles(folder / "subscriber.crt", folder / "subscriber.key",
-                             pki / "ca.crt")
-    path = pki / "bootstrap.json"
-    path.write_text(json.dumps(bootstrap_config(
-        service="subscriber", namespace="bench", zone="", control_plane=control_plane,
-        files=files, node="bench/subscriber@grpcio")))
-    return path
+def measure(setup: Setup, *, clients: int, grpc_clients: int, changes: int,
+            workers: int) -> Run:
+    """One run: start etcd (if the setup wants it), the replicas and the clients, make the
+    changes, and stop every process started, by PID, whatever happens."""
+    expected = {"mesh.v1": shares(clients, setup.replicas),
+                "xds.v3": shares(grpc_clients, setup.replicas)}
+    started: list[subprocess.Popen[Any]] = []
+    with tempfile.TemporaryDirectory(prefix="discovery-fanout-") as tmp:
+        pki = Path(tmp) / "pki"
+        write_ca(create_ca(trust_domain=TRUST_DOMAIN), pki)
+        workload(pki, "subscriber")
+        OperatorToken.load_or_create(pki / TOKEN_FILE)  # before the replicas, which share it
+        policy = Path(tmp) / "policy.yaml"
+        policy.write_text(proxyless_subscribers.POLICY)
+        try:
+            pids: dict[str, list[int]] = {}
+            store = "memory"
+            if setup.store == "etcd":
+                store = start_etcd(Path(tmp) / "etcd", started).store
+                pids["etcd"] = [p.pid for p in started]
+            replicas = start_replicas(setup.replicas, pki, store, started,
+                                      policy=policy if grpc_clients else None)
+            pids["controlplane"] = [r.process.pid for r in replicas]
+            run(replicas_ready(replicas, pki, policy=bool(grpc_clients)))
+            pids["sidecars"] = discovery_clients.start(pki, [r.grpc_port for r in replicas],
+                                                       clients, workers, started)
+            pids["grpcio"] = proxyless_subscribers.start(pki, replicas, expected["xds.v3"],
+                                                         started)
+            for process in started:
+                if process.pid in pids["sidecars"] + pids["grpcio"]:
+                    assert process.stdout is not None
+                    if process.stdout.readline().strip() != "ready":
+                        raise RuntimeError("a client process failed to subscribe")
+            subscribed = run(stream_counts(replicas, pki, expected))
+            dialects = [[d for d in DIALECTS if expected[d][r]] for r in range(setup.replicas)]
+            measured = run(drive(replicas, pki, changes, dialects, pids))
+        finally:
+            stop(started)
+    return Run(setup=setup, subscribed=subscribed, measured=measured,
+               processes={group: len(members) for group, members in pids.items()})
 
 
-def percentiles(seconds: list[float]) -> str:
+def percentiles(seconds: list[float]) -> tuple[float, float, float]:
+    """p50, p99 and max, in milliseconds."""
     ms = sorted(s * 1000 for s in seconds)
-    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-    return f"p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms"
+    return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))], ms[-1]
+
+
+def p99(seconds: list[float]) -> float:
+    return percentiles(seconds)[1]
+
+
+def ratio(a: float, b: float) -> str:
+    return f"x{a / b:.2f}" if b else "n/a"
+
+
+def plural(count: int, unit: tuple[str, str]) -> str:
+    return f"{count} {unit[count != 1]}"
+
+
+def spread(seconds: list[float]) -> str:
+    return " / ".join(f"{ms:.1f}" for ms in percentiles(seconds)) + " ms"
+
+
+def report(runs: list[Run], changes: int, load_before: float) -> None:
+    """The runs side by side, one row each, then what the figures mean."""
+    dialects = list(runs[0].measured.latency)
+    groups = ["controlplane", "etcd", "sidecars", *(["grpcio"] if "xds.v3" in dialects else [])]
+    print(f"# discovery fan-out: {sum(runs[0].subscribed['mesh.v1'])} sidecar clients, "
+          f"{sum(runs[0].subscribed['xds.v3'])} grpcio xDS clients, {changes} registry "
+          f"changes made at replica 1\n")
+    header = ["run", "clients per replica",
+              *(f"change -> last ACK, {d}: p50 / p99 / max" for d in dialects),
+              "CPU per change: control plane", "per push", "etcd (idle part)",
+              "sidecar clients", *(["grpcio clients"] if "grpcio" in groups else [])]
+    print("| " + " | ".join(header) + " |")
+    print("|---" * len(header) + "|")
+    for r in runs:
+        m = r.measured
+        pushes = changes * sum(sum(streams) for streams in r.subscribed.values())
+        cells = [r.setup.label, " + ".join("/".join(map(str, r.subscribed[d])) for d in dialects)
+                 + (" grpcio" if "grpcio" in groups else "")]
+        cells += [spread(m.latency[d]) for d in dialects]
+        for group in groups:
+            if group not in m.cpu:
+                cells.append("-")
+                continue
+            what = [plural(r.processes[group], UNITS[group])]
+            if group == "etcd":
+                what.insert(0, f"{m.etcd_idle / changes * 1000:.1f} ms idle")
+            cells.append(f"{m.cpu[group] / changes * 1000:.1f} ms ({', '.join(what)})")
+            if group == "controlplane":
+                cells.append(f"{m.cpu[group] / pushes * 1e6:.0f} µs")
+        print("| " + " | ".join(cells) + " |")
+    print()
+    for r in runs:
+        print(f"- {r.setup.label}, each replica's own record (from its own view of the change"
+              + ("; at replicas 2..N from their etcd watch" if r.setup.replicas > 1 else "")
+              + "), the longest per change: "
+              + ", ".join(f"{d} {spread(r.measured.own[d])}" for d in dialects))
+    if len(runs) > 1:
+        base, other = runs[0].measured, runs[-1].measured
+        ratios = [f"{d} p99 {ratio(p99(other.latency[d]), p99(base.latency[d]))}"
+                  for d in dialects]
+        ratios.append("control plane CPU per change "
+                      + ratio(other.cpu["controlplane"], base.cpu["controlplane"]))
+        print(f"- {runs[-1].setup.label} / {runs[0].setup.label}: {', '.join(ratios)}")
+    polls = [p for r in runs for p in r.measured.polls]
+    print(f"- change -> last ACK: from the write returning at replica 1 to the poll of /status "
+          f"that found the last replica with every client ACKed; polls every "
+          f"{POLL_INTERVAL * 1000:.0f} ms, a round of them took p50 "
+          f"{statistics.median(polls) * 1000:.1f} ms: a figure is late by up to "
+          f"{POLL_INTERVAL * 1000:.0f} ms and a round. Target: p99 < {TARGET_P99 * 1000:.0f} ms.")
+    print(f"- load average (1 min) before: {load_before:.2f}, after: "
+          f"{os.getloadavg()[0]:.2f}, on {os.cpu_count()} CPUs")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--changes", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes the sidecar clients run in")
     parser.add_argument("--grpc-clients", type=int, default=0,
                         help="proxyless grpcio xDS clients subscribing beside ours")
-    sub = parser.add_subparsers(dest="role")
-    w = sub.add_parser("worker")
-    w.add_argument("--port", type=int, required=True)
-    w.add_argument("--pki", type=Path, required=True)
-    w.add_argument("--count", type=int, required=True)
-    w.add_argument("--name", required=True)
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="control-plane replicas, the clients spread evenly over them")
+    parser.add_argument("--store", choices=("memory", "etcd"),
+                        help="where the replicas' state lives; default: memory for one "
+                             "replica, etcd for more")
     args = parser.parse_args(argv)
-    if args.role == "worker":
-        run(worker(args.port, args.pki, args.count, args.name))
-        return 0
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pki = Path(tmp) / "pki"
-        write_ca(create_ca(trust_domain=TRUST_DOMAIN), pki)
-        workload(pki, "subscriber")
-        port, api_port = free_port(), free_port()
-        api = f"127.0.0.1:{api_port}"
-        policy = Path(tmp) / "policy.yaml"
-        policy.write_text(GRPC_POLICY)
-        cp = subprocess.Popen([sys.executable, "-m", "controlplane", "--pki-dir", str(pki),
-                               "--listen", f"127.0.0.1:{port}", "--api", api,
-                               *(["--policy", str(policy)] if args.grpc_clients else []),
-                               "--lease-ttl", "600", "--log-level", "WARNING"],
-                              stdout=subprocess.DEVNULL)
-        workers: list[subprocess.Popen[str]] = []
-        dialects = [d for d, n in zip(DIALECTS, (args.clients, args.grpc_clients),
-                                      strict=True) if n]
-        try:
-            wait_listening(port)
-            wait_listening(api_port)
-            share = [args.clients // args.workers + (1 if i < args.clients % args.workers else 0)
-                     for i in range(args.workers)]
-            for i, count in enumerate(share):
-                if not count:
-                    continue
-                workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "bench.discovery_fanout", "worker", "--port",
-                     str(port), "--pki", str(pki), "--count", str(count), "--name", f"w{i}"],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-            if args.grpc_clients:
-                workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "bench.grpc_xds_clients", "--count",
-                     str(args.grpc_clients)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    text=True, env={**os.environ, "GRPC_XDS_BOOTSTRAP": str(
-                        grpc_bootstrap(pki, f"127.0.0.1:{port}"))}))
-            for process in workers:
-                assert process.stdout is not None
-                if process.stdout.readline().strip() != "ready":
-                    raise RuntimeError("a worker failed to subscribe")
-            subscribed = run(subscribers(api, pki, args.clients, args.grpc_clients))
-            convergence, (cpu, *clients_cpu) = run(drive(
-                port, api, pki, args.changes, [cp.pid, *(w.pid for w in workers)], dialects))
-        finally:
-            for process in workers:
-                with contextlib.suppress(OSError):
-                    assert process.stdin is not None
-                    process.stdin.close()
-            children: list[subprocess.Popen[Any]] = [*workers, cp]
-            for child in children:
-                child.terminate()
-                child.wait(10)
-
-    grpc_cpu = clients_cpu.pop() if args.grpc_clients else 0.0
-    pushes = args.changes * sum(subscribed.values())
-    print(f"# discovery fan-out: {subscribed['mesh.v1']} subscribed clients ({len(clients_cpu)} "
-          f"processes), {subscribed['xds.v3']} grpcio xDS clients, "
-          f"{args.changes} registry changes")
-    for dialect, label in (("mesh.v1", "mesh.v1 sidecar clients"),
-                           ("xds.v3", "xds.v3 grpcio clients")):
-        if dialect in convergence:
-            print(f"change -> last ACK, {label}: {percentiles(convergence[dialect])}"
-                  f"   (target p99 < 100 ms)")
-    print(f"control plane CPU: {cpu / args.changes * 1000:.1f} ms per change, "
-          f"{cpu / pushes * 1e6:.0f} µs per push")
-    if clients_cpu:
-        print(f"clients' CPU: {sum(clients_cpu) / args.changes * 1000:.1f} ms per change "
-              f"(all {len(clients_cpu)} processes)")
-    if args.grpc_clients:
-        print(f"grpcio clients' CPU: {grpc_cpu / args.changes * 1000:.1f} ms per change "
-              f"(one process)")
-    return 0 if subscribed == {"mesh.v1": args.clients, "xds.v3": args.grpc_clients} else 1
-
-
-async def subscribers(api: str, pki: Path, clients: int, grpc_clients: int) -> dict[str, int]:
-    """Streams by dialect once the expected numbers are there (or after 20 s)."""
-    deadline = time.monotonic() + 20
-    while True:
-        streams = api_status(api, pki, streams=True)["streams"]
-        found = {d: sum(1 for s in streams if s["protocol"] == d) for d in DIALECTS}
-        if found == {"mesh.v1": clients, "xds.v3": grpc_clients} or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.1)
+    try:
+        setup = Setup(replicas=args.replicas,
+                      store=args.store or ("memory" if args.replicas == 1 else "etcd"))
+    except ValueError as error:
+        parser.error(str(error))
+    load_before = os.getloadavg()[0]
+    runs = [measure(s, clients=args.clients, grpc_clients=args.grpc_clients,
+                    changes=args.changes, workers=args.workers)
+            for s in dict.fromkeys((Setup(replicas=1, store="memory"), setup))]
+    report(runs, args.changes, load_before)
+    expected = {"mesh.v1": args.clients, "xds.v3": args.grpc_clients}
+    return 0 if all({d: sum(n) for d, n in r.subscribed.items()} == expected
+                    for r in runs) else 1
 
 
 if __name__ == "__main__":
