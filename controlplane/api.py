@@ -216,6 +216,10 @@ def convergence(server: DiscoveryServer) -> dict[str, Any]:
         "unacked": server.unacked,
         "last_change_to_last_ack_ms": None if server.last_convergence is None
         else round(server.last_convergence * 1000, 3),
+        # When that last ACK came, in seconds of the control plane's clock (time.monotonic:
+        # one clock for every process of a machine, so a benchmark can time a change made at
+        # one replica to the last ACK at another).
+        "last_ack_monotonic": server.last_acked_at,
     }
 
 

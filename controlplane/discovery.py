@@ -172,6 +172,7 @@ class DiscoveryServer:
         self.unacked = 0  # (stream, type) pairs sent a version they have not ACKed
         self.changed_at: float | None = None
         self.last_convergence: float | None = None
+        self.last_acked_at: float | None = None  # the clock's time of the last convergence
         self.convergences = 0
 
     def changed(self) -> None:
@@ -183,7 +184,8 @@ class DiscoveryServer:
 
     def _settled(self) -> None:
         if self.unacked == 0 and self.changed_at is not None:
-            self.last_convergence = self._clock.now() - self.changed_at
+            self.last_acked_at = self._clock.now()
+            self.last_convergence = self.last_acked_at - self.changed_at
             self.convergences += 1
             self.changed_at = None
             self._observer.converged(self.last_convergence)
