@@ -95,12 +95,12 @@ async def main_async(args: argparse.Namespace) -> int:
         return 2
     await cp.start(*args.listen, api=f"{args.api[0]}:{args.api[1]}")
     api = await start_api(cp, *args.api)
-    print(f"control plane: gRPC on {args.listen[0]}:{cp.port}, API on "
-          f"http://{args.api[0]}:{args.api[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before saying it runs: a stop is clean
         loop.add_signal_handler(sig, stop.set)
+    print(f"control plane: gRPC on {args.listen[0]}:{cp.port}, API on "
+          f"http://{args.api[0]}:{args.api[1]}", flush=True)
     await stop.wait()
     await api.cleanup()
     await cp.stop()

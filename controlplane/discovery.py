@@ -4,8 +4,13 @@ Per sidecar and per resource type the server remembers what it last *sent* (vers
 and what the sidecar last *accepted* (ACK) or refused (NACK, with the reason). The rules,
 from Envoy's xDS protocol:
 
-- a request with an empty ``response_nonce`` is a new subscription (or a reconnect carrying
-  the sidecar's cached version): answer it with the current resources, even if unchanged;
+- a request with an empty ``response_nonce`` is a new subscription: answer it with the
+  current resources. A reconnect carries the version the sidecar holds; where the dialect
+  *resumes* (``mesh.v1``), that version counts as sent and ACKed, and the type is answered
+  only if the sidecar's view differs from it — so a sidecar that moves to another replica,
+  which builds the same versions from the same state, is re-sent nothing. xDS clients are
+  answered at once, even if unchanged (as Envoy's servers do; a grpcio client names one
+  control plane, so it never moves between replicas);
 - a request whose nonce is not the last one sent is stale: ignore it (names it changes are
   taken from the next request that answers the last nonce, which repeats them);
 - a request with the last nonce is an ACK (``version_info`` = the new version) or, with
@@ -25,6 +30,7 @@ One type on one stream, as :class:`TypeState` tracks it::
 
     state          sent_version vs acked_version   must_answer   what happens next
     new            "" = ""                         yes           answered at once
+    resumed        v = v (the request's version)   no            pushed only on change
     in sync        v = v                           no            pushed only on change
     pending        v2 ≠ v1 (sent, not ACKed)       no            ACK: in sync; NACK: kept,
                                                                  reason recorded
@@ -99,6 +105,7 @@ class Dialect:
     # Types whose first request may name nothing to mean "everything" (see "Names" above).
     wildcard_types: frozenset[str]
     always_wildcard: bool = False  # an empty list means everything on every request
+    resumes: bool = False  # a reconnect's version counts as sent and ACKed (see the rules)
 
 
 def _mesh_node(node: Node) -> Node:
@@ -106,7 +113,7 @@ def _mesh_node(node: Node) -> Node:
 
 
 MESH_V1 = Dialect("mesh.v1", "StreamResources", ORDER, DiscoveryResponse, _mesh_node,
-                  frozenset(ORDER), always_wildcard=True)
+                  frozenset(ORDER), always_wildcard=True, resumes=True)
 
 
 @dataclass(slots=True)
@@ -258,13 +265,17 @@ class DiscoveryServer:
             self._answered(subscription, request, state, names)
 
     def _subscribe(self, subscription: Subscription, request: Any, names: list[str]) -> None:
-        """A new subscription (or a re-subscription after a reconnect): always answered."""
+        """A new subscription, or a re-subscription after a reconnect (resumed where the
+        dialect says so)."""
         previous = subscription.types.get(request.type_url)
         if previous is not None and previous.pending:  # what was in flight will not be ACKed
             self.unacked -= 1
         state = subscription.types[request.type_url] = TypeState(resource_names=names)
         state.wildcard = WILDCARD in names or (not names and (
             request.type_url in self.dialect.wildcard_types))
+        if request.version_info and self.dialect.resumes:
+            state.sent_version = state.acked_version = request.version_info
+            state.must_answer = False
         subscription.holds_config = subscription.holds_config or bool(request.version_info)
         subscription.wake.set()
 

@@ -173,6 +173,9 @@ class StoreState:
             except StoreError as error:
                 self._lost(error)
                 self._watch_problem = error
+            except Exception as error:  # a copy that stops following must never stay "ready"
+                log.exception("following the state store failed")
+                self._watch_problem = StoreError(f"following the store failed: {error!r}")
             await asyncio.sleep(RELIST_INTERVAL)
 
     async def _advance(self, revision: int) -> None:

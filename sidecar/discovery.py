@@ -30,6 +30,7 @@ from sidecar.control_planes import ControlPlanes
 log = logging.getLogger("sidecar.discovery")
 
 STREAM_RESOURCES = "/mesh.v1.AggregatedDiscoveryService/StreamResources"
+WORKED_AFTER = 5.0  # seconds a stream must last to count as working (backoff starts over)
 
 Apply = Callable[[str, list[Message]], None]
 """Validate and install the resources of one type; raise to reject them (NACK)."""
@@ -51,7 +52,7 @@ class DiscoveryClient:
                  types: tuple[str, ...] = ORDER) -> None:
         self.node = node
         self.accepted: dict[str, Accepted] = {}
-        self.connected = False
+        self.connected = False  # a response came on the current stream
         self.synced = asyncio.Event()  # every type accepted at least once
         self.nacks = 0
         self.last_error = ""
@@ -66,15 +67,19 @@ class DiscoveryClient:
     async def run(self) -> None:
         """Keep a stream open for as long as the task runs."""
         delays: Iterator[float] | None = None
+        loop = asyncio.get_running_loop()
         while True:
             channel = self._planes.channel
+            opened = loop.time()
             try:
                 await self._session(channel)
                 reason = "control plane closed the stream"
             except (GrpcError, Http2Error, OSError) as error:
                 reason = str(error)
             self._planes.failed(channel)  # the next try goes to another replica, if any
-            if self.connected:
+            # A stream resumed with the versions the sidecar holds may carry no response at
+            # all (nothing changed), so lasting counts as working too.
+            if self.connected or loop.time() - opened >= WORKED_AFTER:
                 delays = None  # it worked for a while: start backing off from the beginning
             self.connected = False
             delays = delays or self._backoff()

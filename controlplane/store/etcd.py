@@ -45,9 +45,10 @@ log = logging.getLogger("controlplane.store.etcd")
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 2.0  # seconds per request to one endpoint: a few Raft rounds on a slow disk
-# What says "this endpoint did not answer", so the next one is tried.
+# What says "this endpoint did not answer", so the next one is tried. grpc reports a call on a
+# channel whose member died mid-send as INTERNAL ("Failed execute_batch"), not UNAVAILABLE.
 _UNREACHABLE = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError,
-                aetcd.exceptions.WatchTimeoutError, TimeoutError)
+                aetcd.exceptions.WatchTimeoutError, aetcd.exceptions.InternalError, TimeoutError)
 
 
 def _watch_from(key: bytes, start: int, client: aetcd.Client) -> Awaitable[Any]:
@@ -185,8 +186,7 @@ class EtcdStore:
                     start = change.revision + 1
                     yield change
                 return  # the client was closed
-            except (*_UNREACHABLE, aetcd.exceptions.InternalError) as error:
-                # grpc reports a stream whose member died mid-send as INTERNAL, not UNAVAILABLE
+            except _UNREACHABLE as error:
                 log.warning("etcd watch broke (%s); resuming at revision %d", error, start)
             except aetcd.exceptions.RevisionCompactedError as error:
                 raise store.StoreError(

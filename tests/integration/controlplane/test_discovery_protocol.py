@@ -131,11 +131,15 @@ async def test_clients_resync_after_a_control_plane_restart(
         second = ControlPlane(pki_dir, lease_ttl=0.6, policy_path=policy)
         await second.start("127.0.0.1", port)
         try:
+            # Resubscribed with the versions it holds, and sent nothing new: the restarted
+            # control plane, once its registry is back, builds the same versions.
             await eventually(lambda: second.registry.instances() != [] and
-                             orders.client.connected and
+                             len(second.discovery.subscriptions) == 1 and
                              {t: a.version for t, a in orders.client.accepted.items()}
                              == before)
             assert orders.client.reconnects >= 1
+            (stream,) = second.discovery.subscriptions.values()
+            assert {t: s.acked_version for t, s in stream.types.items()} == before
         finally:
             registering.cancel()
             await second.stop()

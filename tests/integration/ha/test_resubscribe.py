@@ -20,9 +20,6 @@ from tests.interop.xds.harness import until
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="package"), pytest.mark.interop, pytest.mark.timeout(120),
-    pytest.mark.xfail(strict=True, reason=(
-        "controlplane/discovery.py answers every new subscription, even one whose version_info "
-        "is the view's version: a sidecar that moves is sent every type again (same versions)")),
 ]
 
 

@@ -57,6 +57,22 @@ def test_a_resubscription_forgets_what_was_in_flight() -> None:
     assert server.unacked == 0
 
 
+def test_a_reconnect_holding_the_current_version_is_sent_nothing() -> None:
+    # A sidecar that moves to another replica holds what that replica would send it.
+    server, stream = server_and_stream()
+    current = server._snapshot().view(CLUSTERS, FRONTEND, None).version
+    server._on_request(stream, DiscoveryRequest(type_url=CLUSTERS, version_info=current))
+    assert server._due(stream) == [] and server.unacked == 0
+    assert stream.types[CLUSTERS].acked_version == current
+
+
+def test_a_reconnect_holding_an_older_version_is_sent_the_current_one() -> None:
+    server, stream = server_and_stream()
+    server._on_request(stream, DiscoveryRequest(type_url=CLUSTERS, version_info="0ld"))
+    (response,) = server._due(stream)
+    assert response.version_info == server._snapshot().view(CLUSTERS, FRONTEND, None).version
+
+
 @pytest.mark.parametrize(("claimed", "field"), [
     (Node(id="x", service="payments"), "service"),
     (Node(id="x", service="frontend", namespace="evil"), "namespace"),
