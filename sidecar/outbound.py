@@ -58,7 +58,7 @@ from sidecar.forward import (
     send_response,
 )
 from sidecar.metrics import RESET, SidecarMetrics
-from sidecar.outcome import Failure, Outcome, http_status_of
+from sidecar.outcome import Failure, Outcome, http_status_of, succeeded
 from sidecar.pool import ConnectFailure
 from sidecar.rate_limit import RATE_LIMITED_HEADER
 from sidecar.retry import Hedge, Retry, RetryDecision, RetrySettings, RetryState, Stop, StopReason
@@ -67,12 +67,6 @@ from sidecar.router import RouteTarget, header_matches
 log = logging.getLogger("sidecar.outbound")
 
 REPLAY_LIMIT = 64 * 1024  # bytes of request body kept for retries (Envoy buffers 1 MiB)
-
-
-def _ok(outcome: Outcome) -> bool:
-    """A success for the balancer's latency estimate: below 500, and gRPC OK if gRPC."""
-    return outcome.status is not None and outcome.status < 500 and \
-        outcome.grpc_status in (None, StatusCode.OK)
 
 
 class Outbound:
@@ -590,7 +584,7 @@ class _Attempt:
         latency = self.latency
         if latency is None:
             latency = self.cluster.clock.now() - self.started
-        self.endpoint.finish(latency, outcome is not None and _ok(outcome))
+        self.endpoint.finish(latency, outcome is not None and succeeded(outcome))
         if outcome is not None:
             self.cluster.record(self.endpoint.address, outcome)
 

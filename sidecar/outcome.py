@@ -64,3 +64,9 @@ def http_status_of(outcome: Outcome) -> int:
     if outcome.grpc_status is not None:
         return _GRPC_AS_HTTP.get(outcome.grpc_status, outcome.status)
     return outcome.status
+
+
+def succeeded(outcome: Outcome) -> bool:
+    """A success for the balancer's latency estimate: below 500, and gRPC OK if gRPC."""
+    return outcome.status is not None and outcome.status < 500 and \
+        outcome.grpc_status in (None, StatusCode.OK)

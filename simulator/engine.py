@@ -1,0 +1,85 @@
+"""The event loop at virtual time: a heap of timed events, a clock, and seeded randomness.
+
+``Simulation`` is the clock every policy object is given (it has ``now()``, like
+:class:`mesh.clock.Clock`), the scheduler every model uses (``at``, ``after``), and the one
+source of randomness (``rng``), so that a seed decides everything: the same seed gives the
+same events in the same order, and the same numbers, byte for byte.
+
+Events at the same time run in the order they were scheduled (each carries a sequence
+number), never by comparing their actions. A cancelled event stays in the heap and is skipped
+when its time comes: cancelling is O(1), and most cancelled events (a timeout that did not
+fire) would have been popped soon anyway.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any
+
+
+class Event:
+    """One scheduled action; ``cancel()`` it to skip it."""
+
+    __slots__ = ("action", "args", "cancelled", "time")
+
+    def __init__(self, time: float, action: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.time = time
+        self.action = action
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Simulation:
+    """A virtual clock, the events due on it, and the randomness of one run."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self._now = 0.0
+        self._heap: list[tuple[float, int, Event]] = []
+        self._sequence = itertools.count()
+        self.events = 0  # run so far (cancelled ones not counted)
+
+    def now(self) -> float:
+        """Seconds of virtual time since the simulation began."""
+        return self._now
+
+    def at(self, time: float, action: Callable[..., None], *args: Any) -> Event:
+        """Run ``action(*args)`` at virtual ``time`` (now, if that has passed)."""
+        event = Event(max(time, self._now), action, args)
+        heapq.heappush(self._heap, (event.time, next(self._sequence), event))
+        return event
+
+    def after(self, delay: float, action: Callable[..., None], *args: Any) -> Event:
+        """Run ``action(*args)`` ``delay`` seconds from now."""
+        return self.at(self._now + delay, action, *args)
+
+    def every(self, interval: float, action: Callable[[], None], *, until: float) -> None:
+        """Run ``action()`` every ``interval`` seconds from now until ``until``."""
+        if interval <= 0:
+            raise ValueError(f"interval {interval}: must be positive")
+
+        def tick() -> None:
+            action()
+            if self._now + interval <= until:
+                self.after(interval, tick)
+
+        self.after(interval, tick)
+
+    def run(self, until: float) -> None:
+        """Run every event due up to virtual time ``until``, in order; the clock ends there."""
+        heap = self._heap
+        pop = heapq.heappop
+        while heap and heap[0][0] <= until:
+            time, _, event = pop(heap)
+            if event.cancelled:
+                continue
+            self._now = time
+            self.events += 1
+            event.action(*event.args)
+        self._now = max(self._now, until)
