@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from meshctl import demo, experiment, fault, load, proxyless
+from meshctl import demo, experiment, fault, load, proxyless, simulate
 
 
 class ApiError(Exception):
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("service")
     token.add_argument("--namespace", default="default")
     token.add_argument("--ttl", type=float)
-    for module in (demo, fault, load, experiment, proxyless):  # meshctl/demo.py, fault.py, ...
+    for module in (demo, fault, load, experiment, proxyless, simulate):  # meshctl/demo.py, ...
         module.register(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):

@@ -1,0 +1,416 @@
+"""A scenario: the services, the load, the faults over time, and the policies to compare.
+
+A scenario is a short YAML file (``simulator/scenarios/*.yaml``)::
+
+    title: one line, the report's title
+    question: what the scenario asks
+    duration: 60                      # seconds of traffic (virtual)
+    drain: 5                          # seconds more for calls under way to end
+    seed: 1
+    network: {latency: 0.0005, jitter: 0}
+    services:
+      backend:
+        replicas: 11
+        concurrency: 1000             # calls served at once by one replica
+        queue: 1000                   # calls waiting beyond that; more are refused (503)
+        service_time: {normal: [0.167, 0.005]}   # or fixed: s | exponential: mean |
+                                                  # lognormal: [median, sigma]
+        growth: 0                     # seconds added per call in service (see server.py)
+    clients:                          # each its own sidecar; count: how many alike
+      - {service: backend, rate: 1000, timeout: 1.0}          # open loop, calls per second
+      - {service: backend, users: 50, think_time: 0.1}        # closed loop
+    faults:                           # from ``at`` until ``until`` (or the end)
+      - {at: 15, until: 45, service: backend, replicas: [0], set: {pinned: 2.0}}
+    sweep: {set: error_rate, values: [0, 0.1]}   # optional: one run per value, on every
+                                                  # replica of every service from the start
+    windows: {during: [15, 45]}       # success and latency per window, besides the whole run
+    policies:                         # the arms: each a policy as the control plane takes it
+      round robin: "clusters: [{name: backend, lb_policy: ROUND_ROBIN}]"
+    published: {round robin: "95 %"}  # figures to print beside ours
+
+Each policy is read by the control plane's own parser and checked by its own validation
+(:func:`controlplane.policy.merge`): a policy the control plane would refuse is refused here,
+with the same messages. ``meshctl simulate SCENARIO --policy FILE`` runs the scenario with
+one arm, the given policy file or folder, instead of the scenario's own.
+
+A problem in a scenario file is a :class:`ScenarioError` naming the file, the field and why.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controlplane.policy import Document, PolicyError, merge, read_documents
+from mesh.proto.config_pb2 import MeshPolicy
+from simulator.clients import ClosedLoopClient, Load, OpenLoopClient
+from simulator.engine import Simulation
+from simulator.network import Network
+from simulator.record import Record
+from simulator.server import Behaviour, Server, ServiceTime
+from simulator.sidecar import Sidecar
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+SETTABLE = ("latency_factor", "pinned", "error_rate", "black_hole", "down", "growth")
+
+
+class ScenarioError(Exception):
+    """A scenario (or a policy it names) cannot be run; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    replicas: int
+    concurrency: int
+    queue: int
+    service_time: ServiceTime
+    growth: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSpec:
+    service: str
+    count: int
+    timeout: float | None
+    rate: float | None  # open loop
+    poisson: bool
+    users: int | None  # closed loop
+    think_time: float
+    start: float
+    stop: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    at: float
+    until: float | None
+    service: str
+    replicas: tuple[int, ...] | None  # None: every replica
+    changes: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    title: str
+    question: str
+    duration: float
+    drain: float
+    seed: int
+    network: Network
+    services: tuple[ServiceSpec, ...]
+    clients: tuple[ClientSpec, ...]
+    faults: tuple[FaultSpec, ...]
+    sweep: tuple[str, tuple[Any, ...]] | None
+    windows: Mapping[str, tuple[float, float]]
+    policies: Mapping[str, MeshPolicy]
+    published: Mapping[str, str] = field(default_factory=dict)
+
+    def scaled(self, factor: float) -> Scenario:
+        """The same scenario with every time (duration, faults, windows) times ``factor``:
+        the short form tests run."""
+        return Scenario(
+            self.name, self.title, self.question, self.duration * factor, self.drain,
+            self.seed, self.network, self.services,
+            tuple(ClientSpec(c.service, c.count, c.timeout, c.rate, c.poisson, c.users,
+                             c.think_time, c.start * factor,
+                             None if c.stop is None else c.stop * factor) for c in self.clients),
+            tuple(FaultSpec(f.at * factor, None if f.until is None else f.until * factor,
+                            f.service, f.replicas, f.changes) for f in self.faults),
+            self.sweep, {k: (a * factor, b * factor) for k, (a, b) in self.windows.items()},
+            self.policies, self.published)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one run (one policy, one sweep value) produced."""
+
+    policy: str
+    sweep_value: Any
+    record: Record  # every call that ended (a call still under way at the end is not in it)
+    servers: list[Server]
+    wall_seconds: float = 0.0
+    events: int = 0
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def names() -> list[str]:
+    """The scenarios shipped, by name."""
+    return sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+
+
+def load(name_or_path: str, *, policy: Path | None = None) -> Scenario:
+    """The scenario shipped as ``name_or_path``, or the file at that path.
+
+    Args:
+        policy: a policy file or folder to run instead of the scenario's own policies.
+
+    Raises:
+        ScenarioError: no such scenario, or a problem in it or in the policy.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SCENARIOS / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ScenarioError(f"no scenario {name_or_path!r} (shipped: {', '.join(names())})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ScenarioError(f"{path}: not YAML: {error}") from None
+    read = _Reader(str(path))
+    scenario = read.scenario(path.stem, data)
+    if policy is not None:
+        scenario = Scenario(**{**_fields(scenario), "policies": {
+            policy.name: _policy_from_path(policy)}, "published": {}})
+    return scenario
+
+
+def with_seed(scenario: Scenario, seed: int) -> Scenario:
+    """``scenario`` run from another seed."""
+    return Scenario(**{**_fields(scenario), "seed": seed})
+
+
+def _fields(scenario: Scenario) -> dict[str, Any]:
+    return {name: getattr(scenario, name) for name in Scenario.__dataclass_fields__}
+
+
+def _policy_from_path(path: Path) -> MeshPolicy:
+    try:
+        return _checked(list(read_documents(path)))
+    except PolicyError as error:
+        raise ScenarioError(f"policy refused (as the control plane would):\n{error}") from None
+
+
+def _checked(documents: list[Document]) -> MeshPolicy:
+    policy, problems = merge(documents)
+    if problems:
+        raise PolicyError(problems)
+    return policy
+
+
+class _Reader:
+    """Reads a scenario's YAML, naming the file and field of each problem."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, where: str, why: str) -> ScenarioError:
+        return ScenarioError(f"{self.file}: {where}: {why}")
+
+    def mapping(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"want a mapping, got {value!r}")
+        return value
+
+    def number(self, value: Any, where: str, *, minimum: float = 0.0) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not math.isfinite(value) or value < minimum:
+            raise self.fail(where, f"want a number of at least {minimum}, got {value!r}")
+        return float(value)
+
+    def whole(self, value: Any, where: str, *, minimum: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(where, f"want a whole number of at least {minimum}, got {value!r}")
+        return value
+
+    def scenario(self, name: str, data: Any) -> Scenario:
+        top = self.mapping(data, "the file")
+        known = {"title", "question", "duration", "drain", "seed", "network", "services",
+                 "clients", "faults", "sweep", "windows", "policies", "published"}
+        for key in top:
+            if key not in known:
+                raise self.fail(key, f"unknown field (known: {', '.join(sorted(known))})")
+        duration = self.number(top.get("duration"), "duration", minimum=0.001)
+        services = tuple(self.service(n, s) for n, s in
+                         self.mapping(top.get("services"), "services").items())
+        service_names = {s.name for s in services}
+        clients = tuple(self.client(i, c, service_names)
+                        for i, c in enumerate(top.get("clients") or []))
+        if not clients:
+            raise self.fail("clients", "want at least one client")
+        faults = tuple(self.fault(i, f, services) for i, f in enumerate(top.get("faults") or []))
+        network = self.mapping(top.get("network", {}), "network")
+        policies = {str(label): self.policy(str(label), text) for label, text in
+                    self.mapping(top.get("policies"), "policies").items()}
+        if not policies:
+            raise self.fail("policies", "want at least one policy")
+        return Scenario(
+            name=name, title=str(top.get("title", name)), question=str(top.get("question", "")),
+            duration=duration, drain=self.number(top.get("drain", 5), "drain"),
+            seed=self.whole(top.get("seed", 1), "seed", minimum=0),
+            network=Network(self.number(network.get("latency", 0.0005), "network.latency"),
+                            self.number(network.get("jitter", 0.0), "network.jitter")),
+            services=services, clients=clients, faults=faults,
+            sweep=self.sweep(top.get("sweep")),
+            windows={str(k): self.window(str(k), v) for k, v in
+                     self.mapping(top.get("windows", {}), "windows").items()},
+            policies=policies,
+            published={str(k): str(v) for k, v in
+                       self.mapping(top.get("published", {}), "published").items()})
+
+    def service(self, name: str, data: Any) -> ServiceSpec:
+        at = f"services.{name}"
+        spec = self.mapping(data, at)
+        return ServiceSpec(name, self.whole(spec.get("replicas", 1), f"{at}.replicas"),
+                           self.whole(spec.get("concurrency", 1000), f"{at}.concurrency"),
+                           self.whole(spec.get("queue", 1000), f"{at}.queue", minimum=0),
+                           self.service_time(spec.get("service_time"), f"{at}.service_time"),
+                           self.number(spec.get("growth", 0.0), f"{at}.growth"))
+
+    def service_time(self, data: Any, at: str) -> ServiceTime:
+        spec = self.mapping(data, at)
+        if len(spec) != 1:
+            raise self.fail(at, "want one of fixed, normal, exponential, lognormal")
+        ((kind, value),) = spec.items()
+        try:
+            if kind in ("fixed", "exponential"):
+                return ServiceTime(kind, self.number(value, f"{at}.{kind}"))
+            if kind in ("normal", "lognormal") and isinstance(value, list) and len(value) == 2:
+                return ServiceTime(kind, self.number(value[0], f"{at}.{kind}[0]"),
+                                   self.number(value[1], f"{at}.{kind}[1]"))
+        except ValueError as error:
+            raise self.fail(at, str(error)) from None
+        raise self.fail(at, f"{kind}: want fixed: s, exponential: mean, normal: [mean, sd] "
+                            f"or lognormal: [median, sigma]")
+
+    def client(self, index: int, data: Any, services: set[str]) -> ClientSpec:
+        at = f"clients[{index}]"
+        spec = self.mapping(data, at)
+        service = spec.get("service")
+        if service not in services:
+            raise self.fail(f"{at}.service", f"unknown service {service!r} (the scenario has: "
+                                             f"{', '.join(sorted(services))})")
+        rate, users = spec.get("rate"), spec.get("users")
+        if (rate is None) == (users is None):
+            raise self.fail(at, "want either rate (open loop) or users (closed loop)")
+        timeout = spec.get("timeout")
+        stop = spec.get("stop")
+        return ClientSpec(
+            service=str(service), count=self.whole(spec.get("count", 1), f"{at}.count"),
+            timeout=None if timeout is None else self.number(timeout, f"{at}.timeout",
+                                                             minimum=0.001),
+            rate=None if rate is None else self.number(rate, f"{at}.rate", minimum=0.001),
+            poisson=bool(spec.get("poisson", False)),
+            users=None if users is None else self.whole(users, f"{at}.users"),
+            think_time=self.number(spec.get("think_time", 0.0), f"{at}.think_time"),
+            start=self.number(spec.get("start", 0.0), f"{at}.start"),
+            stop=None if stop is None else self.number(stop, f"{at}.stop"))
+
+    def fault(self, index: int, data: Any, services: Sequence[ServiceSpec]) -> FaultSpec:
+        at = f"faults[{index}]"
+        spec = self.mapping(data, at)
+        by_name = {s.name: s for s in services}
+        service = by_name.get(spec.get("service"))  # type: ignore[arg-type]
+        if service is None:
+            raise self.fail(f"{at}.service", f"unknown service {spec.get('service')!r}")
+        replicas = spec.get("replicas")
+        if replicas is not None and (not isinstance(replicas, list) or not all(
+                isinstance(r, int) and 0 <= r < service.replicas for r in replicas)):
+            raise self.fail(f"{at}.replicas", f"want a list of replica numbers from 0 to "
+                                              f"{service.replicas - 1}, got {replicas!r}")
+        changes = self.mapping(spec.get("set"), f"{at}.set")
+        for key in changes:
+            if key not in SETTABLE:
+                raise self.fail(f"{at}.set.{key}", f"unknown (settable: {', '.join(SETTABLE)})")
+        until = spec.get("until")
+        return FaultSpec(self.number(spec.get("at", 0.0), f"{at}.at"),
+                         None if until is None else self.number(until, f"{at}.until"),
+                         service.name, None if replicas is None else tuple(replicas), changes)
+
+    def sweep(self, data: Any) -> tuple[str, tuple[Any, ...]] | None:
+        if data is None:
+            return None
+        spec = self.mapping(data, "sweep")
+        setting, values = spec.get("set"), spec.get("values")
+        if setting not in SETTABLE or not isinstance(values, list) or not values:
+            raise self.fail("sweep", f"want set: one of {', '.join(SETTABLE)}, and values: a "
+                                     f"list")
+        return str(setting), tuple(values)
+
+    def window(self, name: str, value: Any) -> tuple[float, float]:
+        if not (isinstance(value, list) and len(value) == 2):
+            raise self.fail(f"windows.{name}", f"want [from, until] in seconds, got {value!r}")
+        start = self.number(value[0], f"windows.{name}[0]")
+        return start, self.number(value[1], f"windows.{name}[1]", minimum=start)
+
+    def policy(self, label: str, text: Any) -> MeshPolicy:
+        if not isinstance(text, str):
+            raise self.fail(f"policies.{label}", "want the policy's YAML, as a string")
+        try:
+            return _checked([(f"{self.file}: policies.{label}", text)])
+        except PolicyError as error:
+            raise ScenarioError(f"policy {label!r} refused (as the control plane would):\n"
+                                f"{error}") from None
+
+
+# -- running -----------------------------------------------------------------------------------
+
+def run(scenario: Scenario) -> list[Outcome]:
+    """Every arm of ``scenario`` (each policy, at each sweep value), in order."""
+    values = scenario.sweep[1] if scenario.sweep else (None,)
+    return [run_one(scenario, label, policy, value)
+            for value in values for label, policy in scenario.policies.items()]
+
+
+def run_one(scenario: Scenario, label: str, policy: MeshPolicy, sweep_value: Any) -> Outcome:
+    """One run: one policy, at one sweep value (None: no sweep)."""
+    started = time.perf_counter()
+    sim = Simulation(scenario.seed)
+    servers = {spec.name: [Server(sim, service=spec.name, replica=i,
+                                  concurrency=spec.concurrency, queue_limit=spec.queue,
+                                  service_time=spec.service_time,
+                                  behaviour=Behaviour(growth=spec.growth))
+                           for i in range(spec.replicas)] for spec in scenario.services}
+    if scenario.sweep is not None:
+        setting, _ = scenario.sweep
+        for replicas in servers.values():
+            for server in replicas:
+                setattr(server.behaviour, setting, sweep_value)
+    end = scenario.duration
+    record = Record()
+    for c_index, spec in enumerate(scenario.clients):
+        for n in range(spec.count):
+            sidecar = Sidecar(sim, policy, servers, network=scenario.network,
+                              name=f"client-{c_index}-{n}")
+            sidecar.start_ticks(end + scenario.drain)
+            load = Load(service=spec.service, start=spec.start,
+                        stop=end if spec.stop is None else min(spec.stop, end),
+                        timeout=spec.timeout)
+            if spec.rate is not None:
+                client: OpenLoopClient | ClosedLoopClient = OpenLoopClient(
+                    sim, sidecar, load, record, rate=spec.rate, poisson=spec.poisson)
+            else:
+                assert spec.users is not None
+                client = ClosedLoopClient(sim, sidecar, load, record, users=spec.users,
+                                          think_time=spec.think_time)
+            client.start()
+    for fault in scenario.faults:
+        targets = [s for i, s in enumerate(servers[fault.service])
+                   if fault.replicas is None or i in fault.replicas]
+        sim.at(fault.at, _apply, targets, fault.changes)
+        if fault.until is not None:
+            sim.at(fault.until, _apply, targets,
+                   {k: getattr(Behaviour(growth=targets[0].behaviour.growth), k)
+                    for k in fault.changes})
+    sim.run(end + scenario.drain)
+    everyone = [s for replicas in servers.values() for s in replicas]
+    return Outcome(label, sweep_value, record, everyone, time.perf_counter() - started,
+                   sim.events)
+
+
+def _apply(servers: list[Server], changes: Mapping[str, Any]) -> None:
+    """A fault begins or ends: each server's behaviour takes ``changes``."""
+    for server in servers:
+        for key, value in changes.items():
+            if key == "down" and value:
+                server.crash()
+            else:
+                setattr(server.behaviour, key, value)
