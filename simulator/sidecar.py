@@ -28,7 +28,7 @@ local rate limits.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mesh.proto.config_pb2 import Cluster, Endpoint, MeshPolicy
 from sidecar.balancers import EndpointState
@@ -43,9 +43,9 @@ from simulator.network import Network
 from simulator.server import Server
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """How one call ended for its caller."""
+class Answer(NamedTuple):
+    """How one call ended for its caller (a named tuple: one is made per call, and a frozen
+    dataclass costs three times as much to make)."""
 
     status: int  # the HTTP status the caller got (503, 504: the sidecar's own)
     started: float  # virtual seconds
@@ -54,6 +54,8 @@ class Answer:
 
 
 Done = Callable[[Answer], None]
+NOTHING: frozenset[str] = frozenset()
+TIMED_OUT = Outcome(failure=Failure.TIMEOUT)
 
 
 class Sidecar:
@@ -117,14 +119,22 @@ class Sidecar:
 
 
 class _Attempt:
-    __slots__ = ("endpoint", "number", "settled", "started", "timer")
+    __slots__ = ("call", "endpoint", "number", "settled", "started", "timer")
 
-    def __init__(self, endpoint: EndpointState, number: int, started: float) -> None:
+    def __init__(self, call: _Call, endpoint: EndpointState, number: int,
+                 started: float) -> None:
+        self.call = call
         self.endpoint = endpoint
         self.number = number
         self.started = started
         self.settled = False
         self.timer: Event | None = None
+
+    def answered(self, outcome: Outcome) -> None:
+        """The server answered: the answer travels back over the network."""
+        sidecar = self.call.sidecar
+        sim = sidecar.sim
+        sim.after(sidecar.network.delay(sim.rng.random()), self.call._ended, self, outcome)
 
 
 class _Call:
@@ -154,24 +164,22 @@ class _Call:
         """Start an attempt on an endpoint not tried yet, if the balancer has one."""
         if self.finished:
             return
-        sim = self.sidecar.sim
+        sidecar = self.sidecar
+        sim = sidecar.sim
         state = self.state
-        endpoint = self.cluster.balancer.pick(None, state.tried)
+        # A first attempt has nothing to avoid: skip building the (empty) set of tried ones.
+        endpoint = self.cluster.balancer.pick(None, state.tried if state.attempt else NOTHING)
         attempt_deadline = state.begin_attempt(endpoint.address if endpoint else None)
         if endpoint is None:
             self._finish(503)
             return
-        attempt = _Attempt(endpoint, state.attempt, sim.now())
+        attempt = _Attempt(self, endpoint, state.attempt, sim.now())
         endpoint.start()
         self.in_flight[attempt.number] = attempt
         if attempt_deadline < self.deadline:
-            attempt.timer = sim.at(attempt_deadline, self._ended, attempt,
-                                   Outcome(failure=Failure.TIMEOUT))
-        server = self.sidecar.servers[endpoint.address]
-        network = self.sidecar.network
-        sim.after(network.delay(sim.rng.random()), server.receive,
-                  lambda outcome: sim.after(network.delay(sim.rng.random()), self._ended,
-                                            attempt, outcome))
+            attempt.timer = sim.at(attempt_deadline, self._ended, attempt, TIMED_OUT)
+        sim.after(sidecar.network.delay(sim.rng.random()),
+                  sidecar.servers[endpoint.address].receive, attempt.answered)
         if self.hedging_delay is not None:
             self._hedge_at(self.hedging_delay)
 
