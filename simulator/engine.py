@@ -13,10 +13,10 @@ fire) would have been popped soon anyway.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import random
 from collections.abc import Callable
+from heapq import heappop, heappush
 from typing import Any
 
 
@@ -51,13 +51,20 @@ class Simulation:
 
     def at(self, time: float, action: Callable[..., None], *args: Any) -> Event:
         """Run ``action(*args)`` at virtual ``time`` (now, if that has passed)."""
-        event = Event(max(time, self._now), action, args)
-        heapq.heappush(self._heap, (event.time, next(self._sequence), event))
+        if time < self._now:
+            time = self._now
+        event = Event(time, action, args)
+        heappush(self._heap, (time, next(self._sequence), event))
         return event
 
     def after(self, delay: float, action: Callable[..., None], *args: Any) -> Event:
         """Run ``action(*args)`` ``delay`` seconds from now."""
-        return self.at(self._now + delay, action, *args)
+        # ``at``'s body again: every call and answer schedules through here, and the extra
+        # call cost about 10 % of beyond-round-robin (min CPU time of 6 runs).
+        time = self._now + delay if delay > 0 else self._now
+        event = Event(time, action, args)
+        heappush(self._heap, (time, next(self._sequence), event))
+        return event
 
     def every(self, interval: float, action: Callable[[], None], *, until: float) -> None:
         """Run ``action()`` every ``interval`` seconds from now until ``until``."""
@@ -74,12 +81,13 @@ class Simulation:
     def run(self, until: float) -> None:
         """Run every event due up to virtual time ``until``, in order; the clock ends there."""
         heap = self._heap
-        pop = heapq.heappop
+        events = 0
         while heap and heap[0][0] <= until:
-            time, _, event = pop(heap)
+            time, _, event = heappop(heap)
             if event.cancelled:
                 continue
             self._now = time
-            self.events += 1
+            events += 1
             event.action(*event.args)
+        self.events += events
         self._now = max(self._now, until)
