@@ -16,17 +16,32 @@ A scenario is a short YAML file (``simulator/scenarios/*.yaml``)::
         service_time: {normal: [0.167, 0.005]}   # or fixed: s | exponential: mean |
                                                   # lognormal: [median, sigma]
         growth: 0                     # seconds added per call in service (see server.py)
+        calls: [db]                   # services it calls, in parallel, once its own service
+                                      # time is over, through its sidecar (see server.py)
+        zones: [a, b]                 # replica i is in zones[i % len(zones)]
     clients:                          # each its own sidecar; count: how many alike
       - {service: backend, rate: 1000, timeout: 1.0}          # open loop, calls per second
       - {service: backend, users: 50, think_time: 0.1}        # closed loop
     faults:                           # from ``at`` until ``until`` (or the end)
       - {at: 15, until: 45, service: backend, replicas: [0], set: {pinned: 2.0}}
+      - {at: 20, until: 40, zone: b, set: {latency_factor: 5}}   # a zone: of every service
+                                                  # (or, with service, of that one)
     sweep: {set: error_rate, values: [0, 0.1]}   # optional: one run per value, on every
                                                   # replica of every service from the start
     windows: {during: [15, 45]}       # success and latency per window, besides the whole run
     policies:                         # the arms: each a policy as the control plane takes it
       round robin: "clusters: [{name: backend, lb_policy: ROUND_ROBIN}]"
     published: {round robin: "95 %"}  # figures to print beside ours
+    fleet: {services: 1000, replicas: 10, zones: 3, layers: 4, calls: 2, edge_rate: 600,
+            timeout: 2, concurrency: 100, queue: 100, service_time: {fixed: 0.01}}
+
+``fleet`` draws a large topology instead of listing it (:mod:`simulator.fleet`): its services
+and their edge clients join those the file lists (which may then be left out), and in each
+policy the cluster named ``fleet`` stands for every fleet service's cluster. The call graph
+(``calls``) must have no cycle: a call would never end.
+
+Every sidecar — a client's, or the one a calling service's replicas share — holds a cluster
+for each service it calls and for each cluster the policy's routes name.
 
 Each policy is read by the control plane's own parser and checked by its own validation
 (:func:`controlplane.policy.merge`): a policy the control plane would refuse is refused here,
@@ -38,9 +53,10 @@ A problem in a scenario file is a :class:`ScenarioError` naming the file, the fi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,9 +64,10 @@ from typing import Any
 import yaml
 
 from controlplane.policy import Document, PolicyError, merge, read_documents
-from mesh.proto.config_pb2 import MeshPolicy
+from mesh.proto.config_pb2 import Cluster, MeshPolicy
 from simulator.clients import ClosedLoopClient, Load, OpenLoopClient
 from simulator.engine import Simulation
+from simulator.fleet import FleetSpec, generate
 from simulator.network import Network
 from simulator.record import Record
 from simulator.server import Behaviour, Server, ServiceTime
@@ -58,6 +75,7 @@ from simulator.sidecar import Sidecar
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 SETTABLE = ("latency_factor", "pinned", "error_rate", "black_hole", "down", "growth")
+FLEET_CLUSTER = "fleet"  # a policy's cluster of this name is every fleet service's
 
 
 class ScenarioError(Exception):
@@ -72,6 +90,11 @@ class ServiceSpec:
     queue: int
     service_time: ServiceTime
     growth: float
+    calls: tuple[str, ...] = ()  # services it calls while serving a call
+    zones: tuple[str, ...] = ()  # replica i is in zones[i % len(zones)]; () for none
+
+    def zone(self, replica: int) -> str:
+        return self.zones[replica % len(self.zones)] if self.zones else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +114,10 @@ class ClientSpec:
 class FaultSpec:
     at: float
     until: float | None
-    service: str
+    service: str | None  # None: every service (of ``zone``)
     replicas: tuple[int, ...] | None  # None: every replica
     changes: Mapping[str, Any]
+    zone: str | None = None  # None: every zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +136,7 @@ class Scenario:
     windows: Mapping[str, tuple[float, float]]
     policies: Mapping[str, MeshPolicy]
     published: Mapping[str, str] = field(default_factory=dict)
+    fleet: FleetSpec | None = None  # what the fleet's services and clients were drawn from
 
     def scaled(self, factor: float) -> Scenario:
         """The same scenario with every time (duration, faults, windows) times ``factor``:
@@ -122,10 +147,11 @@ class Scenario:
             tuple(ClientSpec(c.service, c.count, c.timeout, c.rate, c.poisson, c.users,
                              c.think_time, c.start * factor,
                              None if c.stop is None else c.stop * factor) for c in self.clients),
-            tuple(FaultSpec(f.at * factor, None if f.until is None else f.until * factor,
-                            f.service, f.replicas, f.changes) for f in self.faults),
+            tuple(dataclasses.replace(f, at=f.at * factor,
+                                      until=None if f.until is None else f.until * factor)
+                  for f in self.faults),
             self.sweep, {k: (a * factor, b * factor) for k, (a, b) in self.windows.items()},
-            self.policies, self.published)
+            self.policies, self.published, self.fleet)
 
 
 @dataclass(slots=True)
@@ -138,6 +164,7 @@ class Outcome:
     servers: list[Server]
     wall_seconds: float = 0.0
     events: int = 0
+    sidecar_calls: int = 0  # calls made through any sidecar: the clients' and every hop's
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -224,16 +251,28 @@ class _Reader:
     def scenario(self, name: str, data: Any) -> Scenario:
         top = self.mapping(data, "the file")
         known = {"title", "question", "duration", "drain", "seed", "network", "services",
-                 "clients", "faults", "sweep", "windows", "policies", "published"}
+                 "clients", "faults", "sweep", "windows", "policies", "published", "fleet"}
         for key in top:
             if key not in known:
                 raise self.fail(key, f"unknown field (known: {', '.join(sorted(known))})")
         duration = self.number(top.get("duration"), "duration", minimum=0.001)
+        seed = self.whole(top.get("seed", 1), "seed", minimum=0)
+        fleet = None if top.get("fleet") is None else self.fleet(top["fleet"], seed)
+        listed = top.get("services") if fleet is None else top.get("services", {})
         services = tuple(self.service(n, s) for n, s in
-                         self.mapping(top.get("services"), "services").items())
+                         self.mapping(listed, "services").items())
         service_names = {s.name for s in services}
         clients = tuple(self.client(i, c, service_names)
                         for i, c in enumerate(top.get("clients") or []))
+        if fleet is not None:
+            drawn, edge_clients = _fleet_services(fleet)
+            clashes = service_names & {s.name for s in drawn}
+            if clashes:
+                raise self.fail("services", f"{', '.join(sorted(clashes))}: also a fleet "
+                                            f"service's name")
+            services, clients = services + drawn, clients + edge_clients
+            service_names |= {s.name for s in drawn}
+        self.call_graph(services)
         if not clients:
             raise self.fail("clients", "want at least one client")
         faults = tuple(self.fault(i, f, services) for i, f in enumerate(top.get("faults") or []))
@@ -245,7 +284,7 @@ class _Reader:
         return Scenario(
             name=name, title=str(top.get("title", name)), question=str(top.get("question", "")),
             duration=duration, drain=self.number(top.get("drain", 5), "drain"),
-            seed=self.whole(top.get("seed", 1), "seed", minimum=0),
+            seed=seed,
             network=Network(self.number(network.get("latency", 0.0005), "network.latency"),
                             self.number(network.get("jitter", 0.0), "network.jitter")),
             services=services, clients=clients, faults=faults,
@@ -254,7 +293,8 @@ class _Reader:
                      self.mapping(top.get("windows", {}), "windows").items()},
             policies=policies,
             published={str(k): str(v) for k, v in
-                       self.mapping(top.get("published", {}), "published").items()})
+                       self.mapping(top.get("published", {}), "published").items()},
+            fleet=fleet)
 
     def service(self, name: str, data: Any) -> ServiceSpec:
         at = f"services.{name}"
@@ -263,7 +303,71 @@ class _Reader:
                            self.whole(spec.get("concurrency", 1000), f"{at}.concurrency"),
                            self.whole(spec.get("queue", 1000), f"{at}.queue", minimum=0),
                            self.service_time(spec.get("service_time"), f"{at}.service_time"),
-                           self.number(spec.get("growth", 0.0), f"{at}.growth"))
+                           self.number(spec.get("growth", 0.0), f"{at}.growth"),
+                           self.names(spec.get("calls", []), f"{at}.calls"),
+                           self.names(spec.get("zones", []), f"{at}.zones"))
+
+    def names(self, value: Any, at: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) \
+                or len(set(value)) != len(value):
+            raise self.fail(at, f"want a list of distinct names, got {value!r}")
+        return tuple(value)
+
+    def call_graph(self, services: Sequence[ServiceSpec]) -> None:
+        """Every service called exists, and no call comes back to its caller (a cycle)."""
+        by_name = {s.name: s for s in services}
+        for service in services:
+            for callee in service.calls:
+                if callee not in by_name:
+                    raise self.fail(f"services.{service.name}.calls",
+                                    f"unknown service {callee!r}")
+        # Kahn's order: take away the services nobody left calls; what remains holds a cycle.
+        callers = {name: 0 for name in by_name}
+        for service in services:
+            for callee in service.calls:
+                callers[callee] += 1
+        free = [name for name, count in callers.items() if count == 0]
+        while free:
+            for callee in by_name[free.pop()].calls:
+                callers[callee] -= 1
+                if callers[callee] == 0:
+                    free.append(callee)
+        left = [name for name, count in callers.items() if count > 0]
+        if left:
+            path = [left[0]]  # follow calls among what remains until one comes back
+            while True:
+                after = next(c for c in by_name[path[-1]].calls if callers[c] > 0)
+                if after in path:
+                    cycle = " → ".join([*path[path.index(after):], after])
+                    raise self.fail(f"services.{after}.calls", f"a cycle: {cycle}")
+                path.append(after)
+
+    def fleet(self, data: Any, seed: int) -> FleetSpec:
+        at = "fleet"
+        spec = self.mapping(data, at)
+        known = {"services", "replicas", "zones", "layers", "calls", "edge_rate", "timeout",
+                 "concurrency", "queue", "service_time", "seed"}
+        for key in spec:
+            if key not in known:
+                raise self.fail(f"{at}.{key}", f"unknown field (known: {', '.join(sorted(known))})")
+        timeout = spec.get("timeout")
+        try:
+            return FleetSpec(
+                services=self.whole(spec.get("services"), f"{at}.services"),
+                replicas=self.whole(spec.get("replicas", 1), f"{at}.replicas"),
+                zones=self.whole(spec.get("zones", 1), f"{at}.zones"),
+                layers=self.whole(spec.get("layers", 1), f"{at}.layers"),
+                calls=self.whole(spec.get("calls", 0), f"{at}.calls", minimum=0),
+                edge_rate=self.number(spec.get("edge_rate"), f"{at}.edge_rate", minimum=0.001),
+                timeout=None if timeout is None else self.number(timeout, f"{at}.timeout",
+                                                                 minimum=0.001),
+                concurrency=self.whole(spec.get("concurrency", 1000), f"{at}.concurrency"),
+                queue=self.whole(spec.get("queue", 1000), f"{at}.queue", minimum=0),
+                service_time=self.service_time(spec.get("service_time"),
+                                               f"{at}.service_time"),
+                seed=self.whole(spec.get("seed", seed), f"{at}.seed", minimum=0))
+        except ValueError as error:
+            raise self.fail(at, str(error)) from None
 
     def service_time(self, data: Any, at: str) -> ServiceTime:
         spec = self.mapping(data, at)
@@ -308,14 +412,22 @@ class _Reader:
         at = f"faults[{index}]"
         spec = self.mapping(data, at)
         by_name = {s.name: s for s in services}
+        zone = spec.get("zone")
         service = by_name.get(spec.get("service"))  # type: ignore[arg-type]
-        if service is None:
+        if service is None and (zone is None or "service" in spec):
             raise self.fail(f"{at}.service", f"unknown service {spec.get('service')!r}")
+        if zone is not None:
+            zones = set(service.zones) if service else {z for s in services for z in s.zones}
+            if zone not in zones:
+                raise self.fail(f"{at}.zone", f"unknown zone {zone!r} (zones: "
+                                              f"{', '.join(sorted(zones)) or 'none'})")
         replicas = spec.get("replicas")
-        if replicas is not None and (not isinstance(replicas, list) or not all(
-                isinstance(r, int) and 0 <= r < service.replicas for r in replicas)):
-            raise self.fail(f"{at}.replicas", f"want a list of replica numbers from 0 to "
-                                              f"{service.replicas - 1}, got {replicas!r}")
+        if replicas is not None and (service is None or not isinstance(replicas, list) or
+                                     not all(isinstance(r, int) and 0 <= r < service.replicas
+                                             for r in replicas)):
+            most = service.replicas - 1 if service else 0
+            raise self.fail(f"{at}.replicas", f"want a service and a list of replica numbers "
+                                              f"from 0 to {most}, got {replicas!r}")
         changes = self.mapping(spec.get("set"), f"{at}.set")
         for key in changes:
             if key not in SETTABLE:
@@ -323,7 +435,9 @@ class _Reader:
         until = spec.get("until")
         return FaultSpec(self.number(spec.get("at", 0.0), f"{at}.at"),
                          None if until is None else self.number(until, f"{at}.until"),
-                         service.name, None if replicas is None else tuple(replicas), changes)
+                         service.name if service else None,
+                         None if replicas is None else tuple(replicas), changes,
+                         None if zone is None else str(zone))
 
     def sweep(self, data: Any) -> tuple[str, tuple[Any, ...]] | None:
         if data is None:
@@ -364,10 +478,10 @@ def run_one(scenario: Scenario, label: str, policy: MeshPolicy, sweep_value: Any
     """One run: one policy, at one sweep value (None: no sweep)."""
     started = time.perf_counter()
     sim = Simulation(scenario.seed)
-    servers = {spec.name: [Server(sim, service=spec.name, replica=i,
+    servers = {spec.name: [Server(sim, service=spec.name, replica=i, zone=spec.zone(i),
                                   concurrency=spec.concurrency, queue_limit=spec.queue,
                                   service_time=spec.service_time,
-                                  behaviour=Behaviour(growth=spec.growth))
+                                  behaviour=Behaviour(growth=spec.growth), calls=spec.calls)
                            for i in range(spec.replicas)] for spec in scenario.services}
     if scenario.sweep is not None:
         setting, _ = scenario.sweep
@@ -376,11 +490,15 @@ def run_one(scenario: Scenario, label: str, policy: MeshPolicy, sweep_value: Any
                 setattr(server.behaviour, setting, sweep_value)
     end = scenario.duration
     record = Record()
+    sidecars = _Sidecars(sim, scenario, policy, servers)
+    for service in scenario.services:
+        if service.calls:
+            sidecar = sidecars.make(service.calls, name=service.name)
+            for server in servers[service.name]:
+                server.sidecar = sidecar
     for c_index, spec in enumerate(scenario.clients):
         for n in range(spec.count):
-            sidecar = Sidecar(sim, policy, servers, network=scenario.network,
-                              name=f"client-{c_index}-{n}")
-            sidecar.start_ticks(end + scenario.drain)
+            sidecar = sidecars.make([spec.service], name=f"client-{c_index}-{n}")
             load = Load(service=spec.service, start=spec.start,
                         stop=end if spec.stop is None else min(spec.stop, end),
                         timeout=spec.timeout)
@@ -393,23 +511,85 @@ def run_one(scenario: Scenario, label: str, policy: MeshPolicy, sweep_value: Any
                                           think_time=spec.think_time)
             client.start()
     for fault in scenario.faults:
-        targets = [s for i, s in enumerate(servers[fault.service])
-                   if fault.replicas is None or i in fault.replicas]
-        sim.at(fault.at, _apply, targets, fault.changes)
-        if fault.until is not None:
-            sim.at(fault.until, _apply, targets,
-                   {k: getattr(Behaviour(growth=targets[0].behaviour.growth), k)
-                    for k in fault.changes})
+        chosen = servers.values() if fault.service is None else [servers[fault.service]]
+        targets = [s for replicas in chosen for i, s in enumerate(replicas)
+                   if (fault.replicas is None or i in fault.replicas) and
+                   (fault.zone is None or s.zone == fault.zone)]
+        sim.at(fault.at, _apply, [(s, fault.changes) for s in targets])
+        if fault.until is not None:  # back to how each was before it (its own growth)
+            sim.at(fault.until, _apply,
+                   [(s, {k: getattr(Behaviour(growth=s.behaviour.growth), k)
+                         for k in fault.changes}) for s in targets])
     sim.run(end + scenario.drain)
     everyone = [s for replicas in servers.values() for s in replicas]
     return Outcome(label, sweep_value, record, everyone, time.perf_counter() - started,
-                   sim.events)
+                   sim.events, sum(s.calls_made for s in sidecars.made))
 
 
-def _apply(servers: list[Server], changes: Mapping[str, Any]) -> None:
-    """A fault begins or ends: each server's behaviour takes ``changes``."""
-    for server in servers:
-        for key, value in changes.items():
+class _Sidecars:
+    """Makes one run's sidecars, each with the clusters of what it may call."""
+
+    def __init__(self, sim: Simulation, scenario: Scenario, policy: MeshPolicy,
+                 servers: Mapping[str, Sequence[Server]]) -> None:
+        self.sim = sim
+        self.scenario = scenario
+        self.policy = policy
+        self.servers = servers
+        self.made: list[Sidecar] = []
+        self.routed = sorted(_routed_clusters(policy) & servers.keys())
+        declared = {cluster.name: cluster for cluster in policy.clusters}
+        template = declared.get(FLEET_CLUSTER)
+        self.fleet_clusters: dict[str, Cluster] = {}
+        if template is not None and scenario.fleet is not None:
+            for service in generate(scenario.fleet).services:
+                if service.name in declared:
+                    continue
+                cluster = Cluster()
+                cluster.CopyFrom(template)
+                cluster.name = service.name
+                self.fleet_clusters[service.name] = cluster
+
+    def make(self, services: Iterable[str], *, name: str) -> Sidecar:
+        """A sidecar calling ``services`` (and whatever the routes send to)."""
+        reach = [*dict.fromkeys([*services, *self.routed])]
+        policy = self.policy
+        fleet = [self.fleet_clusters[s] for s in reach if s in self.fleet_clusters]
+        if fleet:
+            policy = MeshPolicy(clusters=[*policy.clusters, *fleet], routes=policy.routes)
+        sidecar = Sidecar(self.sim, policy, {s: self.servers[s] for s in reach},
+                          network=self.scenario.network, name=name)
+        sidecar.start_ticks(self.scenario.duration + self.scenario.drain)
+        self.made.append(sidecar)
+        return sidecar
+
+
+def _routed_clusters(policy: MeshPolicy) -> set[str]:
+    """The clusters a policy's routes send calls to, whatever the calls were addressed to."""
+    names: set[str] = set()
+    for configuration in policy.routes:
+        for host in configuration.virtual_hosts:
+            for route in host.routes:
+                names.add(route.route.cluster)
+                names.update(w.name for w in route.route.weighted_clusters.clusters)
+    return names - {""}
+
+
+def _fleet_services(spec: FleetSpec) -> tuple[tuple[ServiceSpec, ...], tuple[ClientSpec, ...]]:
+    """The services of the fleet ``spec`` draws, and one open-loop client per edge service."""
+    fleet = generate(spec)
+    services = tuple(ServiceSpec(s.name, spec.replicas, spec.concurrency, spec.queue,
+                                 spec.service_time, 0.0, s.calls, s.zones)
+                     for s in fleet.services)
+    rate = spec.edge_rate / len(fleet.edge)
+    clients = tuple(ClientSpec(s.name, 1, spec.timeout, rate, True, None, 0.0, 0.0, None)
+                    for s in fleet.edge)
+    return services, clients
+
+
+def _apply(changes: list[tuple[Server, Mapping[str, Any]]]) -> None:
+    """A fault begins or ends: each server's behaviour takes its changes."""
+    for server, values in changes:
+        for key, value in values.items():
             if key == "down" and value:
                 server.crash()
             else:

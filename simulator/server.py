@@ -19,17 +19,33 @@ its service starts, then shaped by what the replica is going through (:class:`Be
 Faults (:mod:`simulator.scenario`) change a replica's behaviour at given times. A caller that
 gives up on a call (a timeout) does not stop the server serving it: as with most servers, the
 work goes on and its answer is thrown away — what makes retries on timeouts amplify load.
+
+**Dependencies** (the call graph): a replica of a service that ``calls`` others, once its own
+service time is over, calls each of them at once, in parallel, through its service's sidecar
+(one :class:`~simulator.sidecar.Sidecar` shared by the service's replicas — a simplification:
+per-replica sidecars would each keep their own balancer state), and answers 500 if any of
+those calls failed, else 200. Parallel, because independent downstream calls usually are
+(a fan-out), and because it is what makes a fleet's tail grow with its width: a call is as
+slow as its slowest dependency (Dean and Barroso, "The Tail at Scale"). The replica keeps its
+concurrency slot until the dependencies answer, as a thread-per-request server does: a slow
+dependency fills its callers' slots and queues, which is how a slowdown climbs the graph. A
+replica's own failure (``error_rate``) answers 500 at once, without calling anyone; deadlines
+are not propagated (each hop has its route's timeout).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sidecar.outcome import Failure, Outcome
 from simulator.engine import Event, Simulation
+
+if TYPE_CHECKING:
+    from simulator.sidecar import Answer, Sidecar
 
 OK = Outcome(status=200)
 ERROR = Outcome(status=500)
@@ -83,7 +99,7 @@ class Behaviour:
 class ServerStats:
     arrivals: int = 0  # calls that reached it (its load)
     served: int = 0
-    errors: int = 0  # answered 500
+    errors: int = 0  # answered 500 (its own failure, or a dependency's)
     refused: int = 0  # refused: down, or over its queue
     busy: float = 0.0  # seconds of service given (summed over concurrent calls)
     max_queue: int = 0
@@ -95,7 +111,11 @@ class Server:
 
     def __init__(self, sim: Simulation, *, service: str, replica: int, zone: str = "",
                  concurrency: int, queue_limit: int, service_time: ServiceTime,
-                 behaviour: Behaviour | None = None) -> None:
+                 behaviour: Behaviour | None = None, calls: Sequence[str] = ()) -> None:
+        """Args:
+            calls: the services this replica calls once its own service time is over, through
+                ``sidecar`` (set once every service's sidecar exists).
+        """
         if concurrency < 1 or queue_limit < 0:
             raise ValueError(f"{service}-{replica}: concurrency must be at least 1 and "
                              f"queue_limit at least 0")
@@ -108,11 +128,16 @@ class Server:
         self.queue_limit = queue_limit
         self.service_time = service_time
         self.behaviour = behaviour or Behaviour()
+        self.calls = tuple(calls)
+        self.sidecar: Sidecar | None = None  # its service's, shared by its replicas
         self.stats = ServerStats()
         self.active = 0
         self._queue: deque[Respond] = deque()
-        self._serving: dict[int, tuple[Event, Respond]] = {}
+        # By call: the end of its service time (None once it waits for its dependencies).
+        self._serving: dict[int, tuple[Event | None, Respond]] = {}
         self._ids = 0
+        self._random = sim.rng.random
+        self._gauss = sim.rng.gauss
 
     def receive(self, respond: Respond) -> None:
         """A call arrives; ``respond(outcome)`` is called when the server answers it."""
@@ -145,18 +170,19 @@ class Server:
         queued, self._queue = self._queue, deque()
         self.active = 0
         for event, respond in serving.values():
-            event.cancel()
+            if event is not None:
+                event.cancel()
             respond(RESET)
         for respond in queued:
             respond(RESET)
 
     def _start(self, respond: Respond) -> None:
         behaviour = self.behaviour
-        rng = self.sim.rng
         if behaviour.pinned is not None:
             seconds = behaviour.pinned
         else:
-            seconds = self.service_time.draw(rng.random, rng.gauss) * behaviour.latency_factor
+            seconds = self.service_time.draw(self._random, self._gauss) * \
+                behaviour.latency_factor
         seconds += behaviour.growth * self.active
         self.active += 1
         self._ids += 1
@@ -164,15 +190,52 @@ class Server:
         self._serving[call] = (self.sim.after(seconds, self._finish, call, seconds), respond)
 
     def _finish(self, call: int, seconds: float) -> None:
-        _, respond = self._serving.pop(call)
-        self.active -= 1
+        """The call's own service time is over: answer it, or call the dependencies first."""
         stats = self.stats
         stats.busy += seconds
         stats.served += 1
-        if self.behaviour.error_rate and self.sim.rng.random() < self.behaviour.error_rate:
+        error_rate = self.behaviour.error_rate
+        if error_rate and self._random() < error_rate:
             stats.errors += 1
-            respond(ERROR)
+            self._answer(call, ERROR)
+        elif self.calls and self.sidecar is not None:
+            self._serving[call] = (None, self._serving[call][1])
+            _Fanout(self, call, self.sidecar, self.calls)
         else:
-            respond(OK)
+            self._answer(call, OK)
+
+    def _answer(self, call: int, outcome: Outcome) -> None:
+        """Answer ``call``, free its slot, and start the next call waiting, if any."""
+        _, respond = self._serving.pop(call)
+        self.active -= 1
+        respond(outcome)
         if self._queue and self.active < self.concurrency:
             self._start(self._queue.popleft())
+
+    def _dependencies_answered(self, call: int, failed: bool) -> None:
+        if call not in self._serving:
+            return  # reset by a crash while it waited: its caller has had its answer
+        if failed:
+            self.stats.errors += 1
+        self._answer(call, ERROR if failed else OK)
+
+
+class _Fanout:
+    """One call's calls to its replica's dependencies, all at once; the last answer decides."""
+
+    __slots__ = ("call", "failed", "pending", "server")
+
+    def __init__(self, server: Server, call: int, sidecar: Sidecar,
+                 services: Sequence[str]) -> None:
+        self.server = server
+        self.call = call
+        self.pending = len(services)
+        self.failed = False
+        for service in services:
+            sidecar.call(service, self.answered)
+
+    def answered(self, answer: Answer) -> None:
+        self.failed = self.failed or answer.status >= 500
+        self.pending -= 1
+        if self.pending == 0:
+            self.server._dependencies_answered(self.call, self.failed)

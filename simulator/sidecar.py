@@ -72,6 +72,7 @@ class Sidecar:
         self.sim = sim
         self.name = name
         self.network = network
+        self.calls_made = 0
         self.servers = {server.address: server for replicas in servers.values()
                         for server in replicas}
         declared = {cluster.name: cluster for cluster in policy.clusters}
@@ -98,6 +99,7 @@ class Sidecar:
         """Make one call to ``service``; ``done(answer)`` when it ends."""
         sim = self.sim
         started = sim.now()
+        self.calls_made += 1
         target = self.router.route(service, "/", {}, sim.rng)
         if target is None:
             done(Answer(404, started, 0.0, 0))
