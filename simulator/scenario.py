@@ -54,9 +54,11 @@ A problem in a scenario file is a :class:`ScenarioError` naming the file, the fi
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -520,10 +522,36 @@ def run_one(scenario: Scenario, label: str, policy: MeshPolicy, sweep_value: Any
             sim.at(fault.until, _apply,
                    [(s, {k: getattr(Behaviour(growth=s.behaviour.growth), k)
                          for k in fault.changes}) for s in targets])
-    sim.run(end + scenario.drain)
+    with _rare_collections():
+        sim.run(end + scenario.drain)
     everyone = [s for replicas in servers.values() for s in replicas]
     return Outcome(label, sweep_value, record, everyone, time.perf_counter() - started,
                    sim.events, sum(s.calls_made for s in sidecars.made))
+
+
+YOUNG_COLLECTION_EVERY = 50_000  # net allocations (Python's default: 700)
+
+
+@contextmanager
+def _rare_collections() -> Iterator[None]:
+    """Run with Python's cyclic garbage collector out of the way, then put it back.
+
+    By default the collector runs every 700 net allocations and, every so often, scans every
+    object alive; a run allocates an event or two per message, and a fleet keeps 10,000
+    servers and the state of 1,250 sidecars alive, so the collector took 40 % of a fleet run
+    (py-spy). What was built before the run is frozen (never scanned again) and young
+    collections come 70 times less often: fleet at 0.3 scale 4.27 → 2.28 CPU seconds
+    (min of 3). Calls and attempts refer to each other, so the collector stays on.
+    """
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 class _Sidecars:
