@@ -5,7 +5,8 @@ Columns: calls that ended; success (answered below 500); latency percentiles of 
 attempts per call (retries and hedges included); *load*: calls the servers received per call
 the clients made — 1.0 without retries, up to 1 + retries when every attempt fails; success
 in each of the scenario's windows; the published figure, if the scenario cites one; and how
-fast the simulation ran (simulated calls per wall-clock second).
+fast the simulation ran (simulated calls per wall-clock second: every call a sidecar made, a
+client's or, in a call graph, a service's).
 
 The plot is success per second over time for each policy, or, for a sweep, success and load
 against the swept value. The files are the experiments' (:class:`experiments.harness.Report`):
@@ -53,7 +54,9 @@ def summary(outcome: Outcome, scenario: Scenario) -> dict[str, Any]:
         "server_load_by_second": load_by_second,
         "wall_seconds": outcome.wall_seconds,
         "events": outcome.events,
-        "calls_per_wall_second": calls / outcome.wall_seconds if outcome.wall_seconds else 0.0,
+        "sidecar_calls": outcome.sidecar_calls,
+        "calls_per_wall_second": outcome.sidecar_calls / outcome.wall_seconds
+        if outcome.wall_seconds else 0.0,
     }
 
 
@@ -76,11 +79,13 @@ def report(scenario: Scenario, outcomes: list[Outcome]) -> Report:
         if scenario.published:
             row.append(scenario.published.get(data["policy"], ""))
         rows.append(row)
-    calls = sum(d["calls"] for d in rows_data)
+    calls = sum(d["sidecar_calls"] for d in rows_data)
+    edge = sum(d["calls"] for d in rows_data)
     wall = sum(d["wall_seconds"] for d in rows_data)
     notes = [scenario.question] if scenario.question else []
-    notes.append(f"seed {scenario.seed}; {len(outcomes)} runs, {calls} simulated calls in "
-                 f"{wall:.1f} s of wall-clock time: {calls / wall if wall else 0:,.0f} calls "
+    hops = f" ({edge:,} of them the clients')" if edge != calls else ""
+    notes.append(f"seed {scenario.seed}; {len(outcomes)} runs, {calls:,} simulated calls{hops} "
+                 f"in {wall:.1f} s of wall-clock time: {calls / wall if wall else 0:,.0f} calls "
                  f"per second")
     return Report(name=scenario.name, title=scenario.title, table=markdown_table(headers, rows),
                   notes=notes, data={"scenario": scenario.name, "seed": scenario.seed,
