@@ -33,6 +33,14 @@ class Event:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # Let go of what it would have called: a call and its timers refer to each other,
+        # and a cycle left behind waits for the garbage collector (see scenario.py).
+        self.action = _nothing
+        self.args = ()
+
+
+def _nothing() -> None:
+    pass
 
 
 class Simulation:
