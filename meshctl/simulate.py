@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
                    help="a policy file or folder to run instead of the scenario's policies")
     p.add_argument("--seed", type=int, help="instead of the scenario's seed")
     p.add_argument("--quick", action="store_true",
-                   help="a fifth of the scenario's time (what the tests run)")
+                   help="a short form: the scenario's times scaled by its quick_scale (a "
+                        "fifth, unless it says otherwise)")
     p.add_argument("--out", type=Path, default=RESULTS,
                    help=f"where the table, JSON and plot go (default {RESULTS})")
     p.set_defaults(run=main)
@@ -58,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     if args.seed is not None:
         chosen = scenario.with_seed(chosen, args.seed)
     if args.quick:
-        chosen = chosen.scaled(0.2)
+        chosen = chosen.scaled(chosen.quick_scale)
     started = time.monotonic()
     result = report.report(chosen, scenario.run(chosen))
     paths = result.write(args.out)

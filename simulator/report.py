@@ -52,11 +52,8 @@ def summary(outcome: Outcome, scenario: Scenario) -> dict[str, Any]:
         "success_by_second": [ok / n if n else None
                               for ok, n in zip(per_second_ok, per_second_calls, strict=True)],
         "server_load_by_second": load_by_second,
-        "wall_seconds": outcome.wall_seconds,
         "events": outcome.events,
         "sidecar_calls": outcome.sidecar_calls,
-        "calls_per_wall_second": outcome.sidecar_calls / outcome.wall_seconds
-        if outcome.wall_seconds else 0.0,
     }
 
 
@@ -81,7 +78,7 @@ def report(scenario: Scenario, outcomes: list[Outcome]) -> Report:
         rows.append(row)
     calls = sum(d["sidecar_calls"] for d in rows_data)
     edge = sum(d["calls"] for d in rows_data)
-    wall = sum(d["wall_seconds"] for d in rows_data)
+    wall = sum(o.wall_seconds for o in outcomes)  # in the notes only: the JSON is the seed's
     notes = [scenario.question] if scenario.question else []
     hops = f" ({edge:,} of them the clients')" if edge != calls else ""
     notes.append(f"seed {scenario.seed}; {len(outcomes)} runs, {calls:,} simulated calls{hops} "

@@ -32,6 +32,7 @@ A scenario is a short YAML file (``simulator/scenarios/*.yaml``)::
     policies:                         # the arms: each a policy as the control plane takes it
       round robin: "clusters: [{name: backend, lb_policy: ROUND_ROBIN}]"
     published: {round robin: "95 %"}  # figures to print beside ours
+    quick_scale: 0.2                  # --quick: every time times this (1: too short to cut)
     fleet: {services: 1000, replicas: 10, zones: 3, layers: 4, calls: 2, edge_rate: 600,
             timeout: 2, concurrency: 100, queue: 100, service_time: {fixed: 0.01}}
 
@@ -139,6 +140,7 @@ class Scenario:
     policies: Mapping[str, MeshPolicy]
     published: Mapping[str, str] = field(default_factory=dict)
     fleet: FleetSpec | None = None  # what the fleet's services and clients were drawn from
+    quick_scale: float = 0.2  # --quick runs it at this share of its times (1: as it is)
 
     def scaled(self, factor: float) -> Scenario:
         """The same scenario with every time (duration, faults, windows) times ``factor``:
@@ -153,7 +155,7 @@ class Scenario:
                                       until=None if f.until is None else f.until * factor)
                   for f in self.faults),
             self.sweep, {k: (a * factor, b * factor) for k, (a, b) in self.windows.items()},
-            self.policies, self.published, self.fleet)
+            self.policies, self.published, self.fleet, self.quick_scale)
 
 
 @dataclass(slots=True)
@@ -253,7 +255,8 @@ class _Reader:
     def scenario(self, name: str, data: Any) -> Scenario:
         top = self.mapping(data, "the file")
         known = {"title", "question", "duration", "drain", "seed", "network", "services",
-                 "clients", "faults", "sweep", "windows", "policies", "published", "fleet"}
+                 "clients", "faults", "sweep", "windows", "policies", "published", "fleet",
+                 "quick_scale"}
         for key in top:
             if key not in known:
                 raise self.fail(key, f"unknown field (known: {', '.join(sorted(known))})")
@@ -296,7 +299,8 @@ class _Reader:
             policies=policies,
             published={str(k): str(v) for k, v in
                        self.mapping(top.get("published", {}), "published").items()},
-            fleet=fleet)
+            fleet=fleet,
+            quick_scale=self.number(top.get("quick_scale", 0.2), "quick_scale", minimum=0.01))
 
     def service(self, name: str, data: Any) -> ServiceSpec:
         at = f"services.{name}"
@@ -523,11 +527,7 @@ def _run_one(scenario: Scenario, label: str, policy: MeshPolicy, sweep_value: An
         targets = [s for replicas in chosen for i, s in enumerate(replicas)
                    if (fault.replicas is None or i in fault.replicas) and
                    (fault.zone is None or s.zone == fault.zone)]
-        sim.at(fault.at, _apply, [(s, fault.changes) for s in targets])
-        if fault.until is not None:  # back to how each was before it (its own growth)
-            sim.at(fault.until, _apply,
-                   [(s, {k: getattr(Behaviour(growth=s.behaviour.growth), k)
-                         for k in fault.changes}) for s in targets])
+        sim.at(fault.at, _begin_fault, sim, targets, fault.changes, fault.until)
     gc.freeze()  # what was built is never scanned again (see _rare_collections)
     sim.run(end + scenario.drain)
     everyone = [s for replicas in servers.values() for s in replicas]
@@ -622,6 +622,16 @@ def _fleet_services(spec: FleetSpec) -> tuple[tuple[ServiceSpec, ...], tuple[Cli
     clients = tuple(ClientSpec(s.name, 1, spec.timeout, rate, True, None, 0.0, 0.0, None)
                     for s in fleet.edge)
     return services, clients
+
+
+def _begin_fault(sim: Simulation, servers: list[Server], changes: Mapping[str, Any],
+                 until: float | None) -> None:
+    """A fault begins; at ``until`` each server gets back what it had just before (a swept
+    value, another fault's)."""
+    before = [(s, {key: getattr(s.behaviour, key) for key in changes}) for s in servers]
+    _apply([(s, changes) for s in servers])
+    if until is not None:
+        sim.at(until, _apply, before)
 
 
 def _apply(changes: list[tuple[Server, Mapping[str, Any]]]) -> None:
