@@ -55,7 +55,10 @@ instances that registered since, and every live one does so within a lease TTL. 
 reconnects holding a configuration (its subscription carries a version) would otherwise be
 told that services still re-registering have no endpoints; it is answered once ``warmup``
 seconds have passed since the start, and keeps its last good configuration until then. A new
-sidecar, which has nothing to keep, is answered at once.
+sidecar, which has nothing to keep, is answered at once. A replica whose state is in a store
+that outlives it needs no warm-up, but it holds such sidecars back until it has listed the
+store once (``known``): a replica that cannot reach its store from the start would otherwise
+send them an empty configuration.
 """
 
 from __future__ import annotations
@@ -166,12 +169,22 @@ class DiscoveryServer:
 
     def __init__(self, snapshot: Callable[[], View], clock: Clock,
                  observer: DiscoveryObserver | None = None, *, warmup: float = 0.0,
-                 dialect: Dialect = MESH_V1) -> None:
+                 dialect: Dialect = MESH_V1, known: Callable[[], bool] = lambda: True,
+                 ) -> None:
+        """Args:
+            warmup: seconds after the start during which a sidecar holding a configuration is
+                not answered (see "Warm-up").
+            known: whether the state the snapshot is built from is known yet (a replica's
+                first listing of its store); until it is, a sidecar holding a configuration
+                is not answered either — an empty snapshot would tell it to drop everything.
+                Call :meth:`changed` once it is.
+        """
         self.subscriptions: dict[int, Subscription] = {}
         self.dialect = dialect
         self._snapshot = snapshot
         self._clock = clock
         self._warm_at = clock.now() + warmup  # see "Warm-up" above
+        self._known = known
         self._observer = observer or DiscoveryObserver()
         self._ids = itertools.count(1)
         self._nonces = itertools.count(1)
@@ -215,6 +228,8 @@ class DiscoveryServer:
                 if reader.done():
                     reader.result()  # re-raise what ended the request stream, if anything
                     return
+                if subscription.holds_config and not self._known():
+                    continue  # it keeps what it holds; changed() wakes it once it is known
                 warming = self._warm_at - self._clock.now()
                 if subscription.holds_config and warming > 0:
                     await asyncio.sleep(warming)

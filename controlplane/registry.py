@@ -155,7 +155,9 @@ class Registry:
         await self._put(instance_id, registered, lease)
         log.info("registered %s at %s:%d for %s", instance_id, endpoint.address, endpoint.port,
                  who)
-        return self._instances[instance_id]
+        # What was written (the copy holds the same, unless its watch lags: then the replica
+        # says it is not ready, and the instance is in the store all the same).
+        return Instance(instance_id, namespace, service, registered, who, lease)
 
     async def heartbeat(self, instance_id: str, health: int | None,
                         caller: SpiffeId | None) -> None:
@@ -178,14 +180,17 @@ class Registry:
             log.info("%s is now %s", instance_id, Endpoint.Health.Name(health))
 
     async def deregister(self, instance_id: str, caller: SpiffeId | None) -> None:
-        """Remove the caller's instance now (its lease, holding nothing, lapses by itself).
+        """Remove the caller's instance now, and end its lease (so that a replica whose copy
+        has not seen the removal yet cannot take a registration of the same address for a
+        renewal of the lease).
 
         Raises:
             RegistrationError: not the caller's instance; UNAVAILABLE: the store cannot be
                 reached.
         """
-        self._owned(instance_id, caller, "deregister")
+        instance = self._owned(instance_id, caller, "deregister")
         revision = await self._write(lambda: self._store.delete_instance(instance_id))
+        await self._write(lambda: self._store.revoke_lease(instance.lease))
         await self._state.reached(revision)
         log.info("deregistered %s", instance_id)
 

@@ -146,9 +146,11 @@ class ControlPlane:
         # Warm-up (controlplane/discovery.py) covers a registry that restarts empty; a store
         # that outlives the process lists every live instance at once.
         warmup = 0.0 if self.store.durable else lease_ttl
-        self.discovery = DiscoveryServer(self.snapshot, clock, self.metrics, warmup=warmup)
+        known = self.state.listed.is_set  # before a first listing, the state is unknown
+        self.discovery = DiscoveryServer(self.snapshot, clock, self.metrics, warmup=warmup,
+                                         known=known)
         self.xds = DiscoveryServer(self.xds_snapshot, clock, self.metrics, warmup=warmup,
-                                   dialect=XDS_V3)
+                                   dialect=XDS_V3, known=known)
         self.name = ""  # this replica's, in the store: its gRPC host:port, once started
         self.replicas = Replicas()  # every running replica, as the store says
         self._lease = 0  # of this replica's key in the store
@@ -342,6 +344,7 @@ class ControlPlane:
         tls = server_context(cert, key, self.pki_dir / "ca.crt", require_client_cert=False)
         self._tasks.append(asyncio.create_task(
             self.state.follow([self.registry, self.policy, self.replicas])))
+        self._tasks.append(asyncio.create_task(self._answer_once_listed()))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LISTED_TIMEOUT):
                 await self.state.listed.wait()
@@ -359,6 +362,11 @@ class ControlPlane:
         log.info("control plane serving on %s:%d (trust domain %s, state in %s%s)", host,
                  self.port, self.trust_domain, self.store.where,
                  "" if self.state.ready else f", not ready: {self.state.problem}")
+
+    async def _answer_once_listed(self) -> None:
+        """Wake the streams held back until the store was listed (see DiscoveryServer)."""
+        await self.state.listed.wait()
+        self._changed()
 
     async def _apply_policy_files(self) -> tuple[Document, ...] | None:
         """Write the policy files to the store if they differ; what was applied, or None for
@@ -419,7 +427,8 @@ class ControlPlane:
                 return
             except LeaseExpired:
                 pass
-        self._lease = await self.store.grant_lease(self.registry.lease_ttl)
+        lease = await self.store.grant_lease(self.registry.lease_ttl)
         record = json.dumps({"grpc": self.name, "api": self._api, "started": time.time()})
-        await self.store.put_replica(self.name, record.encode(), lease=self._lease)
+        await self.store.put_replica(self.name, record.encode(), lease=lease)
+        self._lease = lease  # only once the key is on it: else the next round writes it again
 

@@ -70,13 +70,14 @@ class StoreState:
         self._watch_problem: StoreError | None = StoreUnavailable([store.where],
                                                                   "not listed yet")
         self._request_problem: StoreError | None = None
+        self._lag: tuple[int, StoreError] | None = None  # a write the watch has not brought
         self._advanced = asyncio.Condition()
         self.listed = asyncio.Event()  # set once the first listing is in the copy
 
     @property
     def problem(self) -> str | None:
         """Why the copy may not be current; None when it follows the store."""
-        error = self._watch_problem or self._request_problem
+        error = self._error()
         return None if error is None else str(error)
 
     @property
@@ -90,7 +91,7 @@ class StoreState:
         Raises:
             StoreUnavailable: the copy does not follow the store now; says why.
         """
-        error = self._watch_problem or self._request_problem
+        error = self._error()
         if isinstance(error, StoreUnavailable):
             raise StoreUnavailable(error.endpoints, error.reason)
         if error is not None:
@@ -130,6 +131,9 @@ class StoreState:
             self._request_problem = None
             self._found()
 
+    def _error(self) -> StoreError | None:
+        return self._watch_problem or self._request_problem or (self._lag and self._lag[1])
+
     def _lost(self, error: StoreError) -> None:
         if self.problem is None:
             log.warning("state store lost, serving the last state (revision %d): %s",
@@ -142,14 +146,22 @@ class StoreState:
 
     async def reached(self, revision: int) -> None:
         """Wait until the copy includes ``revision`` (a write of this replica's), or
-        ``REACH_TIMEOUT`` passed; the write is in the store either way."""
+        ``REACH_TIMEOUT`` passed; the write is in the store either way.
+
+        A watch that has not brought a write back in that time is stuck (an etcd member cut off
+        from its cluster keeps a watch open and silent): the replica is not ready until the
+        watch reaches that revision.
+        """
         async with self._advanced:
             try:
                 async with asyncio.timeout(REACH_TIMEOUT):
                     await self._advanced.wait_for(lambda: self.revision >= revision)
             except TimeoutError:
-                log.warning("revision %d written but not seen by the watch after %.0fs (at %d)",
-                            revision, REACH_TIMEOUT, self.revision)
+                error = StoreUnavailable([self.store.where], (
+                    f"this replica's watch has not brought back revision {revision} "
+                    f"{REACH_TIMEOUT:.0f}s after it was written (it is at {self.revision})"))
+                self._lost(error)
+                self._lag = (revision, error)
 
     async def follow(self, copies: Sequence[Copy]) -> None:
         """Keep ``copies`` current until cancelled: each gets the entries of its keys from
@@ -181,6 +193,9 @@ class StoreState:
     async def _advance(self, revision: int) -> None:
         async with self._advanced:
             self.revision = revision
+            if self._lag is not None and revision >= self._lag[0]:
+                self._lag = None
+                self._found()
             self._advanced.notify_all()
 
 

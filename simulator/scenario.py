@@ -522,12 +522,15 @@ def _run_one(scenario: Scenario, label: str, policy: MeshPolicy, sweep_value: An
                 client = ClosedLoopClient(sim, sidecar, load, record, users=spec.users,
                                           think_time=spec.think_time)
             client.start()
-    for fault in scenario.faults:
+    faults = _Faults()
+    for number, fault in enumerate(scenario.faults):
         chosen = servers.values() if fault.service is None else [servers[fault.service]]
         targets = [s for replicas in chosen for i, s in enumerate(replicas)
                    if (fault.replicas is None or i in fault.replicas) and
                    (fault.zone is None or s.zone == fault.zone)]
-        sim.at(fault.at, _begin_fault, sim, targets, fault.changes, fault.until)
+        sim.at(fault.at, faults.begin, number, targets, fault.changes)
+        if fault.until is not None:
+            sim.at(fault.until, faults.end, number, targets, fault.changes)
     gc.freeze()  # what was built is never scanned again (see _rare_collections)
     sim.run(end + scenario.drain)
     everyone = [s for replicas in servers.values() for s in replicas]
@@ -624,21 +627,42 @@ def _fleet_services(spec: FleetSpec) -> tuple[tuple[ServiceSpec, ...], tuple[Cli
     return services, clients
 
 
-def _begin_fault(sim: Simulation, servers: list[Server], changes: Mapping[str, Any],
-                 until: float | None) -> None:
-    """A fault begins; at ``until`` each server gets back what it had just before (a swept
-    value, another fault's)."""
-    before = [(s, {key: getattr(s.behaviour, key) for key in changes}) for s in servers]
-    _apply([(s, changes) for s in servers])
-    if until is not None:
-        sim.at(until, _apply, before)
+class _Faults:
+    """The faults in force on each replica's settings, so that they may overlap.
+
+    A setting takes the value of the latest fault in force on it; when a fault ends, the
+    setting goes back to the latest other one still in force, or, when none is, to what the
+    replica had before any began (its own, or a swept value).
+    """
+
+    def __init__(self) -> None:
+        self._in_force: dict[tuple[str, str], list[tuple[int, Any]]] = {}  # (replica, setting)
+        self._before: dict[tuple[str, str], Any] = {}
+
+    def begin(self, fault: int, servers: list[Server], changes: Mapping[str, Any]) -> None:
+        for server in servers:
+            for key, value in changes.items():
+                slot = (server.address, key)
+                if slot not in self._in_force:
+                    self._before[slot] = getattr(server.behaviour, key)
+                self._in_force.setdefault(slot, []).append((fault, value))
+                _set(server, key, value)
+
+    def end(self, fault: int, servers: list[Server], changes: Mapping[str, Any]) -> None:
+        for server in servers:
+            for key in changes:
+                slot = (server.address, key)
+                in_force = [f for f in self._in_force[slot] if f[0] != fault]
+                if in_force:
+                    self._in_force[slot] = in_force
+                    _set(server, key, in_force[-1][1])
+                else:
+                    del self._in_force[slot]
+                    _set(server, key, self._before.pop(slot))
 
 
-def _apply(changes: list[tuple[Server, Mapping[str, Any]]]) -> None:
-    """A fault begins or ends: each server's behaviour takes its changes."""
-    for server, values in changes:
-        for key, value in values.items():
-            if key == "down" and value:
-                server.crash()
-            else:
-                setattr(server.behaviour, key, value)
+def _set(server: Server, key: str, value: Any) -> None:
+    if key == "down" and value:
+        server.crash()
+    else:
+        setattr(server.behaviour, key, value)

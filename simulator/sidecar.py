@@ -143,7 +143,8 @@ class _Call:
     """One call from its first attempt to its answer (``sidecar/outbound.py``'s ``_Call``)."""
 
     __slots__ = ("cluster", "deadline", "deadline_event", "done", "finished", "hedge_event",
-                 "hedging_delay", "in_flight", "release", "sidecar", "started", "state")
+                 "hedging", "hedging_delay", "in_flight", "release", "sidecar", "started",
+                 "state")
 
     def __init__(self, sidecar: Sidecar, cluster: ClusterPolicies, policy: RetrySettings,
                  deadline: float, method: str, done: Done, release: Callable[[], None]) -> None:
@@ -158,14 +159,21 @@ class _Call:
         self.state = RetryState(policy, method=method, deadline=deadline, clock=sim,
                                 rng=sim.rng, budget=cluster.budget, breaker=cluster.breaker)
         self.hedging_delay = policy.hedging_delay
+        self.hedging = False  # this race may still get a hedge (``_race``'s hedge_at is set)
         self.in_flight: dict[int, _Attempt] = {}
         self.hedge_event: Event | None = None
         self.deadline_event = sim.at(deadline, self._deadline_passed)
 
     def begin(self) -> None:
-        """Start an attempt on an endpoint not tried yet, if the balancer has one."""
+        """Start a race — the first attempt, or a retry — and its hedges' clock, if it
+        hedges (``_Call._attempts`` → ``_race``)."""
         if self.finished:
             return
+        self.hedging = self.hedging_delay is not None
+        self._attempt()
+
+    def _attempt(self) -> None:
+        """Start an attempt on an endpoint not tried yet, if the balancer has one."""
         sidecar = self.sidecar
         sim = sidecar.sim
         state = self.state
@@ -182,7 +190,7 @@ class _Call:
             attempt.timer = sim.at(attempt_deadline, self._ended, attempt, TIMED_OUT)
         sim.after(sidecar.network.delay(sim.rng.random()),
                   sidecar.servers[endpoint.address].receive, attempt.answered)
-        if self.hedging_delay is not None:
+        if self.hedging and self.hedging_delay is not None:
             self._hedge_at(self.hedging_delay)
 
     def _ended(self, attempt: _Attempt, outcome: Outcome) -> None:
@@ -199,7 +207,8 @@ class _Call:
         else:
             decision = self.state.decide(outcome, attempt=attempt.number)
         if isinstance(decision, Wait):
-            self._hedge_at(0.0)  # the next hedge is due at once
+            if self.hedging:
+                self._hedge_at(0.0)  # the next hedge is due at once
         elif isinstance(decision, Retry):
             self.sidecar.sim.after(decision.delay, self.begin)
         else:
@@ -222,12 +231,14 @@ class _Call:
         tried = self.state.tried
         if not any(e.available and a not in tried
                    for a, e in self.cluster.balancer.endpoints.items()):
-            return  # a hedge goes only where this call has not been
+            self.hedging = False  # a hedge goes only where this call has not been
+            return
         decision = self.state.hedge()
         if isinstance(decision, Stop):
+            self.hedging = False  # no more hedges in this race (a retry starts another)
             return
         assert isinstance(decision, Hedge)
-        self.begin()
+        self._attempt()
 
     def _deadline_passed(self) -> None:
         if not self.finished:

@@ -181,8 +181,9 @@ class EtcdStore:
             try:
                 async for event in events:
                     change = self._change(event)
-                    # Resume after the last revision reported. Each of our requests changes
-                    # one key, so no revision is split between two streams.
+                    # Resume after the last revision reported. A revision changes one key,
+                    # but for a lease that lapses with its keys; ours hold one key each (an
+                    # instance, a token, a replica), so no revision is split between streams.
                     start = change.revision + 1
                     yield change
                 return  # the client was closed

@@ -1,7 +1,7 @@
 """Control-plane replicas whose state store cannot be reached (a real etcd client, given an
 address where no etcd answers): they start, say they are not ready and why, refuse writes with
-UNAVAILABLE naming the store — and a sidecar given all of them goes round them at the pace of
-its backoff, not in a tight loop."""
+UNAVAILABLE naming the store, send no empty configuration to a sidecar that holds one — and a
+sidecar given all of them goes round them at the pace of its backoff, not in a tight loop."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from controlplane.server import ControlPlane
 from controlplane.store.etcd import EtcdStore
 from mesh.grpc import Channel, GrpcError, StatusCode
 from mesh.proto.config_pb2 import Endpoint
+from mesh.proto.discovery_pb2 import DiscoveryRequest, DiscoveryResponse, Node
 from mesh.proto.registry_pb2 import RegisterRequest, RegisterResponse
+from mesh.proto.resources import CLUSTERS
 from sidecar.control_planes import ControlPlanes
 from sidecar.registration import Registration
 from tests.integration.controlplane.conftest import TRUST_DOMAIN, Mesh
@@ -30,6 +32,8 @@ from tests.integration.controlplane.conftest import TRUST_DOMAIN, Mesh
 REPLICAS = 3
 PAUSE = 0.2  # seconds: the sidecar's backoff between registration attempts, fixed here
 WATCHED = 1.0  # seconds the sidecar is watched going round the replicas
+HELD_BACK = 1.0  # seconds a sidecar holding a configuration is watched getting nothing
+STREAM_RESOURCES = "/mesh.v1.AggregatedDiscoveryService/StreamResources"
 
 
 def nowhere() -> str:
@@ -108,3 +112,22 @@ async def test_a_sidecar_goes_round_unavailable_replicas_at_its_backoff_pace(
     print(f"moves in {WATCHED:.1f}s with a {PAUSE:.1f}s backoff: {planes.failovers}")
     assert 1 <= planes.failovers <= WATCHED / PAUSE + 1
     assert not registration.registered.is_set()
+
+
+async def test_a_replica_that_never_listed_its_store_sends_no_empty_configuration(
+        cut_off: list[Mesh]) -> None:
+    # A sidecar that moves here holding its configuration would be told to drop it all.
+    channel = cut_off[0].channel("orders")
+    try:
+        async with channel.call(STREAM_RESOURCES, DiscoveryResponse.FromString) as holding:
+            await holding.send(DiscoveryRequest(type_url=CLUSTERS, version_info="held",
+                                                node=Node(id="orders-1")))
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(HELD_BACK):
+                    await holding.receive()
+        async with channel.call(STREAM_RESOURCES, DiscoveryResponse.FromString) as new:
+            await new.send(DiscoveryRequest(type_url=CLUSTERS, node=Node(id="orders-2")))
+            first = await new.receive()  # nothing to lose: answered, with nothing
+            assert first is not None and list(first.resources) == []
+    finally:
+        await channel.close()

@@ -12,7 +12,7 @@ import pytest
 from controlplane.errors import RegistrationError
 from controlplane.registry import Registry
 from controlplane.state import StoreState
-from controlplane.store import StoreUnavailable
+from controlplane.store import LeaseExpired, StoreUnavailable
 from controlplane.store.memory import MemoryStore
 from mesh.clock import FakeClock
 from mesh.grpc import StatusCode
@@ -171,3 +171,14 @@ async def test_a_store_out_of_reach_refuses_writes_and_the_last_state_stays(
         assert refused.value.message == ("state store unavailable: tried 10.9.9.9:2379: "
                                          "connection refused")
     assert [i.id for i in registry.instances()] == [instance.id]  # still served
+
+
+async def test_deregistering_ends_the_lease_so_a_stale_copy_cannot_take_it_for_a_renewal(
+        replica: Replica, store: Unreachable) -> None:
+    # A replica whose copy has not seen the removal yet finds the lease gone, and writes the
+    # registration again instead of taking a renewal of the old lease for one.
+    registry = await replica()
+    first = await registry.register("orders", at(), ORDERS, ADDRESS)
+    await registry.deregister(first.id, ORDERS)
+    with pytest.raises(LeaseExpired):
+        await store.keep_alive(first.lease)

@@ -92,3 +92,36 @@ async def test_a_copy_that_fails_on_a_change_is_never_left_ready(
         while not state.ready:
             await asyncio.sleep(0.01)
     assert keys.names == {"tokens/abc"}
+
+
+class Silent(MemoryStore):
+    """A store whose watches stop hearing changes once ``silent`` is set: an etcd member cut
+    off from its cluster keeps a watch open and says nothing, while writes go elsewhere."""
+
+    silent = False
+
+    def _tell(self, change: Change) -> None:
+        if not self.silent:
+            super()._tell(change)
+
+
+async def test_a_write_the_watch_never_brings_back_makes_the_replica_unready(
+        follow: Follow, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("controlplane.state.REACH_TIMEOUT", 0.05)
+    store = Silent(FakeClock(), trust_domain="cluster.local")
+    state, keys = StoreState(store), Keys()
+    await follow(state, [keys])
+    store.silent = True
+    await store.put_token("abc", b"{}", ttl=60)
+    written = store.revision
+    await state.reached(written)  # returns: the write is in the store all the same
+    assert state.problem == (f"state store unavailable: tried memory: this replica's watch has "
+                             f"not brought back revision {written} 0s after it was written (it "
+                             f"is at {written - 1})")
+    with pytest.raises(StoreUnavailable):
+        await state.write(store.read_policy)
+    store.silent = False
+    await store.put_token("def", b"{}", ttl=60)  # the watch moves past it: current again
+    async with asyncio.timeout(5):
+        while not state.ready:
+            await asyncio.sleep(0.001)
