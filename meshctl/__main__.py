@@ -7,6 +7,7 @@
     meshctl policy                        the policy in force (YAML)
     meshctl apply -f FILE                 apply a policy file (every problem shown if rejected)
     meshctl token create SERVICE [--namespace NS] [--ttl SECONDS]
+    meshctl dashboard [--listen HOST:PORT]  the live dashboard (docs/dashboard.md)
 
 The API address comes from ``--api`` or ``MESH_CP_API`` (default 127.0.0.1:15014). Every
 command sends the operator token, found by itself: the file ``MESH_OPERATOR_TOKEN_FILE``
@@ -29,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from meshctl import demo, experiment, fault, load, proxyless, simulate
+from meshctl import dashboard, demo, experiment, fault, load, proxyless, simulate
 
 
 class ApiError(Exception):
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("service")
     token.add_argument("--namespace", default="default")
     token.add_argument("--ttl", type=float)
-    for module in (demo, fault, load, experiment, proxyless, simulate):  # meshctl/demo.py, ...
+    # meshctl/demo.py, ...
+    for module in (demo, fault, load, experiment, proxyless, simulate, dashboard):
         module.register(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):

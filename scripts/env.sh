@@ -3,7 +3,8 @@
 #
 #   MESH_INSTALL=test   scripts/test (the default): every tool a test runs — nghttp2 (h2load,
 #                       nghttpd), curl, openssl, HAProxy, Prometheus, iproute2 (ip, ss),
-#                       procps (sysctl, pgrep), etcd-server (etcd, for the state store) — and
+#                       procps (sysctl, pgrep), etcd-server (etcd, for the state store),
+#                       chromium and chromium-driver (the dashboard's browser test) — and
 #                       what the compose test's engine needs:
 #                       docker.io, docker-compose, iptables, debootstrap. Nothing else needs
 #                       installing first: this is the whole of what a fresh machine lacks.
@@ -22,7 +23,8 @@ else
   tools=(h2load:nghttp2-client nghttpd:nghttp2-server curl:curl openssl:openssl
          haproxy:haproxy prometheus:prometheus ip:iproute2 ss:iproute2 sysctl:procps
          pgrep:procps dockerd:docker.io docker-compose:docker-compose iptables:iptables
-         debootstrap:debootstrap etcd:etcd-server)
+         debootstrap:debootstrap etcd:etcd-server chromium:chromium
+         chromedriver:chromium-driver)
 fi
 need=()
 for tool in "${tools[@]}"; do

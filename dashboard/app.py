@@ -1,0 +1,64 @@
+"""The dashboard's web server: the page, the state as JSON, and the state as it changes.
+
+    GET /            the page (static/index.html; static/dashboard.js draws it)
+    GET /static/...  the page's script and style
+    GET /api/state   the whole state, JSON (:mod:`dashboard.collector`)
+    GET /events      server-sent events: the state now, then again each time it changes
+                     (``event: state``); a comment line every 15 s keeps a quiet stream open
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from dashboard.collector import Collector
+
+STATIC = Path(__file__).parent / "static"
+KEEPALIVE = 15.0  # seconds of silence before a comment line on /events
+COLLECTOR = web.AppKey("collector", Collector)
+
+
+def make_app(collector: Collector) -> web.Application:
+    """The aiohttp application serving ``collector``'s state; it runs the collector too."""
+    routes = web.RouteTableDef()
+
+    @routes.get("/")
+    async def index(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    @routes.get("/api/state")
+    async def state(_: web.Request) -> web.Response:
+        return web.Response(text=collector.payload, content_type="application/json")
+
+    @routes.get("/events")
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        version, payload = collector.version, collector.payload
+        await response.write(f"event: state\ndata: {payload}\n\n".encode())
+        while True:
+            try:
+                async with asyncio.timeout(KEEPALIVE):
+                    version, payload = await collector.next_state(version)
+            except TimeoutError:
+                await response.write(b": still here\n\n")
+                continue
+            await response.write(f"event: state\ndata: {payload}\n\n".encode())
+
+    async def run_collector(_: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(collector.run())
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    app = web.Application()
+    app[COLLECTOR] = collector
+    app.add_routes(routes)
+    app.router.add_static("/static", STATIC)
+    app.cleanup_ctx.append(run_collector)
+    return app
