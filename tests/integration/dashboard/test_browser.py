@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.demo.commands import meshctl
 from tests.integration.demo.sockets import listening
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -33,12 +34,6 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
                                 reason="needs Debian's chromium and chromium-driver")
-
-
-def meshctl(state_dir: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DEMO_STATE_DIR": str(state_dir)}
-    return subprocess.run([sys.executable, "-m", "meshctl", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ import pytest
 from demo_services.etcd_cluster import EtcdError, etcd_binary
 from demo_services.loadgen import HttpClient, LoadPlan, run_load
 from demo_services.processes import Record, alive
+from tests.integration.demo.commands import meshctl
 from tests.integration.demo.sockets import listening
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,12 +34,6 @@ NET = "127.0.57"
 ORDER = b'{"sku": "tea", "quantity": 1}'
 RATE = 20.0  # orders per second
 MOVED_WITHIN = 5.0  # seconds for the killed replica's sidecars to stream from another
-
-
-def _meshctl(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DEMO_STATE_DIR": str(state_dir)}
-    return subprocess.run([sys.executable, "-m", "meshctl", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -55,7 +48,7 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
         yield folder
     finally:
         if (folder / "state.json").exists():
-            _meshctl(folder, "demo", "down")
+            meshctl(folder, "demo", "down")
 
 
 def _status(api: str, token: str) -> dict[str, Any]:
@@ -87,7 +80,7 @@ async def _orders(loadgen_outbound: str, seconds: float) -> dict[str, int]:
 async def test_a_replica_killed_under_load_costs_no_order_and_down_leaves_nothing(
         state_dir: Path) -> None:
     started = time.monotonic()
-    up = await asyncio.to_thread(_meshctl, state_dir, "demo", "up", "--ha", "--detach",
+    up = await asyncio.to_thread(meshctl, state_dir, "demo", "up", "--ha", "--detach",
                                  "--net", NET, "--state-dir", str(state_dir),
                                  "--load-duration", "0", timeout=90)
     assert up.returncode == 0, up.stdout + up.stderr
@@ -141,7 +134,7 @@ async def test_a_replica_killed_under_load_costs_no_order_and_down_leaves_nothin
     assert len(theirs) == len(served[victim]) and theirs <= said, (theirs, said)
     assert await _orders(loadgen, 1.0) == {"201": 20}
 
-    down = await asyncio.to_thread(_meshctl, state_dir, "demo", "down", "--state-dir",
+    down = await asyncio.to_thread(meshctl, state_dir, "demo", "down", "--state-dir",
                                    str(state_dir))
     assert down.returncode == 0, down.stdout + down.stderr
     print(down.stdout.strip(), f"(whole test {time.monotonic() - started:.1f} s)")
