@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -40,15 +41,17 @@ def make_app(collector: Collector) -> web.Application:
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         version, payload = collector.version, collector.payload
-        await response.write(f"event: state\ndata: {payload}\n\n".encode())
-        while True:
-            try:
-                async with asyncio.timeout(KEEPALIVE):
-                    version, payload = await collector.next_state(version)
-            except TimeoutError:
-                await response.write(b": still here\n\n")
-                continue
+        with contextlib.suppress(ConnectionResetError):  # the page was closed: nothing to do
             await response.write(f"event: state\ndata: {payload}\n\n".encode())
+            while True:
+                try:
+                    async with asyncio.timeout(KEEPALIVE):
+                        version, payload = await collector.next_state(version)
+                except TimeoutError:
+                    await response.write(b": still here\n\n")
+                    continue
+                await response.write(f"event: state\ndata: {payload}\n\n".encode())
+        return response
 
     async def run_collector(_: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(collector.run())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from typing import Any
 
@@ -64,7 +65,11 @@ async def _serve(app: Any, host: str, port: int, api: str) -> None:
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a clean stop, whichever is sent
+            loop.add_signal_handler(sig, stop.set)
         print(f"dashboard on http://{host}:{port}/ (control plane {api})", flush=True)
-        await asyncio.Event().wait()  # until interrupted
+        await stop.wait()
     finally:
         await runner.cleanup()

@@ -69,7 +69,7 @@ def dashboard(tmp_path: Path) -> Iterator[Path]:
 def test_the_topology_shows_every_service_and_the_load_on_every_edge(
         dashboard: Path, tmp_path: Path) -> None:
     from selenium import webdriver
-    from selenium.common.exceptions import NoSuchElementException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
@@ -111,8 +111,14 @@ def test_the_topology_shows_every_service_and_the_load_on_every_edge(
                         problems.append(f"#{element_id} shows no load: {text!r}")
             return problems
 
+        def looked() -> list[str]:
+            try:
+                return missing()
+            except StaleElementReferenceException:  # re-drawn by an update while being read
+                return ["the page was re-drawn while it was read"]
+
         deadline = time.monotonic() + 10
-        while (problems := missing()) and time.monotonic() < deadline:
+        while (problems := looked()) and time.monotonic() < deadline:
             time.sleep(0.5)
         screenshot = tmp_path / "dashboard.png"
         browser.save_screenshot(str(screenshot))
