@@ -123,7 +123,16 @@ def test_the_topology_shows_every_service_and_the_load_on_every_edge(
         screenshot = tmp_path / "dashboard.png"
         browser.save_screenshot(str(screenshot))
         assert problems == [], f"{problems} (screenshot: {screenshot})"
-        label = browser.find_element(By.CSS_SELECTOR, "#edge-frontend-orders text").text
-        assert "rps" in label and "p99" in label, label
+        def label() -> str:
+            try:
+                return str(browser.find_element(By.CSS_SELECTOR,
+                                                "#edge-frontend-orders text").text)
+            except StaleElementReferenceException:  # re-drawn between finding and reading
+                return ""
+
+        deadline = time.monotonic() + 5
+        while not (text := label()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "rps" in text and "p99" in text, text
     finally:
         browser.quit()
