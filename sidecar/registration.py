@@ -12,15 +12,22 @@ With several control-plane replicas (:mod:`sidecar.control_planes`), a replica t
 reached (or answers UNAVAILABLE) moves the sidecar to the next; there the same instance is
 renewed where the replicas share their state, and registered again where the new replica
 answers NOT_FOUND.
+
+The endpoint also publishes the port of the sidecar's admin endpoint (``admin_port``) when the
+admin is reachable at the registered address (:func:`published_admin_port`), so that operators'
+tools — Prometheus through the operator API's ``/prometheus/targets``, the dashboard — find
+every sidecar's ``/metrics`` from the registry alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Callable, Iterator
 
+from mesh.address import Address
 from mesh.grpc import Channel, GrpcError, StatusCode
 from mesh.http2 import Http2Error
 from mesh.proto.config_pb2 import Endpoint
@@ -37,6 +44,32 @@ from sidecar.control_planes import ControlPlanes
 log = logging.getLogger("sidecar.registration")
 
 REGISTRY = "/mesh.v1.Registry/"
+ALL_INTERFACES = ""  # a listener's host that binds every interface, IPv4 and IPv6
+
+
+def published_admin_port(admin: Address, address: str) -> int:
+    """The admin port to register with an endpoint at ``address``, given where the admin
+    listens: its port when ``ip:port`` reaches it, else 0 (not published).
+
+    It does when the admin listens on ``address`` itself or on the wildcard of its family:
+    ``0.0.0.0`` for IPv4, ``::`` for IPv6 (asyncio binds ``::`` to IPv6 alone, IPV6_V6ONLY),
+    ``""`` for both. An admin on loopback while the sidecar registers another IP (the default
+    ``--admin 127.0.0.1:15000`` behind ``--advertise 10.0.0.5``) is reachable only from its
+    own machine: publishing that port under the registered IP would send a scraper to a port
+    where nothing answers, or something else does. Host names are not resolved: only an IP
+    literal equal to the registered one counts.
+    """
+    host, port = admin
+    if host == ALL_INTERFACES:
+        return port
+    try:
+        listening, registered = ipaddress.ip_address(host), ipaddress.ip_address(address)
+    except ValueError:
+        return port if host == address else 0
+    if listening == registered or (listening.is_unspecified
+                                   and listening.version == registered.version):
+        return port
+    return 0
 
 
 class Registration:

@@ -45,7 +45,7 @@ from sidecar.listener import Sniffer
 from sidecar.metrics import SidecarMetrics
 from sidecar.outbound import Outbound
 from sidecar.pool import ConnectionPool
-from sidecar.registration import Registration
+from sidecar.registration import Registration, published_admin_port
 
 log = logging.getLogger("sidecar")
 
@@ -119,6 +119,11 @@ class Sidecar:
                 except ValueError as error:
                     raise ValueError(f"{o.static_config}: {error}") from None
             self.static_loaded = True
+        # The admin first: registration publishes its port (sidecar/registration.py).
+        self._admin = web.AppRunner(make_admin(self.config, self.metrics, self.ready),
+                                    access_log=None)
+        await self._admin.setup()
+        await web.TCPSite(self._admin, *o.admin).start()
         if o.control_plane:
             self._join(identity)
         # Both are lazy: only the one the service declares ever connects.
@@ -129,10 +134,6 @@ class Sidecar:
                           own_id=identity, clock=self.clock)
         self._inbound = await serve(inbound.handle, *o.inbound, ssl=self.server_tls)
         await self._listen_outbound()
-        self._admin = web.AppRunner(make_admin(self.config, self.metrics, self.ready),
-                                    access_log=None)
-        await self._admin.setup()
-        await web.TCPSite(self._admin, *o.admin).start()
         self._tasks.append(asyncio.create_task(self._tick()))
         log.info("sidecar for %s (%s): outbound %s:%d, inbound %s:%d (mTLS), admin %s:%d",
                  o.service, identity, *o.outbound, *o.inbound, *o.admin)
@@ -182,7 +183,11 @@ class Sidecar:
         planes = self.control_planes = ControlPlanes(o.control_plane, connect, rng=self.rng)
         backoff = functools.partial(Backoff(base_interval=0.1, max_interval=5.0).delays,
                                     self.rng)
-        endpoint = Endpoint(address=o.advertise or o.inbound[0], port=o.inbound[1])
+        address = o.advertise or o.inbound[0]
+        assert self._admin is not None
+        admin = (o.admin[0], self._admin.addresses[0][1])  # the port bound, if o.admin's was 0
+        endpoint = Endpoint(address=address, port=o.inbound[1],
+                            admin_port=published_admin_port(admin, address))
         self.registration = Registration(planes, o.service, identity.namespace, endpoint,
                                          ready=lambda: True, backoff=backoff)
         node = Node(id=instance_name(identity.namespace, o.service, endpoint.address,

@@ -219,7 +219,7 @@ class ConnectionPool(_message.Message):
     def __init__(self, max_streams_per_connection: _Optional[int] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("address", "port", "weight", "zone", "health", "instance", "identity")
+    __slots__ = ("address", "port", "weight", "zone", "health", "instance", "identity", "admin_port")
     class Health(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         HEALTHY: _ClassVar[Endpoint.Health]
@@ -235,6 +235,7 @@ class Endpoint(_message.Message):
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_PORT_FIELD_NUMBER: _ClassVar[int]
     address: str
     port: int
     weight: int
@@ -242,7 +243,8 @@ class Endpoint(_message.Message):
     health: Endpoint.Health
     instance: str
     identity: str
-    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., weight: _Optional[int] = ..., zone: _Optional[str] = ..., health: _Optional[_Union[Endpoint.Health, str]] = ..., instance: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+    admin_port: int
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., weight: _Optional[int] = ..., zone: _Optional[str] = ..., health: _Optional[_Union[Endpoint.Health, str]] = ..., instance: _Optional[str] = ..., identity: _Optional[str] = ..., admin_port: _Optional[int] = ...) -> None: ...
 
 class ClusterLoadAssignment(_message.Message):
     __slots__ = ("cluster_name", "endpoints")
