@@ -13,17 +13,30 @@ of the ``controlplane.audit`` log: what, for whom, by which credential, from whe
                                (time from the
                                last change to the last ACK), every discovery stream — our
                                sidecars' (mesh.v1) and proxyless gRPC's (xds.v3) — with its
-                               per-type sent / ACKed versions and NACKs (``?streams=0``: none),
-                               and what of the policy gRPC cannot apply, per resource
+                               per-type sent / ACKed versions and NACKs, the policy version
+                               it runs in full and the NACK that holds it back from a newer
+                               one (``?streams=0``: none), and what of the policy gRPC
+                               cannot apply, per resource
     GET  /services             services (with their namespace) and instance counts
     GET  /endpoints/{service}  the endpoints of one service (``?namespace=``: of one namespace)
+    GET  /prometheus/targets   every instance whose sidecar published its admin port, in
+                               Prometheus' HTTP service discovery format (below)
     GET  /policy               the policy in force, as YAML
+    GET  /policy/history       the versions this replica had in force since it started
+                               (the last HISTORY of controlplane/policy_history.py),
+                               oldest first, each as YAML
     POST /policy               apply a YAML policy (400 with every problem when rejected);
                                ``If-Match: <version>``: only if the policy is still at that
                                version, else 409 naming both versions (without it, the change
                                is based on the version in force at this replica)
     POST /tokens               {"service": ..., "namespace": ..., "ttl": s} → a join token
     GET  /metrics              Prometheus
+
+``/prometheus/targets`` lets Prometheus find every sidecar's ``/metrics`` in the registry
+(``http_sd_configs`` with ``authorization: {type: Bearer, credentials_file: <operator
+token>}``): a list of target groups, one per instance, ``{"targets": ["<ip>:<admin_port>"],
+"labels": {"service": ..., "namespace": ..., "mesh_instance": <instance id>}}``. An instance
+whose admin is not reachable at its registered address published no port and is left out.
 """
 
 from __future__ import annotations
@@ -106,6 +119,11 @@ def make_app(cp: ControlPlane) -> web.Application:
                     "types": {short_name(t): {"sent": s.sent_version, "acked": s.acked_version,
                                               "nacks": s.nacks, "last_nack": s.last_nack}
                               for t, s in sub.types.items()},
+                    # the newest policy version it runs in full, and the NACK holding it back
+                    "policy_version": sub.policy_version,
+                    "nack": None if sub.nack is None else {
+                        "type": short_name(sub.nack.type_url), "message": sub.nack.message,
+                        "policy_version": sub.nack.policy_version},
                 })
         return web.json_response({
             "trust_domain": cp.trust_domain,
@@ -154,11 +172,35 @@ def make_app(cp: ControlPlane) -> web.Application:
                 rows.append(row)
         return web.json_response(rows)
 
+    @routes.get("/prometheus/targets")
+    async def prometheus_targets(_: web.Request) -> web.Response:
+        groups = [{"targets": [scrape_target(i.endpoint.address, i.endpoint.admin_port)],
+                   "labels": {"service": i.service, "namespace": i.namespace,
+                              "mesh_instance": i.id}}
+                  for i in cp.registry.instances() if i.endpoint.admin_port]
+        return web.json_response(groups)
+
     @routes.get("/policy")
     async def get_policy(_: web.Request) -> web.Response:
         version, policy = cp.policy.current
         return web.Response(text=f"# version {version}\n{to_yaml(policy)}",
                             content_type="application/yaml")
+
+    @routes.get("/policy/history")
+    async def policy_history(_: web.Request) -> web.Response:
+        """``{"versions": [{"version", "source", "applied_at", "policy"}, ...]}``.
+
+        This replica's memory, not the store's: the store keeps only the policy in force, and
+        each replica remembers the one in force when it started (``applied_at`` null: the
+        store does not say when it was written) and every version its watch brought since,
+        in order (:mod:`controlplane.policy_history`). ``applied_at`` is when this replica
+        took the version, in Unix seconds.
+        """
+        return web.json_response({"versions": [
+            {"version": v.version, "source": v.source,
+             "applied_at": None if v.applied_at is None else round(v.applied_at, 3),
+             "policy": to_yaml(v.policy)}
+            for v in cp.policy.history]})
 
     @routes.post("/policy")
     async def post_policy(request: web.Request) -> web.Response:
@@ -207,6 +249,11 @@ def make_app(cp: ControlPlane) -> web.Application:
     app = web.Application(middlewares=[authenticate])
     app.add_routes(routes)
     return app
+
+
+def scrape_target(address: str, port: int) -> str:
+    """``ip:port``, an IPv6 address in brackets (``[::1]:15000``), as Prometheus reads it."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def convergence(server: DiscoveryServer) -> dict[str, Any]:

@@ -42,6 +42,13 @@ request names must be that identity: a ``node.service`` or ``node.namespace`` th
 from the certificate's ends the stream with PERMISSION_DENIED, saying both; empty fields are
 filled in from the certificate. What a stream receives is computed from the proven identity.
 
+Rollout: each stream says which policy version it runs (``policy_version``): the newest whose
+configuration it holds in full — every type it subscribed to ACKed, none waiting for an
+answer. Every snapshot is built from one policy version V; when a stream is checked against it
+and nothing is due, it is at V at once; when responses go out, it is at V once the last of them
+is ACKed. A NACK leaves it at the version it was at, and is kept (``nack``: the type, the
+reason, the version refused) until the stream is in sync again.
+
 Dialects: the same server speaks our ``mesh.v1`` protocol to our sidecars and Envoy's xDS v3
 (ADS) to proxyless gRPC workloads (:mod:`controlplane.xds`). The rules above are xDS's own, so
 the two differ only in their messages: a :class:`Dialect` names the resource types in push
@@ -85,6 +92,10 @@ log = logging.getLogger("controlplane.discovery")
 
 class View(Protocol):
     """A snapshot, as each identity may see it."""
+
+    @property
+    def policy_version(self) -> int:
+        """The version of the policy it was built from."""
 
     def view(self, type_url: str, identity: SpiffeId,
              names: Sequence[str] | None) -> Resources:
@@ -132,11 +143,21 @@ class TypeState:
     acked_version: str = ""
     nacks: int = 0
     last_nack: str = ""
+    sent_policy_version: int = 0  # of the snapshot the last response was built from
 
     @property
     def pending(self) -> bool:
         """Sent but not (yet) ACKed."""
         return self.sent_version != self.acked_version
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """The refusal that holds a stream back from the policy version it was sent."""
+
+    type_url: str
+    message: str  # the client's error_detail (cut to 4 x MAX_LOGGED characters)
+    policy_version: int  # of the configuration it refused
 
 
 @dataclass(slots=True)
@@ -152,6 +173,14 @@ class Subscription:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     holds_config: bool = False  # it subscribed with versions it already runs
     unknown_types: set[str] = field(default_factory=set)  # asked for, logged once
+    checked_version: int | None = None  # the policy version of the last snapshot checked
+    policy_version: int | None = None  # the newest one held in full (see "Rollout")
+    nack: Nack | None = None  # the last NACK since the stream was last in sync
+
+    @property
+    def in_sync(self) -> bool:
+        """Every type it subscribed to is ACKed and none waits for an answer."""
+        return not any(state.pending or state.must_answer for state in self.types.values())
 
 
 class DiscoveryObserver:
@@ -313,6 +342,8 @@ class DiscoveryServer:
                         short_name(request.type_url), state.sent_version,
                         state.last_nack[:MAX_LOGGED])
             self._observer.nacked(request.type_url, subscription.node, state.last_nack)
+            subscription.nack = Nack(request.type_url, state.last_nack,
+                                     state.sent_policy_version)
             return
         was_pending = state.pending
         state.acked_version = request.version_info
@@ -320,6 +351,16 @@ class DiscoveryServer:
         if was_pending and not state.pending:
             self.unacked -= 1
             self._settled()
+        self._rolled_out(subscription)
+
+    @staticmethod
+    def _rolled_out(subscription: Subscription) -> None:
+        """If the stream holds the snapshot it was last checked against in full, it runs that
+        snapshot's policy version (see "Rollout")."""
+        if subscription.checked_version is not None and subscription.types \
+                and subscription.in_sync:
+            subscription.policy_version = subscription.checked_version
+            subscription.nack = None
 
     def _refuse(self, subscription: Subscription, code: StatusCode, reason: str,
                 message: str) -> None:
@@ -370,9 +411,12 @@ class DiscoveryServer:
                 self.unacked += 1
             state.sent_nonce = str(next(self._nonces))
             state.sent_at = self._clock.now()
+            state.sent_policy_version = snapshot.policy_version
             responses.append(self.dialect.response(version_info=resources.version,
                                                    resources=resources.packed,
                                                    type_url=type_url, nonce=state.sent_nonce))
             self._observer.pushed(type_url)
+        subscription.checked_version = snapshot.policy_version
+        self._rolled_out(subscription)
         return responses
 

@@ -30,12 +30,16 @@ only when the files' contents change (and when a replica starts), so a policy ap
 the API stays in force until someone edits the files or restarts a replica that reads them.
 Replicas may share one policy folder: the first to write a change wins, the others find it
 unchanged.
+
+Each replica remembers the versions its copy had in force since it started
+(:attr:`PolicyStore.history`, :mod:`controlplane.policy_history`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
 from controlplane.policy_file import parse
+from controlplane.policy_history import STORE, PolicyHistory, PolicyVersion
 from controlplane.state import StoreState
 from controlplane.store import POLICY, Change, ChangeKind, Entry, StoreError
 from controlplane.validation import Origins, Problem, check
@@ -70,11 +75,15 @@ class PolicyStore:
     before they are written."""
 
     def __init__(self, state: StoreState, *,
-                 on_reject: Callable[[PolicyError], None] | None = None) -> None:
+                 on_reject: Callable[[PolicyError], None] | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         """Args:
             on_reject: called with every refused change (for metrics), after it is logged.
+            wall_clock: Unix seconds, for when each version took effect (:attr:`history`).
         """
         self.last_error: PolicyError | None = None  # the latest refusal; None once one passes
+        self.history = PolicyHistory()  # the versions in force here since this replica started
+        self._wall_clock = wall_clock
         self._state = state
         self._version = 0
         self._policy = MeshPolicy()
@@ -191,11 +200,15 @@ class PolicyStore:
             return
         if version == self._version and policy == self._policy:
             return
-        self._take(version, policy, "the state store")
+        # From a listing, it may have been in force for long: when it was written is unknown.
+        self._take(version, policy, STORE, None if listing else self._wall_clock())
 
-    def _take(self, version: int, policy: MeshPolicy, source: str) -> None:
+    def _take(self, version: int, policy: MeshPolicy, source: str,
+              applied_at: float | None) -> None:
         self._version = version
         self._policy = policy
+        self.history.took(PolicyVersion(version=version, source=source, applied_at=applied_at,
+                                        policy=policy))
         log.info("policy version %d from %s: %d clusters, %d route configurations, "
                  "%d authorization policies, %d registration grants", version, source,
                  len(policy.clusters), len(policy.routes), len(policy.authorization),
@@ -218,8 +231,10 @@ class PolicyStore:
         record = policy.SerializeToString(deterministic=True)
         version = await self._state.write(
             lambda: self._state.store.write_policy(record, based_on=based_on))
-        if version > self._version:  # else the watch brought it first
-            self._take(version, policy, source)
+        if version > self._version:
+            self._take(version, policy, source, self._wall_clock())
+        else:  # the watch brought it first
+            self.history.written_here(version, source)
         return version
 
     def _reject(self, error: PolicyError, source: str) -> None:

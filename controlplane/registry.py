@@ -132,6 +132,9 @@ class Registry:
         if not 0 < endpoint.port < 65536:
             raise self._refuse(StatusCode.INVALID_ARGUMENT, f"port {endpoint.port} is invalid",
                                "bad_port")
+        if not endpoint.admin_port < 65536:  # 0: not published
+            raise self._refuse(StatusCode.INVALID_ARGUMENT,
+                               f"admin_port {endpoint.admin_port} is invalid", "bad_port")
         # The id names the endpoint, so registering it again (a sidecar restarting, or
         # re-registering after a control-plane restart) replaces the old record in place.
         instance_id = instance_name(namespace, service, endpoint.address, endpoint.port)

@@ -177,14 +177,17 @@ class ControlPlane:
         """The current snapshot, rebuilt only when the policy or the registry changed."""
         key = self._state()
         if self._snapshot is None or self._snapshot[0] != key:
-            self._snapshot = (key, build(self.policy.current[1], self._endpoints()))
+            version, policy = self.policy.current
+            self._snapshot = (key, build(policy, self._endpoints(), policy_version=version))
         return self._snapshot[1]
 
     def xds_snapshot(self) -> XdsSnapshot:
         """The same state in Envoy's resources, rebuilt only when it changed."""
         key = self._state()
         if self._xds_snapshot is None or self._xds_snapshot[0] != key:
-            self._xds_snapshot = (key, translate(self.policy.current[1], self._endpoints()))
+            version, policy = self.policy.current
+            self._xds_snapshot = (key, translate(policy, self._endpoints(),
+                                                 policy_version=version))
             warnings = set(self._xds_snapshot[1].warnings)
             for warning in sorted(warnings - self._warned, key=lambda w: (w.resource, w.message)):
                 log.warning("xDS: %s: %s", warning.resource, warning.message)

@@ -11,6 +11,10 @@ gets a default cluster, so a mesh works before anyone writes a policy: named ``<
 the ``default`` namespace and ``<service>.<namespace>`` in any other, like a Kubernetes DNS
 name; a sidecar reads a short name in its own namespace first (sidecar/router.py).
 
+An endpoint goes to sidecars without its ``admin_port``: that is for operators' tools (the
+operator API), not for callers, and a sidecar restarted with another admin port must not make
+every sidecar of the mesh be sent its service's endpoints again.
+
 Each type's version is a digest of its resources, so "did this sidecar's view change?" is a
 string comparison, and an unchanged view is never pushed again.
 
@@ -64,6 +68,7 @@ class Snapshot:
     endpoints: Resources
     routes: Resources
     authorization: tuple[AuthorizationPolicy, ...]
+    policy_version: int  # of the policy it was built from
 
     def view(self, type_url: str, identity: SpiffeId,
              names: Sequence[str] | None = None) -> Resources:
@@ -91,14 +96,17 @@ def protecting(policies: Sequence[AuthorizationPolicy], identity: SpiffeId,
             and (p.namespace or DEFAULT_NAMESPACE) == identity.namespace]
 
 
-def build(policy: MeshPolicy, endpoints: Mapping[tuple[str, str], list[Endpoint]]) -> Snapshot:
-    """The snapshot for ``policy`` and the registry's ``endpoints`` by (namespace, service)."""
+def build(policy: MeshPolicy, endpoints: Mapping[tuple[str, str], list[Endpoint]], *,
+          policy_version: int) -> Snapshot:
+    """The snapshot for ``policy`` (at ``policy_version``) and the registry's ``endpoints`` by
+    (namespace, service)."""
     clusters, assignments = resolve(policy, endpoints)
     return Snapshot(
         clusters=pack(CLUSTERS, [(name, clusters[name]) for name in sorted(clusters)]),
-        endpoints=pack(ENDPOINTS, [(a.cluster_name, a) for a in assignments]),
+        endpoints=pack(ENDPOINTS, [(a.cluster_name, _for_callers(a)) for a in assignments]),
         routes=pack(ROUTES, [(r.name, r) for r in policy.routes]),
         authorization=tuple(policy.authorization),
+        policy_version=policy_version,
     )
 
 
@@ -122,6 +130,15 @@ def resolve(policy: MeshPolicy, endpoints: Mapping[tuple[str, str], list[Endpoin
     assignments = [ClusterLoadAssignment(cluster_name=name, endpoints=found.get(name, []))
                    for name in sorted(clusters)]
     return clusters, assignments
+
+
+def _for_callers(assignment: ClusterLoadAssignment) -> ClusterLoadAssignment:
+    """``assignment`` as sidecars get it: without the endpoints' admin ports."""
+    sent = ClusterLoadAssignment()
+    sent.CopyFrom(assignment)
+    for endpoint in sent.endpoints:
+        endpoint.ClearField("admin_port")
+    return sent
 
 
 def default_cluster_name(namespace: str, service: str) -> str:

@@ -65,7 +65,8 @@ class XdsSnapshot:
 
     def __init__(self, policy: MeshPolicy, clusters: Resources, endpoints: Resources,
                  routes: Resources, names: ListenerNames,
-                 warnings: Sequence[Unsupported]) -> None:
+                 warnings: Sequence[Unsupported], *, policy_version: int) -> None:
+        self.policy_version = policy_version  # of the policy it was translated from
         self.warnings = tuple(sorted(set(warnings), key=lambda w: (w.resource, w.message)))
         self._authorization = tuple(policy.authorization)
         self._inbound_limited = {(c.namespace or DEFAULT_NAMESPACE, c.name)
@@ -121,10 +122,10 @@ class XdsSnapshot:
         return inbound_listener(name, host, port, mine)
 
 
-def translate(policy: MeshPolicy, endpoints: Mapping[tuple[str, str], list[Endpoint]],
-              ) -> XdsSnapshot:
-    """The xDS snapshot of ``policy`` and the registry's ``endpoints`` by (namespace,
-    service): the arguments of :func:`controlplane.snapshot.build`."""
+def translate(policy: MeshPolicy, endpoints: Mapping[tuple[str, str], list[Endpoint]], *,
+              policy_version: int) -> XdsSnapshot:
+    """The xDS snapshot of ``policy`` (at ``policy_version``) and the registry's ``endpoints``
+    by (namespace, service): the arguments of :func:`controlplane.snapshot.build`."""
     clusters, assignments = resolve(policy, endpoints)
     written = {c.name for c in policy.clusters}
     retried = _retried(policy, clusters)
@@ -157,7 +158,7 @@ def translate(policy: MeshPolicy, endpoints: Mapping[tuple[str, str], list[Endpo
                        [(a.cluster_name, assignment(a)) for a in assignments]),
         routes=pack(ROUTE_CONFIGURATION, sorted(routes, key=lambda r: r[0])),
         names=ListenerNames.of(policy.routes, clusters),
-        warnings=warnings)
+        warnings=warnings, policy_version=policy_version)
 
 
 def _retried(policy: MeshPolicy, clusters: Mapping[str, Cluster]) -> set[str]:

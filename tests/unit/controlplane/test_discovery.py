@@ -22,7 +22,7 @@ POLICY = MeshPolicy(clusters=[Cluster(name="orders")], authorization=[
 
 
 def server_and_stream(identity: SpiffeId = FRONTEND) -> tuple[DiscoveryServer, Subscription]:
-    snapshot = build(POLICY, {})
+    snapshot = build(POLICY, {}, policy_version=1)
     server = DiscoveryServer(lambda: snapshot, FakeClock())
     subscription = Subscription(1, Node(id="frontend-1"), "127.0.0.1:5000", identity, 0.0)
     server.subscriptions[1] = subscription

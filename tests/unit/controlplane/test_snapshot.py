@@ -13,7 +13,7 @@ def at(address: str) -> list[Endpoint]:
 
 def endpoints_by_cluster(policy: MeshPolicy,
                          registered: dict[tuple[str, str], list[Endpoint]]) -> dict[str, list[str]]:
-    snapshot = build(policy, registered)
+    snapshot = build(policy, registered, policy_version=1)
     clusters = [c.name for c in unpack(CLUSTERS, list(snapshot.clusters.packed))
                 if isinstance(c, Cluster)]
     assignments = [a for a in unpack(ENDPOINTS, list(snapshot.endpoints.packed))

@@ -49,7 +49,7 @@ def policy(data: dict[str, Any]) -> MeshPolicy:
 
 def snapshot(data: dict[str, Any], endpoints: dict[tuple[str, str], list[Endpoint]] | None = None,
              ) -> XdsSnapshot:
-    return translate(policy(data), endpoints or {})
+    return translate(policy(data), endpoints or {}, policy_version=1)
 
 
 def one(snap: XdsSnapshot, type_url: str, name: str, message: Any, identity: SpiffeId = CALLER,
@@ -566,7 +566,7 @@ def test_translation_is_deterministic() -> None:
 def test_the_shop_translates_with_its_expected_warnings() -> None:
     shop, problems = parse(SHOP.read_text(), str(SHOP))
     assert not problems
-    snap = translate(shop, {})
+    snap = translate(shop, {}, policy_version=1)
     found = {(w.resource, w.message.split(" ")[0]) for w in snap.warnings}
     assert found == {
         ("Cluster frontend", "timeout"),

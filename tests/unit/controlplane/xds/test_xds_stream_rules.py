@@ -42,7 +42,7 @@ class Refusals(DiscoveryObserver):
 
 
 def server_and_stream() -> tuple[DiscoveryServer, Subscription, Refusals]:
-    snapshot = translate(POLICY, {})
+    snapshot = translate(POLICY, {}, policy_version=1)
     refusals = Refusals()
     server = DiscoveryServer(lambda: snapshot, FakeClock(), refusals, dialect=XDS_V3)
     stream = Subscription(1, Node(id="auditor-1"), "127.0.0.1:5000", AUDITOR, 0.0)
