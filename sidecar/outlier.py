@@ -136,6 +136,20 @@ class Ejected:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Ejection:
+    """Why and for how long an endpoint is out of balancing (times on the clock).
+
+    ``times`` counts its ejections, less one per healthy interval between them: the multiplier
+    of ``base_ejection_time`` (Envoy's ``num_ejections``).
+    """
+
+    reason: EjectionReason
+    ejected_at: float
+    until: float  # returned at the first sweep from then on
+    times: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Returned:
     """Put ``address`` back into balancing."""
 
@@ -145,14 +159,14 @@ class Returned:
 class _Host:
     """What the detector remembers about one endpoint."""
 
-    __slots__ = ("calls", "consecutive_5xx", "consecutive_gateway", "ejected_until",
+    __slots__ = ("calls", "consecutive_5xx", "consecutive_gateway", "ejection",
                  "healthy_interval", "multiplier", "successes")
 
     def __init__(self) -> None:
         self.consecutive_5xx = 0
         self.consecutive_gateway = 0
         self.multiplier = 0  # ejection time = base x multiplier, capped
-        self.ejected_until: float | None = None  # None: in service
+        self.ejection: Ejection | None = None  # None: in service
         self.healthy_interval = False  # in service for the whole interval since the last sweep
         self.calls = 0  # calls in the current interval (for the rate rules)
         self.successes = 0
@@ -176,7 +190,12 @@ class OutlierDetector:
     @property
     def ejected(self) -> frozenset[str]:
         """The addresses out of balancing now."""
-        return frozenset(a for a, h in self._hosts.items() if h.ejected_until is not None)
+        return frozenset(a for a, h in self._hosts.items() if h.ejection is not None)
+
+    def ejection(self, address: str) -> Ejection | None:
+        """Why and until when ``address`` is out of balancing; None while it is in service."""
+        host = self._hosts.get(address)
+        return None if host is None else host.ejection
 
     def set_addresses(self, addresses: Iterable[str]) -> None:
         """Track exactly these endpoints, keeping what is known about those that stay."""
@@ -198,7 +217,7 @@ class OutlierDetector:
             return None
         host.consecutive_gateway = host.consecutive_gateway + 1 if 502 <= status <= 504 else 0
         host.consecutive_5xx += 1
-        if host.ejected_until is not None:
+        if host.ejection is not None:
             return None
         config = self._config
         # A detection starts its count over, ejected or not: the next takes as many failures.
@@ -219,23 +238,23 @@ class OutlierDetector:
         now = self._clock.now()
         changes: list[Ejected | Returned] = []
         for address, host in self._hosts.items():
-            if host.ejected_until is not None and now >= host.ejected_until:
-                host.ejected_until = None
+            if host.ejection is not None and now >= host.ejection.until:
+                host.ejection = None
                 host.consecutive_5xx = host.consecutive_gateway = 0
                 changes.append(Returned(address=address))
-            elif host.ejected_until is None and host.healthy_interval and host.multiplier > 0:
+            elif host.ejection is None and host.healthy_interval and host.multiplier > 0:
                 host.multiplier -= 1
         changes.extend(self._eject_by_success_rate())
         changes.extend(self._eject_by_failure_percentage())
         for host in self._hosts.values():
-            host.healthy_interval = host.ejected_until is None
+            host.healthy_interval = host.ejection is None
             host.calls = host.successes = 0
         return changes
 
     def _success_rates(self, request_volume: int) -> dict[str, float]:
         """The success rate in percent of each endpoint in service with enough calls."""
         return {a: 100 * h.successes / h.calls for a, h in self._hosts.items()
-                if h.ejected_until is None and h.calls > 0 and h.calls >= request_volume}
+                if h.ejection is None and h.calls > 0 and h.calls >= request_volume}
 
     def _eject_by_success_rate(self) -> list[Ejected]:
         config = self._config
@@ -265,7 +284,7 @@ class OutlierDetector:
     def _eject(self, address: str, host: _Host, reason: EjectionReason,
                enforcing: int) -> Ejected | None:
         """Eject a detected outlier, if the cap allows and the rule's enforcing dice say so."""
-        out = sum(h.ejected_until is not None for h in self._hosts.values())
+        out = sum(h.ejection is not None for h in self._hosts.values())
         if out > 0 and 100 * (out + 1) / len(self._hosts) > self._config.max_ejection_percent:
             return None  # too many out already
         if enforcing < 100 and (enforcing <= 0 or self._rng.random() * 100 >= enforcing):
@@ -273,6 +292,9 @@ class OutlierDetector:
         base, cap = self._config.base_ejection_time, self._config.max_ejection_time
         if base * host.multiplier < cap:
             host.multiplier += 1
-        host.ejected_until = self._clock.now() + min(base * host.multiplier, cap)
+        now = self._clock.now()
+        host.ejection = Ejection(reason=reason, ejected_at=now,
+                                 until=now + min(base * host.multiplier, cap),
+                                 times=host.multiplier)
         host.healthy_interval = False
-        return Ejected(address=address, reason=reason, until=host.ejected_until)
+        return Ejected(address=address, reason=reason, until=host.ejection.until)

@@ -95,10 +95,10 @@ class RateBudget:
     """Finagle's token bucket over a sliding window of ``SLOTS`` slots; one per cluster."""
 
     __slots__ = ("_clock", "_current", "_deposit", "_origin", "_past", "_reserve",
-                 "_slot", "_ttl", "withdrawal")
+                 "_slot", "_ttl", "config", "withdrawal")
 
     def __init__(self, config: RateBudgetConfig | None = None, *, clock: Clock) -> None:
-        config = config or RateBudgetConfig()
+        self.config = config = config or RateBudgetConfig()
         if config.retry_ratio == 0:
             self._deposit, self.withdrawal = 0, 1  # only the reserve pays for retries
         else:
@@ -131,6 +131,10 @@ class RateBudget:
         """Tokens available now: the window's deposits less its withdrawals, plus the reserve."""
         self._roll()
         return sum(self._past) + self._current + self._reserve
+
+    def retries_allowed(self) -> int:
+        """How many retries the budget would allow now, one after another (0 if none)."""
+        return max(0, self.balance() // self.withdrawal)
 
     def _roll(self) -> None:
         """Move to the slot ``now`` falls in; slots that passed without calls are empty."""
@@ -169,10 +173,10 @@ class ConcurrencyBudget:
     ``retry_ended``, its backoff included.
     """
 
-    __slots__ = ("_config", "active_requests", "active_retries")
+    __slots__ = ("active_requests", "active_retries", "config")
 
     def __init__(self, config: ConcurrencyBudgetConfig | None = None) -> None:
-        self._config = config or ConcurrencyBudgetConfig()
+        self.config = config or ConcurrencyBudgetConfig()
         self.active_requests = 0
         self.active_retries = 0
 
@@ -197,5 +201,5 @@ class ConcurrencyBudget:
 
     def limit(self) -> int:
         """How many retries may be in progress now."""
-        share = math.floor(self._config.budget_percent * self.active_requests / 100)
-        return max(self._config.min_retry_concurrency, share)
+        share = math.floor(self.config.budget_percent * self.active_requests / 100)
+        return max(self.config.min_retry_concurrency, share)

@@ -22,6 +22,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
+from typing import ClassVar
 
 from mesh.clock import Clock
 from sidecar.balancers.endpoint import EndpointSpec, EndpointState
@@ -34,6 +35,9 @@ class Balancer(ABC):
         clock: the clock every endpoint's age and latency estimate is read from.
         rng: the randomness; seed it for reproducible picks.
     """
+
+    cost_unit: ClassVar[str | None] = None
+    """What :meth:`cost` counts in ("ms", "requests"); None: the balancer compares no load."""
 
     def __init__(self, *, clock: Clock, rng: random.Random) -> None:
         self._clock = clock
@@ -74,6 +78,12 @@ class Balancer(ABC):
             return None
         preferred = [e for e in available if e.address not in avoid] if avoid else available
         return self._choose(preferred or available, available, key)
+
+    def cost(self, endpoint: EndpointState) -> float | None:
+        """The load this balancer compares ``endpoint`` by when it picks (the lower wins), in
+        :attr:`cost_unit`; None for balancers that compare none (round robin, random, ring
+        hash). For the admin page: it shows why a pick went where it went."""
+        return None
 
     @abstractmethod
     def _choose(self, candidates: Sequence[EndpointState], available: Sequence[EndpointState],

@@ -55,6 +55,8 @@ class LeastRequestConfig:
 class LeastRequestBalancer(Balancer):
     """Power of two choices on active calls; weighted EDF when weights differ."""
 
+    cost_unit = "requests"
+
     def __init__(self, config: LeastRequestConfig | None = None, *, clock: Clock,
                  rng: random.Random) -> None:
         super().__init__(clock=clock, rng=rng)
@@ -69,6 +71,14 @@ class LeastRequestBalancer(Balancer):
             return self._schedule.pick(candidates, available, self._effective_weight)
         sample = self._rng.sample(candidates, min(self._config.choice_count, len(candidates)))
         return min(sample, key=lambda e: e.active)  # ties: the first drawn, itself random
+
+    def cost(self, endpoint: EndpointState) -> float:
+        """What a pick compares: the calls in flight; with weights (EDF), the inverse of the
+        effective weight, ``(active + 1) ** active_request_bias / weight``."""
+        available = [e for e in self._endpoints.values() if e.available]
+        if available and self._weighted(available):
+            return 1 / self._effective_weight(endpoint)
+        return float(endpoint.active)
 
     def _weighted(self, available: Sequence[EndpointState]) -> bool:
         """Envoy's switch: EDF unless every weight is equal and no endpoint is ramping up."""

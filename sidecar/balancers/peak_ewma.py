@@ -53,6 +53,8 @@ def load(endpoint: EndpointState) -> float:
 class PeakEwmaBalancer(Balancer):
     """Power of two choices on ``latency_estimate * (active + 1)``."""
 
+    cost_unit = "ms"
+
     def __init__(self, config: PeakEwmaConfig | None = None, *, clock: Clock,
                  rng: random.Random) -> None:
         super().__init__(clock=clock, rng=rng)
@@ -64,6 +66,10 @@ class PeakEwmaBalancer(Balancer):
             return candidates[0]
         first, second = self._rng.sample(candidates, 2)
         return second if load(second) < load(first) else first
+
+    def cost(self, endpoint: EndpointState) -> float:
+        """``endpoint``'s :func:`load` in milliseconds."""
+        return load(endpoint) * 1000
 
     def _new_endpoint(self, spec: EndpointSpec) -> EndpointState:
         return EndpointState(spec.address, clock=self._clock, weight=spec.weight,
