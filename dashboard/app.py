@@ -4,7 +4,11 @@
     GET /static/...  the page's script and style
     GET /api/state   the whole state, JSON (:mod:`dashboard.collector`)
     GET /events      server-sent events: the state now, then again each time it changes
-                     (``event: state``); a comment line every 15 s keeps a quiet stream open
+                     (``event: state``); a comment line every 15 s keeps a quiet stream open.
+                     What the page looks at, for as long as the stream is open:
+                     ``?window=15|60|300`` (seconds of golden metrics; default 15),
+                     ``&service=NAME`` (the inside of that service's clusters),
+                     ``&top=1`` (a sample of live requests)
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from dashboard.collector import Collector
+from dashboard.collector import WINDOWS, Collector, Watch
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE = 15.0  # seconds of silence before a comment line on /events
@@ -37,11 +41,16 @@ def make_app(collector: Collector) -> web.Application:
 
     @routes.get("/events")
     async def events(request: web.Request) -> web.StreamResponse:
+        try:
+            watch = _watch(request)
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=f"{error}\n") from None
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         version, payload = collector.version, collector.payload
-        with contextlib.suppress(ConnectionResetError):  # the page was closed: nothing to do
+        with collector.watching(watch), \
+                contextlib.suppress(ConnectionResetError):  # the page was closed: nothing to do
             await response.write(f"event: state\ndata: {payload}\n\n".encode())
             while True:
                 try:
@@ -65,3 +74,20 @@ def make_app(collector: Collector) -> web.Application:
     app.router.add_static("/static", STATIC)
     app.cleanup_ctx.append(run_collector)
     return app
+
+
+def _watch(request: web.Request) -> Watch:
+    """What a page asks to look at (``/events``' query).
+
+    Raises:
+        ValueError: a value that is not one the dashboard offers, saying which.
+    """
+    query = request.query
+    try:
+        window = float(query.get("window", WINDOWS[0]))
+    except ValueError:
+        raise ValueError(f"window {query['window']!r}: want a number of seconds") from None
+    top = query.get("top", "0")
+    if top not in ("0", "1"):
+        raise ValueError(f"top {top!r}: want 0 or 1")
+    return Watch(window=window, service=query.get("service") or None, top=top == "1")

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REQUESTS = "mesh_sidecar_requests"
 DURATION = "mesh_sidecar_request_duration_seconds"
+CONNECTIONS = "mesh_sidecar_connections_open"  # gauge {direction, cluster, tls}
 FAILED = frozenset({"5xx", "reset"})  # status classes that count against the success rate
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -49,11 +50,14 @@ class ClusterCounts:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Scrape:
-    """What one scrape of one sidecar said: its outbound clusters' counts, and when (seconds
-    on a monotonic clock)."""
+    """What one scrape of one sidecar said, and when (seconds on a monotonic clock): its
+    outbound clusters' counts (``clusters``), its inbound ones (``inbound``: what its own
+    service answered), and its open connections per (direction, cluster, tls)."""
 
     at: float
     clusters: Mapping[str, ClusterCounts]
+    inbound: Mapping[str, ClusterCounts] = field(default_factory=dict)
+    connections: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,28 +73,42 @@ class Golden:
 
 
 def parse(text: str, at: float) -> Scrape:
-    """The outbound request counts and duration buckets in a Prometheus text exposition.
+    """The request counts, duration buckets and open connections in a Prometheus text
+    exposition of a sidecar's ``/metrics``.
 
     Raises:
         ValueError: the text is not Prometheus' text format.
     """
-    codes: dict[str, dict[str, float]] = {}
-    buckets: dict[str, dict[float, float]] = {}
+    # direction → cluster → status class → count, and direction → cluster → bound → count
+    codes: dict[str, dict[str, dict[str, float]]] = {"outbound": {}, "inbound": {}}
+    buckets: dict[str, dict[str, dict[float, float]]] = {"outbound": {}, "inbound": {}}
+    connections: dict[tuple[str, str, str], float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in (REQUESTS, DURATION):
+        if family.name not in (REQUESTS, DURATION, CONNECTIONS):
             continue
         for sample in family.samples:
             labels = sample.labels
-            if labels.get("direction") != "outbound":
+            direction = labels.get("direction", "")
+            if sample.name == CONNECTIONS:
+                connections[direction, labels.get("cluster", ""), labels.get("tls", "")] = \
+                    sample.value
+                continue
+            if direction not in codes:
                 continue
             cluster = labels["cluster"]
             if sample.name == f"{REQUESTS}_total":
-                codes.setdefault(cluster, {})[labels["code"]] = sample.value
+                codes[direction].setdefault(cluster, {})[labels["code"]] = sample.value
             elif sample.name == f"{DURATION}_bucket":
-                buckets.setdefault(cluster, {})[float(labels["le"])] = sample.value
-    return Scrape(at=at, clusters={
-        name: ClusterCounts(codes=codes.get(name, {}), buckets=buckets.get(name, {}))
-        for name in codes.keys() | buckets.keys()})
+                buckets[direction].setdefault(cluster, {})[float(labels["le"])] = sample.value
+
+    def counts(direction: str) -> dict[str, ClusterCounts]:
+        seen_codes, seen_buckets = codes[direction], buckets[direction]
+        return {name: ClusterCounts(codes=seen_codes.get(name, {}),
+                                    buckets=seen_buckets.get(name, {}))
+                for name in seen_codes.keys() | seen_buckets.keys()}
+
+    return Scrape(at=at, clusters=counts("outbound"), inbound=counts("inbound"),
+                  connections=connections)
 
 
 def _increase(before: float | None, after: float) -> float:
@@ -99,11 +117,15 @@ def _increase(before: float | None, after: float) -> float:
     return after - before
 
 
-def increase(before: Scrape, after: Scrape) -> dict[str, ClusterCounts]:
-    """Per cluster, what was counted between two scrapes of one sidecar."""
+def increase(before: Scrape, after: Scrape, *, inbound: bool = False
+             ) -> dict[str, ClusterCounts]:
+    """Per cluster, what was counted between two scrapes of one sidecar: its outbound
+    clusters, or with ``inbound`` what its own service answered."""
+    then_all, now_all = (before.inbound, after.inbound) if inbound else \
+        (before.clusters, after.clusters)
     out = {}
-    for name, now in after.clusters.items():
-        then = before.clusters.get(name, ClusterCounts())
+    for name, now in now_all.items():
+        then = then_all.get(name, ClusterCounts())
         out[name] = ClusterCounts(
             codes={c: _increase(then.codes.get(c), v) for c, v in now.codes.items()},
             buckets={le: _increase(then.buckets.get(le), v) for le, v in now.buckets.items()})

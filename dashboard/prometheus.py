@@ -46,10 +46,9 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from dashboard.golden import DURATION, FAILED, QUANTILES, REQUESTS, Golden
+from dashboard.golden import CONNECTIONS, DURATION, FAILED, QUANTILES, REQUESTS, Golden
 
 INFO = "mesh_sidecar_info"  # {service, namespace} 1, one per sidecar
-CONNECTIONS = "mesh_sidecar_connections_open"  # {direction, cluster, tls}
 JOIN = f"* on(job, instance) group_left(service) {INFO}"  # a sidecar's series → its service
 TIMEOUT = 2.0  # seconds a query may take before the dashboard shows it as an error
 

@@ -22,7 +22,9 @@
    once the bootstrap is there, and is up once its xDS stream has ACKed every resource type;
 7. **Prometheus** (Debian's ``prometheus``, when installed) scraping every sidecar and the
    control plane;
-8. **a short load** through the load generator's sidecar, and its summary.
+8. **the dashboard** (``meshctl dashboard`` on ``NET.1:15020``), asking Prometheus for the
+   golden metrics when it runs, else the sidecars;
+9. **a short load** through the load generator's sidecar, and its summary.
 
 Every process is recorded in ``STATE/state.json`` (PID and command line); Ctrl-C, SIGTERM or
 ``meshctl demo down`` stop them all by PID (:mod:`demo_services.processes`) and remove the
@@ -116,6 +118,7 @@ class LocalMesh:
                       "peer": f"{ip}:{etcd_cluster.PEER_PORT}"}
                      for name, ip in t.etcd_hosts().items()],
             "prometheus": t.prometheus if self.options.prometheus else None,
+            "dashboard": t.dashboard,
             "owner": self.owner.to_json() if self.owner else None,
             "processes": [r.to_json() for r in self.records],
             "instances": [{"name": i.name, "service": i.service, "ip": i.ip,
@@ -172,6 +175,7 @@ class LocalMesh:
                                "auditor's xDS stream in sync")
             if self.options.prometheus:
                 await self._start_prometheus(http)
+            await self._start_dashboard(http)
         self._save("ready")
         if not self.options.load_duration:
             return None
@@ -298,6 +302,18 @@ class LocalMesh:
             f"{len(t.etcd_hosts())} etcd members" if t.ha else " and the control plane"
         _log(self.started, f"prometheus scraping {len(t.instances())} sidecars{others}: "
                            f"http://{t.prometheus}/targets")
+
+    async def _start_dashboard(self, http: aiohttp.ClientSession) -> None:
+        """``meshctl dashboard`` for this mesh: golden metrics from Prometheus when it runs."""
+        t = self.topology
+        argv = [sys.executable, "-m", "meshctl", "--api", t.api, "dashboard",
+                "--listen", t.dashboard]
+        if self.options.prometheus:
+            argv += ["--prometheus", f"http://{t.prometheus}"]
+        self._start("dashboard", argv, env={
+            "MESH_OPERATOR_TOKEN_FILE": str(self.state_dir / "pki" / "operator.token")})
+        await self._wait("the dashboard", lambda: _ok(http, f"http://{t.dashboard}/api/state"))
+        _log(self.started, f"dashboard: http://{t.dashboard}/")
 
     async def _wait(self, what: str, check: Callable[[], Awaitable[bool]]) -> None:
         """Poll ``check`` until true; fail at once if a process died, or after the timeout."""

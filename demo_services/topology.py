@@ -41,6 +41,7 @@ APP_ADMIN_PORT = 8081
 CONTROL_PLANE_PORT = 15012
 API_PORT = 15014
 PROMETHEUS_PORT = 9090
+DASHBOARD_PORT = 15020  # meshctl dashboard's default port
 REPLICAS = {"inventory": 3, "payments": 3}
 HOSTS = {"loadgen": 2, "frontend": 10, "orders": 20, "inventory": 31, "payments": 41,
          "auditor": 50}
@@ -148,6 +149,10 @@ class Topology:
     @property
     def prometheus(self) -> str:
         return f"{self.net}.1:{PROMETHEUS_PORT}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"{self.net}.1:{DASHBOARD_PORT}"
 
     def instances(self) -> list[Instance]:
         """In start order: callees before callers, the load generator's sidecar last."""

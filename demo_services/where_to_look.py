@@ -41,6 +41,7 @@ def print_summary(mesh: LocalMesh, result: LoadResult | None) -> None:
     audit_log = state / "logs" / f"app:{auditor.name}.log"
     print(f"""
 The mesh is up. Where to look:
+  dashboard      http://{t.dashboard}/   (topology, golden metrics, inside a cluster, policy, top)
   the shop       curl -s -H 'host: frontend' http://{loadgen.outbound}/products
                  curl -s -H 'host: frontend' -d '{ORDER}' http://{loadgen.outbound}/orders
   a sidecar      http://{orders.sidecar_admin}/clusters   (endpoints: in flight, latency, ejected)

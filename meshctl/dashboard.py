@@ -1,11 +1,15 @@
-"""``meshctl dashboard [--listen HOST:PORT] [--api HOST:PORT] [--window SECONDS]``: the web page.
+"""``meshctl dashboard [--listen HOST:PORT] [--api HOST:PORT] [--prometheus URL]``: the web page.
 
     meshctl dashboard                          http://127.0.0.1:15020, the demo's control plane
     meshctl dashboard --api 127.0.61.1:15014   the control plane of a mesh on another block
+    meshctl dashboard --prometheus http://127.0.10.5:9090   golden metrics by PromQL
 
-Serves the dashboard (``dashboard/``): the topology and each edge's golden metrics, updated
-live. It asks the control plane's operator API (the operator token found as every meshctl
-command finds it) and the sidecars' admin endpoints, once a second; see ``docs/dashboard.md``.
+Serves the dashboard (``dashboard/``), updated live: the topology, golden metrics per service
+and per edge, the inside of a service's clusters, the policy rolling out, and a sample of live
+requests. It asks the control plane's operator API (the operator token found as every meshctl
+command finds it) once a second, Prometheus (when given) or else every sidecar's ``/metrics``
+for the golden metrics, and the sidecars' admin endpoints for what a page looks inside of;
+see ``docs/dashboard.md``.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ def register(sub: Any) -> None:
                    help=f"where the page is served (default {LISTEN})")
     p.add_argument("--api", dest="dashboard_api",
                    help="the control plane's operator API (default: meshctl's --api)")
-    p.add_argument("--window", type=float, default=15.0,
-                   help="seconds the golden metrics are taken over (default 15)")
+    p.add_argument("--prometheus", metavar="URL",
+                   help="a Prometheus scraping the sidecars, asked for the golden metrics "
+                        "(default: scrape every sidecar's /metrics)")
     p.set_defaults(run=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from dashboard.app import make_app
     from dashboard.collector import Collector
+    from dashboard.prometheus import PrometheusSource
     from mesh.loop import run
 
     # Imported here: meshctl/__main__.py imports this module to register the command.
@@ -53,7 +59,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"meshctl dashboard: no operator token found for {api} (set "
               f"MESH_OPERATOR_TOKEN_FILE); the operator API will refuse", file=sys.stderr)
     host, port = args.listen
-    app = make_app(Collector(api=api, token=token, window=args.window))
+    prometheus = PrometheusSource(args.prometheus) if args.prometheus else None
+    app = make_app(Collector(api=api, token=token, prometheus=prometheus))
     run(_serve(app, host, port, api))
     return 0
 

@@ -281,7 +281,7 @@ asyncio.run(main())
 
 
 def ports_free() -> None:
-    for port in (9090, 15000, 15014):
+    for port in (9090, 15000, 15014, 15020):
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as docker-proxy binds
             try:
@@ -379,6 +379,24 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
             return served if all(served.get(b, 0) > 0 for b in BACKENDS) else None
 
         eventually(every_backend_served, 60, "inbound 2xx in Prometheus for every backend pod")
+
+        # The dashboard (published): every service a node, and the golden metrics of the calls
+        # an order makes, asked of Prometheus. It holds the operator token alone, not the pki.
+        def dashboard_shows_the_shop() -> dict[str, Any] | None:
+            state: dict[str, Any] = get_json(f"http://{PUBLISH}:15020/api/state")
+            edges = {(e["source"], e["destination"]): e["rps"]
+                     for e in state.get("golden", {}).get("15", {}).get("edges", [])}
+            loaded = [("loadgen", "frontend"), ("frontend", "orders"), ("orders", "inventory"),
+                      ("orders", "payments")]
+            shown = {s["service"] for s in state.get("services", [])}
+            if set(EVERY_POD) <= shown and all((edges.get(e) or 0) > 0 for e in loaded):
+                return state
+            return None
+
+        state = eventually(dashboard_shows_the_shop, 60, "the shop's edges on the dashboard")
+        assert state["source"] == "http://prometheus:9090" and state["errors"] == []
+        mounts = docker("exec", container("dashboard"), "cat", "/proc/self/mounts")
+        assert " /mesh/pki " not in mounts and " /mesh/dashboard " in mounts
 
         # -- credentials: who holds which, and what a pod can do without them --
 
