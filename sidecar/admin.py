@@ -1,11 +1,18 @@
 """The admin endpoint (127.0.0.1:15000 by default): what a person asks a sidecar.
 
     GET /metrics       Prometheus: requests, latency, retries, breakers, ejections, per-endpoint
-                       in-flight and latency estimates, upstream connections
+                       in-flight and latency estimates, upstream connections, connections open
+                       by direction and mTLS, and ``mesh_sidecar_info`` (service, namespace)
     GET /config_dump   the configuration in force, and each cluster's effective settings:
                        every default filled in, and under "defaulted" the field paths that
                        were left unset and so took their default
-    GET /clusters      every endpoint: health, ejection, in-flight, latency estimate, pool
+    GET /clusters      per cluster: its balancer and policy, every endpoint (health, the cost
+                       its balancer compares, ejection with reason and time left, in-flight,
+                       latency estimate, pool), the circuit breakers' occupancy, the retry
+                       budget's state
+    GET /tap           the last outbound requests, oldest first: ``?after=SEQ`` for those
+                       after the ``next`` of the previous answer, ``&limit=N`` (1..512,
+                       default 100) for the newest N of them (``sidecar/tap.py``)
     GET /ready         200 once the sidecar has a configuration (and is registered), else 503
 """
 
@@ -14,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +29,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mesh.proto.config_pb2 import Cluster
+from sidecar.circuit_breaker import Limit
+from sidecar.cluster import UpstreamCluster
 from sidecar.cluster_settings import ClusterSettings
 from sidecar.config import LiveConfig
-from sidecar.metrics import SidecarMetrics
+from sidecar.metrics import MTLS, PLAINTEXT, SidecarMetrics
+from sidecar.retry_budget import ConcurrencyBudget, RateBudget
+from sidecar.tap import DEFAULT_LIMIT
 
 
 def _plain(value: Any) -> Any:
@@ -46,32 +58,90 @@ def effective_view(settings: ClusterSettings) -> dict[str, Any]:
 
 
 def clusters_view(config: LiveConfig) -> dict[str, Any]:
+    """Every cluster's state as JSON-ready data (``/clusters``)."""
     view: dict[str, Any] = {}
     for name, cluster in config.clusters.items():
+        balancer, outlier, now = cluster.balancer, cluster.outlier, cluster.clock.now()
         endpoints = []
-        for address, endpoint in cluster.balancer.endpoints.items():
+        for address, endpoint in balancer.endpoints.items():
             pool = cluster.pools.get(address)
+            cost = balancer.cost(endpoint)
+            ejection = outlier.ejection(address) if outlier is not None else None
             endpoints.append({
                 "address": address, "weight": endpoint.weight, "healthy": endpoint.healthy,
                 "ejected": endpoint.ejected, "active_requests": endpoint.active,
                 "latency_estimate_ms": round(endpoint.latency_estimate() * 1000, 3),
+                "cost": None if cost is None else round(cost, 3),
+                "ejection": None if ejection is None else {
+                    "reason": ejection.reason.value,
+                    "ejected_at_s_ago": round(now - ejection.ejected_at, 3),
+                    "remaining_s": round(max(0.0, ejection.until - now), 3),
+                    "times": ejection.times},
                 "connections": len(pool.connections) if pool else 0,
                 "connections_opened": pool.connections_opened if pool else 0,
                 "streams_opened": pool.streams_opened if pool else 0,
             })
-        view[name] = {"balancer": type(cluster.balancer).__name__, "endpoints": endpoints}
+        view[name] = {
+            "balancer": type(balancer).__name__,
+            "lb_policy": Cluster.LbPolicy.Name(cluster.settings.lb_policy),
+            "cost_unit": balancer.cost_unit, "endpoints": endpoints,
+            "circuit_breaker": {limit.value: {"active": cluster.breaker.active(limit),
+                                              "max": cluster.breaker.config.maximum(limit)}
+                                for limit in Limit},
+            "retry_budget": budget_view(cluster),
+        }
     return view
+
+
+def budget_view(cluster: UpstreamCluster) -> dict[str, Any] | None:
+    """The retry budget's state and settings; None when the cluster has none."""
+    budget = cluster.budget
+    if isinstance(budget, RateBudget):
+        return {"kind": "rate", "balance": budget.retries_allowed(),
+                **dataclasses.asdict(budget.config)}
+    if isinstance(budget, ConcurrencyBudget):
+        return {"kind": "concurrency", "active_requests": budget.active_requests,
+                "active_retries": budget.active_retries, "limit": budget.limit(),
+                **dataclasses.asdict(budget.config)}
+    return None
+
+
+def outbound_connections(config: LiveConfig) -> Counter[tuple[str, str]]:
+    """Connections open to each cluster's endpoints, by (cluster, tls)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for name, cluster in config.clusters.items():
+        for pool in cluster.pools.values():
+            counts[name, MTLS if pool.ssl is not None else PLAINTEXT] += len(pool.connections)
+    return counts
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    """The integer query parameter ``name``, or ``default`` when it is absent.
+
+    Raises:
+        web.HTTPBadRequest: it is not an integer.
+    """
+    value = request.query.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} {value!r}: must be an integer\n") from None
 
 
 def make_admin(config: LiveConfig, metrics: SidecarMetrics,
                ready: Callable[[], tuple[bool, str]]) -> web.Application:
     routes = web.RouteTableDef()
 
+    metrics.set_info(config.service, config.namespace)
+
     @routes.get("/metrics")
     async def prometheus(_: web.Request) -> web.Response:
         metrics.set_endpoints((name, address, endpoint.active, endpoint.latency_estimate())
                               for name, cluster in config.clusters.items()
                               for address, endpoint in cluster.balancer.endpoints.items())
+        metrics.set_outbound_connections(outbound_connections(config))
         return web.Response(body=generate_latest(metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -86,6 +156,16 @@ def make_admin(config: LiveConfig, metrics: SidecarMetrics,
     @routes.get("/clusters")
     async def clusters(_: web.Request) -> web.Response:
         return web.json_response(clusters_view(config))
+
+    @routes.get("/tap")
+    async def tap(request: web.Request) -> web.Response:
+        try:
+            page = metrics.tap.since(_query_int(request, "after", 0),
+                                     _query_int(request, "limit", DEFAULT_LIMIT))
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=f"{error}\n") from None
+        return web.json_response({"service": config.service, "next": page.next,
+                                  "dropped": page.dropped, "requests": page.requests})
 
     @routes.get("/ready")
     async def is_ready(_: web.Request) -> web.Response:

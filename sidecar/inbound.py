@@ -28,7 +28,7 @@ from typing import Protocol
 from mesh.clock import Clock
 from mesh.grpc import StatusCode
 from mesh.grpc.status import code_of
-from mesh.http2 import ConnectionClosed, ErrorCode, Headers, Stream, StreamReset
+from mesh.http2 import ConnectionClosed, ErrorCode, Headers, Http2Connection, Stream, StreamReset
 from mesh.http2.stream import StreamOwner
 from mesh.identity import SpiffeId
 from mesh.proto.config_pb2 import Cluster
@@ -36,7 +36,7 @@ from mesh.tls import peer_spiffe_id
 from sidecar import headers as mesh_headers
 from sidecar.config import LiveConfig
 from sidecar.forward import Upstream, local_reply, send_request_body, send_response
-from sidecar.metrics import RESET, SidecarMetrics
+from sidecar.metrics import MTLS, PLAINTEXT, RESET, SidecarMetrics
 from sidecar.outcome import Outcome, http_status_of
 from sidecar.pool import ConnectFailure
 from sidecar.rate_limit import RATE_LIMITED_HEADER, RateLimiter
@@ -121,7 +121,19 @@ class Inbound:
             caller = self._callers[connection] = Caller(
                 principal=identity.principal if identity is not None else None,
                 client_cert=[(mesh_headers.XFCC, client_cert)])
+            self._count_open(connection, MTLS if identity is not None else PLAINTEXT)
         return caller
+
+    def _count_open(self, connection: StreamOwner, tls: str) -> None:
+        """Count ``connection`` in ``mesh_sidecar_connections_open`` until it closes.
+
+        From its first request on, where the sidecar first meets it: a connection closed
+        before it sent any is not counted (the listener accepts in ``mesh/http2``).
+        """
+        if isinstance(connection, Http2Connection):  # a test's stand-in is not
+            gauge = self.metrics.connections_open.labels("inbound", self.config.service, tls)
+            gauge.inc()
+            connection.closed.add_done_callback(lambda _: gauge.dec())
 
     async def _serve(self, down: Stream) -> int | str:
         request = down.headers or []

@@ -1,20 +1,30 @@
 """The sidecar's Prometheus metrics, labelled by cluster (outbound) or by service (inbound).
 
 Label children are cached per cluster and status so the per-request cost is a dict lookup and
-two increments (``labels()`` does far more work on every call).
+two increments (``labels()`` does far more work on every call). Gauges of what the
+configuration holds (endpoints, outbound connections) are set when ``/metrics`` is read.
+The tap of the last outbound requests (``sidecar/tap.py``) lives here too, beside the counts
+it is kept with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from sidecar.tap import Tap
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
 RESET = "reset"
 """The ``code`` of a request the caller abandoned (reset the stream, or closed the connection)
 before its answer was complete: it has no status."""
+
+
+MTLS, PLAINTEXT = "mtls", "plaintext"
+"""The ``tls`` label of a connection: it carries a verified mesh identity (ours outbound, the
+peer's inbound), or it does not."""
 
 
 def status_class(status: int | str) -> str:
@@ -63,9 +73,24 @@ class SidecarMetrics:
         self.endpoint_latency = Gauge("mesh_sidecar_endpoint_latency_estimate_seconds",
                                       "Peak-EWMA latency estimate per endpoint",
                                       ["cluster", "endpoint"], registry=r)
+        self.connections_open = Gauge("mesh_sidecar_connections_open",
+                                      "Connections open: outbound to a cluster's endpoints, "
+                                      "inbound from peers (cluster: this sidecar's service)",
+                                      ["direction", "cluster", "tls"], registry=r)
+        self.info = Gauge("mesh_sidecar_info", "Always 1, labelled with this sidecar's service "
+                          "and namespace: join on it with * on(job, instance) "
+                          "group_left(service) mesh_sidecar_info", ["service", "namespace"],
+                          registry=r)
+        self.tap = Tap()
         self._requests: dict[tuple[str, str, int | str], Counter] = {}
         self._duration: dict[tuple[str, str], Histogram] = {}
         self._endpoints: set[tuple[str, str]] = set()  # the gauges' (cluster, endpoint) labels
+        self._outbound: set[tuple[str, str]] = set()  # connections_open's (cluster, tls)
+
+    def set_info(self, service: str, namespace: str) -> None:
+        """Say whose sidecar this is (``mesh_sidecar_info``)."""
+        self.info.clear()
+        self.info.labels(service, namespace).set(1)
 
     def request_done(self, direction: str, cluster: str, status: int | str,
                      seconds: float) -> None:
@@ -85,12 +110,26 @@ class SidecarMetrics:
         """Set the per-endpoint gauges from ``(cluster, endpoint, requests in flight, latency
         estimate)``, and remove those of every endpoint not among them (it left its cluster,
         or its cluster left the configuration)."""
-        current = set()
-        for cluster, endpoint, active, latency in endpoints:
-            self.endpoint_active.labels(cluster, endpoint).set(active)
-            self.endpoint_latency.labels(cluster, endpoint).set(latency)
-            current.add((cluster, endpoint))
-        for labels in self._endpoints - current:
-            self.endpoint_active.remove(*labels)
-            self.endpoint_latency.remove(*labels)
-        self._endpoints = current
+        active: dict[tuple[str, str], float] = {}
+        latency: dict[tuple[str, str], float] = {}
+        for cluster, endpoint, in_flight, estimate in endpoints:
+            active[cluster, endpoint], latency[cluster, endpoint] = in_flight, estimate
+        _replace(self.endpoint_active, self._endpoints, active)
+        _replace(self.endpoint_latency, self._endpoints, latency)
+        self._endpoints = set(active)
+
+    def set_outbound_connections(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Set ``connections_open`` outbound from ``(cluster, tls): connections open``, and
+        remove it for every cluster and tls not among them."""
+        _replace(self.connections_open, self._outbound, counts, "outbound")
+        self._outbound = set(counts)
+
+
+def _replace(gauge: Gauge, before: set[tuple[str, str]],
+             values: Mapping[tuple[str, str], float], *prefix: str) -> None:
+    """Set ``gauge`` to ``values`` by label values (after ``prefix``), and remove the children
+    in ``before`` that are not among them."""
+    for labels, value in values.items():
+        gauge.labels(*prefix, *labels).set(value)
+    for labels in before - values.keys():
+        gauge.remove(*prefix, *labels)

@@ -24,7 +24,8 @@ Per request, in order (each step can answer locally instead, never hang):
 
 The request body is kept (``replay``) while it is small enough, so a retry or a hedge can send
 it again; a larger one makes the call's first attempt its only one. ``_Call`` shows the phases
-of a call and ``_Attempt`` those of one attempt, each as a table.
+of a call and ``_Attempt`` those of one attempt, each as a table. However a call ends, it is
+counted (``mesh_sidecar_requests``) and kept in the tap of recent calls (``sidecar/tap.py``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class Outbound:
                          extra: Headers | None = None) -> None:
             await local_reply(down, grpc=grpc, status=status, grpc_status=code,
                               message=message, extra=extra)
-            self.metrics.request_done("outbound", cluster, status, self.clock.now() - started)
+            self._done(cluster, status, started, values)
 
         target = self.config.router.route(authority, path, values, self.rng)
         if target is None:
@@ -120,8 +121,7 @@ class Outbound:
                                                                     answer):
                     return
             except asyncio.CancelledError:  # the caller left during the delay
-                self.metrics.request_done("outbound", target.cluster, RESET,
-                                          self.clock.now() - started)
+                self._done(target.cluster, RESET, started, values)
                 raise
         policy = target.retry_policy or settings.retry_policy
         permit = cluster.breaker.try_acquire(Limit.REQUESTS)
@@ -138,8 +138,17 @@ class Outbound:
             status = await call.run()
         finally:
             permit.release()
-            self.metrics.request_done("outbound", target.cluster, status,
-                                      self.clock.now() - started)
+            self._done(target.cluster, status, started, values, call.retries, call.hedges)
+
+    def _done(self, cluster: str, status: int | str, started: float, request: dict[str, str],
+              retries: int = 0, hedges: int = 0) -> None:
+        """Count a request that ended with ``status`` and keep it in the tap: one tuple
+        appended to a ring, all the tap costs a request (``/tap`` makes the dicts)."""
+        latency = self.clock.now() - started
+        self.metrics.request_done("outbound", cluster, status, latency)
+        self.metrics.tap.record(cluster, request.get(":authority", ""),
+                                request.get(":method", "GET"), request.get(":path", "/"),
+                                status, latency, retries, hedges)
 
     async def _inject(self, fault: FaultDecision, target: RouteTarget, deadline: float,
                       answer: Callable[[str, int, StatusCode, str, Headers], Awaitable[None]]
@@ -249,6 +258,8 @@ class _Call:
         self.hedging_delay = policy.hedging_delay
         self.phase = _Phase.ATTEMPTING
         self.current: _Attempt | None = None  # the latest attempt: under way, or relayed
+        self.retries = 0  # retries and hedges made, for the tap
+        self.hedges = 0
 
     async def run(self) -> int | str:
         """Carry the call to its end; return the HTTP status the caller got (for metrics)."""
@@ -292,6 +303,7 @@ class _Call:
                     extra=[(mesh_headers.OVERLOADED_HEADER, overflow.limit.value)])
             if isinstance(decision, Retry):
                 metrics.retries.labels(name).inc()
+                self.retries += 1
                 attempt.close()
                 self.phase = _Phase.BACKOFF
                 await asyncio.sleep(decision.delay)
@@ -391,6 +403,7 @@ class _Call:
         hedge = self._begin()
         assert hedge is not None and isinstance(decision, Hedge)  # an endpoint was untried
         self.outbound.metrics.hedges.labels(name).inc()
+        self.hedges += 1
         racing[hedge.run(self._attempt(hedge))] = hedge
         return self.clock.now() + delay
 

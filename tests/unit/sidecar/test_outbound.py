@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from google.protobuf.json_format import ParseDict
 
+from mesh.clock import Clock
 from mesh.grpc import StatusCode
 from mesh.http2 import ErrorCode, Headers
 from mesh.proto.config_pb2 import Cluster, ClusterLoadAssignment, RouteConfiguration
@@ -69,13 +72,20 @@ class Mesh:
             assert (budget.active_requests, budget.active_retries) == (0, 0)
 
 
-def mesh(monkeypatch: pytest.MonkeyPatch, upstreams: Upstreams, **cluster: Any) -> Mesh:
-    clock, rng = LoopClock(), random.Random(1)
-    config = LiveConfig(service="shopper", clock=clock, rng=rng, tls=lambda: None)
+def orders_config(clock: Clock, rng: random.Random, *, ports: Sequence[tuple[str, int]] = (
+        ("10.0.0.1", 15006), ("10.0.0.2", 15006)),
+        tls: Callable[[], ssl.SSLContext | None] = lambda: None, **cluster: Any) -> LiveConfig:
+    """The configuration of sidecar "shopper": cluster ``orders`` at ``ports``."""
+    config = LiveConfig(service="shopper", clock=clock, rng=rng, tls=tls)
     config.apply(CLUSTERS, [ParseDict({"name": "orders", **cluster}, Cluster())])
     config.apply(ENDPOINTS, [ParseDict({"cluster_name": "orders", "endpoints": [
-        {"address": "10.0.0.1", "port": 15006}, {"address": "10.0.0.2", "port": 15006}]},
-        ClusterLoadAssignment())])
+        {"address": host, "port": port} for host, port in ports]}, ClusterLoadAssignment())])
+    return config
+
+
+def mesh(monkeypatch: pytest.MonkeyPatch, upstreams: Upstreams, **cluster: Any) -> Mesh:
+    clock, rng = LoopClock(), random.Random(1)
+    config = orders_config(clock, rng, **cluster)
     metrics = SidecarMetrics()
     made = Mesh(Outbound(config, metrics, clock=clock, rng=rng), config.clusters["orders"],
                 metrics, upstreams)

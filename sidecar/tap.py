@@ -1,0 +1,93 @@
+"""The tap: the last requests this sidecar forwarded outbound, for a "top" view of its traffic.
+
+Every outbound request, however it ends (answered, failed, reset by its caller, refused by a
+circuit breaker or a rate limit), is kept when it ends as one tuple in a ring of the last
+:data:`TAP_SIZE`, numbered by a sequence that only grows. A reader polls with the last number
+it saw (``since(after)``) and gets what came after it, oldest first, and how many of those the
+ring no longer holds — like Linkerd's ``tap`` and Envoy's access log, but pulled, not
+streamed. Every request kept came from this sidecar's own service; ``/tap`` says which.
+
+Recording is on every request's path, so it is a tuple appended to a ``deque``: no dict, no
+formatting, no lock (one event loop). Dicts are built only when someone reads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+TAP_SIZE = 512
+"""Requests the tap holds: five seconds at 100 requests a second, so a page that polls every
+second misses none; also the largest ``limit`` a reader may ask for."""
+
+DEFAULT_LIMIT = 100
+"""Requests a read returns when it names no ``limit``: the newest, if more came."""
+
+_Tapped = tuple[int, float, str, str, str, str, int | str, float, int, int]
+"""One request as kept: seq, at, cluster, authority, method, path, status, latency (seconds),
+retries, hedges."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TapPage:
+    """What a read returns: the requests after a sequence number, oldest first.
+
+    ``dropped`` counts the requests after that number that are not in ``requests``: gone from
+    the ring, or older than the newest ``limit``.
+    """
+
+    next: int  # pass as ``after`` next time: the newest sequence number given out so far
+    dropped: int
+    requests: list[dict[str, Any]]
+
+
+class Tap:
+    """A ring of the last :data:`TAP_SIZE` finished outbound requests.
+
+    Args:
+        wall: the wall clock whose time (Unix seconds) each request is stamped with when it
+            ends; for display only, durations come from the sidecar's own clock.
+    """
+
+    def __init__(self, *, wall: Callable[[], float] = time.time) -> None:
+        self._ring: deque[_Tapped] = deque(maxlen=TAP_SIZE)
+        self._wall = wall
+        self._seq = 0  # the last number given out; the first request is 1
+
+    def record(self, cluster: str, authority: str, method: str, path: str,
+               status: int | str, latency: float, retries: int, hedges: int) -> None:
+        """Keep a request that ended with ``status`` (or ``RESET``) after ``latency`` seconds."""
+        self._seq += 1
+        self._ring.append((self._seq, self._wall(), cluster, authority, method, path, status,
+                           latency, retries, hedges))
+
+    def since(self, after: int = 0, limit: int = DEFAULT_LIMIT) -> TapPage:
+        """The requests numbered after ``after`` (0: every one held), at most the newest
+        ``limit`` of them.
+
+        Raises:
+            ValueError: ``after`` is negative or beyond the newest number given out (it came
+                from before this sidecar restarted: ask again from 0), or ``limit`` is not
+                within 1..``TAP_SIZE``.
+        """
+        if not 0 <= after <= self._seq:
+            raise ValueError(f"after {after}: must be within 0..{self._seq}, the newest "
+                             f"request's number (a sidecar numbers from 1 again when it "
+                             f"restarts: ask without after)")
+        if not 1 <= limit <= TAP_SIZE:
+            raise ValueError(f"limit {limit}: must be within 1..{TAP_SIZE}")
+        newer = self._seq - after  # requests after ``after``, held or not
+        start = max(len(self._ring) - newer, len(self._ring) - limit, 0)
+        requests = [_plain(tapped) for tapped in itertools.islice(self._ring, start, None)]
+        return TapPage(next=self._seq, dropped=newer - len(requests), requests=requests)
+
+
+def _plain(tapped: _Tapped) -> dict[str, Any]:
+    seq, at, cluster, authority, method, path, status, latency, retries, hedges = tapped
+    return {"seq": seq, "at": round(at, 3), "cluster": cluster, "authority": authority,
+            "method": method, "path": path, "status": status,
+            "latency_ms": round(latency * 1000, 3), "retries": retries, "hedges": hedges}
