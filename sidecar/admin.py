@@ -11,8 +11,9 @@
                        latency estimate, pool), the circuit breakers' occupancy, the retry
                        budget's state
     GET /tap           the last outbound requests, oldest first: ``?after=SEQ`` for those
-                       after the ``next`` of the previous answer, ``&limit=N`` (1..512,
-                       default 100) for the newest N of them (``sidecar/tap.py``)
+                       after the ``next`` of the previous answer (one from before a restart
+                       reads from the start), ``&limit=N`` (1..512, default 100) for the
+                       newest N of them (``sidecar/tap.py``)
     GET /ready         200 once the sidecar has a configuration (and is registered), else 503
 """
 

@@ -69,17 +69,19 @@ class Tap:
         """The requests numbered after ``after`` (0: every one held), at most the newest
         ``limit`` of them.
 
+        An ``after`` beyond the newest number given out was given out before this sidecar
+        restarted (it numbers from 1 again), so the answer starts from 0, as a first read
+        does: a poller carries on without knowing of the restart.
+
         Raises:
-            ValueError: ``after`` is negative or beyond the newest number given out (it came
-                from before this sidecar restarted: ask again from 0), or ``limit`` is not
-                within 1..``TAP_SIZE``.
+            ValueError: ``after`` is negative, or ``limit`` is not within 1..``TAP_SIZE``.
         """
-        if not 0 <= after <= self._seq:
-            raise ValueError(f"after {after}: must be within 0..{self._seq}, the newest "
-                             f"request's number (a sidecar numbers from 1 again when it "
-                             f"restarts: ask without after)")
+        if after < 0:
+            raise ValueError(f"after {after}: must not be negative (0 or none: from the start)")
         if not 1 <= limit <= TAP_SIZE:
             raise ValueError(f"limit {limit}: must be within 1..{TAP_SIZE}")
+        if after > self._seq:
+            after = 0
         newer = self._seq - after  # requests after ``after``, held or not
         start = max(len(self._ring) - newer, len(self._ring) - limit, 0)
         requests = [_plain(tapped) for tapped in itertools.islice(self._ring, start, None)]

@@ -80,9 +80,15 @@ def test_a_limit_gives_the_newest_and_counts_the_rest_as_dropped() -> None:
     assert tap.since().requests == tap.since(0, 100).requests  # the default limit: 100
 
 
+def test_a_number_from_before_a_restart_reads_from_the_start() -> None:
+    tap = tap_of(TAP_SIZE + 3)  # a poller last saw 900 from this sidecar's previous run
+    got, dropped, next_seq = seqs(tap, after=900, limit=2)
+    assert (got, dropped, next_seq) == ([TAP_SIZE + 2, TAP_SIZE + 3], TAP_SIZE + 1,
+                                        TAP_SIZE + 3)
+
+
 @pytest.mark.parametrize(("after", "limit", "message"), [
-    (-1, 10, r"after -1: must be within 0\.\.3"),
-    (4, 10, r"after 4: must be within 0\.\.3, .* restarts: ask without after"),
+    (-1, 10, r"after -1: must not be negative \(0 or none: from the start\)"),
     (0, 0, r"limit 0: must be within 1\.\.512"),
     (0, TAP_SIZE + 1, r"limit 513: must be within 1\.\.512"),
 ])
@@ -155,7 +161,7 @@ async def test_tap_over_http(monkeypatch: pytest.MonkeyPatch) -> None:
             (3, 1, [3])
         for query, message in [({"after": "two"}, "after 'two': must be an integer\n"),
                                ({"limit": "1000"}, "limit 1000: must be within 1..512\n"),
-                               ({"after": "7"}, "after 7: must be within 0..3, the newest ")]:
+                               ({"after": "-7"}, "after -7: must not be negative")]:
             response = await http.get("/tap", params=query)
             assert response.status == 400
             assert (await response.text()).startswith(message)
