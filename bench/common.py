@@ -1,8 +1,14 @@
-"""What the benchmark servers share: the TLS context h2load can talk to."""
+"""What the benchmark servers share: the TLS context h2load can talk to, and an aiohttp
+application served on a free loopback port."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
+from collections.abc import AsyncIterator
+
+from aiohttp import web
 
 
 def server_only_tls(cert: str, key: str) -> ssl.SSLContext:
@@ -12,3 +18,18 @@ def server_only_tls(cert: str, key: str) -> ssl.SSLContext:
     context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["h2"])
     return context
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """``app`` on 127.0.0.1 at a free port, which is yielded; stopped on the way out."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        await runner.cleanup()

@@ -152,7 +152,8 @@ function drawTables(state) {
 // The limits a circuit breaker holds, as "requests 3/1024 · pending 0/1024 …".
 function occupancy(breaker) {
   return Object.entries(breaker || {})
-    .map(([limit, use]) => `${limit} ${use.active}/${use.max}`).join(" · ");
+    .map(([limit, use]) => `${limit.replace("max_", "")} ${use.active}/${use.max}`)
+    .join(" · ");
 }
 
 function budget(b) {

@@ -37,8 +37,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from dashboard.golden import DURATION, REQUESTS, ClusterCounts, golden, merge
-from dashboard.prometheus import CONNECTIONS, PrometheusError, PrometheusSource
+from dashboard.golden import CONNECTIONS, DURATION, REQUESTS, ClusterCounts, golden, merge
+from dashboard.prometheus import PrometheusError, PrometheusSource
 from demo_services import prometheus as demo_prometheus
 
 PROMETHEUS = shutil.which("prometheus")

@@ -6,7 +6,6 @@ Each test drives rounds by hand (``Collector.poll``) on a fake clock, so windows
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bench.common import serving
 from dashboard.app import make_app
 from dashboard.collector import TOP_PER_SIDECAR, TOP_SIDECARS, Collector, Watch
 from mesh.clock import FakeClock
@@ -142,20 +142,6 @@ class Mesh:
         app.router.add_get("/endpoints/{service}", endpoints)
         app.router.add_get("/policy/history", history)
         return app
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[int]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
