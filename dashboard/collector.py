@@ -44,7 +44,16 @@ from urllib.parse import quote
 
 import aiohttp
 
-from dashboard.golden import ClusterCounts, Scrape, golden, increase, merge, parse
+from dashboard.golden import (
+    ClusterCounts,
+    Scrape,
+    attempt_success,
+    connections_shown,
+    golden,
+    increase,
+    merge,
+    parse,
+)
 from dashboard.prometheus import PrometheusError, PrometheusSource
 from mesh.clock import SYSTEM_CLOCK, Clock
 
@@ -280,8 +289,10 @@ class Collector:
         return (kept[first], last) if first < len(kept) - 1 else None
 
     def _edges(self, sidecars: list[dict[str, Any]], window: float) -> list[dict[str, Any]]:
-        """Per (source service, destination cluster), the golden metrics over ``window``."""
+        """Per (source service, destination cluster), the golden metrics over ``window``, the
+        success of its attempts, and its open connections now."""
         parts: dict[tuple[str, str], list[tuple[ClusterCounts, float]]] = {}
+        tries: dict[tuple[str, str], list[ClusterCounts]] = {}
         opened: dict[tuple[str, str], defaultdict[str, float]] = {}
         for sidecar in sidecars:
             kept = self._scrapes[sidecar["admin"]]
@@ -290,17 +301,21 @@ class Collector:
                     opened.setdefault((sidecar["service"], cluster), defaultdict(float))[tls] += \
                         count
             span = self._span(sidecar["admin"], window)
+            grown = increase(*span) if span else {}
+            attempts = increase(*span, of=lambda s: s.attempts) if span else {}
             for cluster, counts in kept[-1].clusters.items():
                 if counts.total == 0:
                     continue  # never called: not an edge
                 key = (sidecar["service"], cluster)
                 parts.setdefault(key, [])
-                if span is not None:
-                    grown = increase(*span).get(cluster)
-                    if grown is not None:
-                        parts[key].append((grown, span[1].at - span[0].at))
-        return [{"source": source, "destination": cluster,
-                 **_metrics(seen), **_connections(opened.get((source, cluster), {}))}
+                tries.setdefault(key, [])
+                if span is not None and cluster in grown:
+                    parts[key].append((grown[cluster], span[1].at - span[0].at))
+                if cluster in attempts:
+                    tries[key].append(attempts[cluster])
+        return [{"source": source, "destination": cluster, **_metrics(seen),
+                 "attempt_success": attempt_success(merge(tries[source, cluster])),
+                 **connections_shown(opened.get((source, cluster), {}))}
                 for (source, cluster), seen in sorted(parts.items())]
 
     def _services(self, sidecars: list[dict[str, Any]], window: float) -> list[dict[str, Any]]:
@@ -317,9 +332,9 @@ class Collector:
                     tally[tls] += count
             span = self._span(sidecar["admin"], window)
             if span is not None:
-                parts[service].append((merge(increase(*span, inbound=True).values()),
+                parts[service].append((merge(increase(*span, of=lambda s: s.inbound).values()),
                                        span[1].at - span[0].at))
-        return [{"service": service, **_metrics(seen), **_connections(opened[service])}
+        return [{"service": service, **_metrics(seen), **connections_shown(opened[service])}
                 for service, seen in sorted(parts.items())]
 
     # ------------------------------------------------------------------ on demand
@@ -375,13 +390,6 @@ def _metrics(seen: list[tuple[ClusterCounts, float]]) -> dict[str, Any]:
     metrics = golden(merge(counts for counts, _ in seen), sum(spans) / len(spans)
                      if spans else 0.0)
     return {k: None if v is None else round(v, 3) for k, v in asdict(metrics).items()}
-
-
-def _connections(open_by_tls: Mapping[str, float]) -> dict[str, Any]:
-    """Open connections, and the share of them that is mutual TLS (``None`` with none)."""
-    total = sum(open_by_tls.values())
-    return {"connections": round(total),
-            "mtls": None if total == 0 else round(open_by_tls.get("mtls", 0.0) / total, 3)}
 
 
 def _with_diffs(versions: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ Increases of several sidecars of one service add up (:func:`merge`) before the r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REQUESTS = "mesh_sidecar_requests"
 DURATION = "mesh_sidecar_request_duration_seconds"
 CONNECTIONS = "mesh_sidecar_connections_open"  # gauge {direction, cluster, tls}
+ATTEMPTS = "mesh_sidecar_upstream_attempts"  # counter {cluster, code}: every try answered
 FAILED = frozenset({"5xx", "reset"})  # status classes that count against the success rate
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -51,11 +52,14 @@ class ClusterCounts:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Scrape:
     """What one scrape of one sidecar said, and when (seconds on a monotonic clock): its
-    outbound clusters' counts (``clusters``), its inbound ones (``inbound``: what its own
-    service answered), and its open connections per (direction, cluster, tls)."""
+    outbound clusters' counts (``clusters``: requests, as its app saw them), their attempts'
+    status classes (``attempts``: first tries, retries and hedges, as the callees answered
+    them), its inbound counts (``inbound``: what its own service answered), and its open
+    connections per (direction, cluster, tls)."""
 
     at: float
     clusters: Mapping[str, ClusterCounts]
+    attempts: Mapping[str, ClusterCounts] = field(default_factory=dict)
     inbound: Mapping[str, ClusterCounts] = field(default_factory=dict)
     connections: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
 
@@ -79,16 +83,23 @@ def parse(text: str, at: float) -> Scrape:
     Raises:
         ValueError: the text is not Prometheus' text format.
     """
-    # direction → cluster → status class → count, and direction → cluster → bound → count
-    codes: dict[str, dict[str, dict[str, float]]] = {"outbound": {}, "inbound": {}}
-    buckets: dict[str, dict[str, dict[float, float]]] = {"outbound": {}, "inbound": {}}
+    # direction → cluster → status class → count, and direction → cluster → bound → count;
+    # attempts are counted as a direction of their own
+    codes: dict[str, dict[str, dict[str, float]]] = {"outbound": {}, "inbound": {},
+                                                     "attempts": {}}
+    buckets: dict[str, dict[str, dict[float, float]]] = {"outbound": {}, "inbound": {},
+                                                         "attempts": {}}
     connections: dict[tuple[str, str, str], float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in (REQUESTS, DURATION, CONNECTIONS):
+        if family.name not in (REQUESTS, DURATION, CONNECTIONS, ATTEMPTS):
             continue
         for sample in family.samples:
             labels = sample.labels
             direction = labels.get("direction", "")
+            if sample.name == f"{ATTEMPTS}_total":
+                codes["attempts"].setdefault(labels["cluster"], {})[labels["code"]] = \
+                    sample.value
+                continue
             if sample.name == CONNECTIONS:
                 connections[direction, labels.get("cluster", ""), labels.get("tls", "")] = \
                     sample.value
@@ -107,8 +118,8 @@ def parse(text: str, at: float) -> Scrape:
                                     buckets=seen_buckets.get(name, {}))
                 for name in seen_codes.keys() | seen_buckets.keys()}
 
-    return Scrape(at=at, clusters=counts("outbound"), inbound=counts("inbound"),
-                  connections=connections)
+    return Scrape(at=at, clusters=counts("outbound"), attempts=counts("attempts"),
+                  inbound=counts("inbound"), connections=connections)
 
 
 def _increase(before: float | None, after: float) -> float:
@@ -117,12 +128,12 @@ def _increase(before: float | None, after: float) -> float:
     return after - before
 
 
-def increase(before: Scrape, after: Scrape, *, inbound: bool = False
+def increase(before: Scrape, after: Scrape,
+             of: Callable[[Scrape], Mapping[str, ClusterCounts]] = lambda s: s.clusters
              ) -> dict[str, ClusterCounts]:
-    """Per cluster, what was counted between two scrapes of one sidecar: its outbound
-    clusters, or with ``inbound`` what its own service answered."""
-    then_all, now_all = (before.inbound, after.inbound) if inbound else \
-        (before.clusters, after.clusters)
+    """Per cluster, what was counted between two scrapes of one sidecar: of its outbound
+    requests, or of what ``of`` picks (``lambda s: s.inbound``, ``lambda s: s.attempts``)."""
+    then_all, now_all = of(before), of(after)
     out = {}
     for name, now in now_all.items():
         then = then_all.get(name, ClusterCounts())
@@ -168,6 +179,24 @@ def quantile(q: float, buckets: Mapping[float, float]) -> float | None:
             return lower + (bound - lower) * (rank - below) / (count - below)
         lower, below = bound, count
     return lower
+
+
+def attempt_success(attempts: ClusterCounts) -> float | None:
+    """The share of attempts not failed (``None`` without any), rounded as shown: below the
+    requests' success when retries hid failures from the caller."""
+    total = attempts.total
+    if total == 0:
+        return None
+    failed = sum(v for c, v in attempts.codes.items() if c in FAILED)
+    return round((total - failed) / total, 3)
+
+
+def connections_shown(open_by_tls: Mapping[str, float]) -> dict[str, float | None]:
+    """``connections`` open, and ``mtls``: the share of them on mutual TLS (``None`` with none
+    open), from the open connections by ``tls`` label (``mtls``, ``plaintext``)."""
+    total = sum(open_by_tls.values())
+    return {"connections": round(total),
+            "mtls": round(open_by_tls.get("mtls", 0.0) / total, 3) if total else None}
 
 
 def golden(counts: ClusterCounts, seconds: float) -> Golden:

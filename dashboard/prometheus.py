@@ -3,7 +3,7 @@
 Scraping every sidecar's ``/metrics`` once a second (:mod:`dashboard.collector`) costs one
 request per sidecar per second and grows with the fleet. When a Prometheus server already
 scrapes the sidecars, the dashboard asks it instead, as Linkerd viz does: a handful of instant
-queries per refresh (four for the edges, five for the services, all at once), whatever the
+queries per refresh (six for the edges, five for the services, all at once), whatever the
 number of sidecars, and answers that grow with the services and edges, not with the sidecars.
 
 Every query joins a sidecar's series to its service through ``mesh_sidecar_info{service,
@@ -15,6 +15,9 @@ that does not expose it is not counted. Over a window ``W``:
   sum over the status classes, the success rate the share not ``5xx`` or ``reset``
   (:data:`dashboard.golden.FAILED`) and the requests in the window RPS × ``W``, which is what
   ``increase()`` answers;
+- **attempts**: the same of ``mesh_sidecar_upstream_attempts_total`` (every try, retry and
+  hedge its endpoint answered), for the share of attempts that failed even where retries hid
+  it from the caller; and ``mesh_sidecar_connections_open{direction="outbound"}`` by ``tls``;
 - **p50 / p95 / p99**: one ``histogram_quantile(q, sum by (service, cluster, le) (rate(
   mesh_sidecar_request_duration_seconds_bucket{direction="outbound"}[W]) * on(job, instance)
   group_left(service) mesh_sidecar_info))`` per quantile;
@@ -46,7 +49,16 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from dashboard.golden import CONNECTIONS, DURATION, FAILED, QUANTILES, REQUESTS, Golden
+from dashboard.golden import (
+    ATTEMPTS,
+    CONNECTIONS,
+    DURATION,
+    FAILED,
+    QUANTILES,
+    REQUESTS,
+    Golden,
+    connections_shown,
+)
 
 INFO = "mesh_sidecar_info"  # {service, namespace} 1, one per sidecar
 JOIN = f"* on(job, instance) group_left(service) {INFO}"  # a sidecar's series → its service
@@ -89,7 +101,16 @@ def quantile_query(q: float, direction: str, by: str, window: float) -> str:
             f'{{direction="{direction}"}}[{duration(window)}]) {JOIN}))')
 
 
-CONNECTIONS_QUERY = f'sum by (service, tls) ({CONNECTIONS}{{direction="inbound"}} {JOIN})'
+def connections_query(direction: str, by: str) -> str:
+    """Connections open now, by the labels ``by`` and whether they are mTLS."""
+    return f'sum by ({by}, tls) ({CONNECTIONS}{{direction="{direction}"}} {JOIN})'
+
+
+def attempts_query(window: float) -> str:
+    """Attempts (first tries, retries, hedges) per second over ``window``, per edge and
+    status class."""
+    return (f"sum by (service, cluster, code) (rate({ATTEMPTS}_total[{duration(window)}]) "
+            f"{JOIN})")
 
 
 class PrometheusSource:
@@ -107,26 +128,33 @@ class PrometheusSource:
     async def edges(self, http: aiohttp.ClientSession, window: float) -> list[dict[str, Any]]:
         """Per source service and destination cluster, over the last ``window`` seconds:
         ``source``, ``destination``, ``requests``, ``rps``, ``success`` (0..1), ``p50_ms``,
-        ``p95_ms``, ``p99_ms`` — ``None`` where no request was seen — sorted by source and
-        destination. An edge appears once its caller has counted a request to the cluster.
+        ``p95_ms``, ``p99_ms`` — ``None`` where no request was seen —, ``attempt_success``
+        (the share of its attempts that did not fail, retries included), ``connections`` and
+        ``mtls`` (open now, and the share on mTLS), sorted by source and destination. An edge
+        appears once its caller has counted a request to the cluster.
 
         Raises:
             PrometheusError: a query failed.
             ValueError: ``window`` is not a positive number of seconds.
         """
         by = "service, cluster"
-        codes, *quantiles = await self._ask(
-            http, requests_query("outbound", by, window),
+        codes, attempts, connections, *quantiles = await self._ask(
+            http, requests_query("outbound", by, window), attempts_query(window),
+            connections_query("outbound", by),
             *(quantile_query(q, "outbound", by, window) for q in QUANTILES))
 
         def key(labels: Mapping[str, str]) -> tuple[str, str]:
             return labels["service"], labels["cluster"]
 
         rates, ms = _by_code(codes, key), [_ms(samples, key) for samples in quantiles]
+        tries, opened = _by_code(attempts, key), _by_tls(connections, key)
         rows = []
         for edge in sorted(rates):
             metrics = _golden(rates[edge], window, [m.get(edge) for m in ms])
-            rows.append({"source": edge[0], "destination": edge[1], **_shown(metrics)})
+            tried = _golden(tries.get(edge, {}), window, [None, None, None])
+            rows.append({"source": edge[0], "destination": edge[1], **_shown(metrics),
+                         "attempt_success": _shown(tried)["success"],
+                         **connections_shown(opened.get(edge, {}))})
         return rows
 
     async def services(self, http: aiohttp.ClientSession,
@@ -143,23 +171,18 @@ class PrometheusSource:
         codes, *quantiles, connections = await self._ask(
             http, requests_query("inbound", "service", window),
             *(quantile_query(q, "inbound", "service", window) for q in QUANTILES),
-            CONNECTIONS_QUERY)
+            connections_query("inbound", "service"))
 
         def key(labels: Mapping[str, str]) -> str:
             return labels["service"]
 
         rates, ms = _by_code(codes, key), [_ms(samples, key) for samples in quantiles]
-        open_by_tls: dict[str, dict[str, float]] = {}
-        for sample in connections:
-            open_by_tls.setdefault(key(sample.labels), {})[sample.labels["tls"]] = \
-                sample.value or 0.0
+        open_by_tls = _by_tls(connections, key)
         rows = []
         for service in sorted(rates.keys() | open_by_tls.keys()):
             metrics = _golden(rates.get(service, {}), window, [m.get(service) for m in ms])
-            tls = open_by_tls.get(service, {})
-            total = sum(tls.values())
-            rows.append({"service": service, **_shown(metrics), "connections": round(total),
-                         "mtls": round(tls.get("mtls", 0.0) / total, 3) if total else None})
+            rows.append({"service": service, **_shown(metrics),
+                         **connections_shown(open_by_tls.get(service, {}))})
         return rows
 
     async def query(self, http: aiohttp.ClientSession, promql: str) -> list[Sample]:
@@ -216,6 +239,15 @@ def _by_code(samples: list[Sample], key: Callable[[Mapping[str, str]], K]
     for sample in samples:
         rates.setdefault(key(sample.labels), {})[sample.labels["code"]] = sample.value or 0.0
     return rates
+
+
+def _by_tls(samples: list[Sample], key: Callable[[Mapping[str, str]], K]
+            ) -> dict[K, dict[str, float]]:
+    """Open connections by ``tls`` (mtls, plaintext), per key."""
+    opened: dict[K, dict[str, float]] = {}
+    for sample in samples:
+        opened.setdefault(key(sample.labels), {})[sample.labels["tls"]] = sample.value or 0.0
+    return opened
 
 
 def _ms(samples: list[Sample], key: Callable[[Mapping[str, str]], K]) -> dict[K, float | None]:

@@ -20,6 +20,7 @@ from sidecar.circuit_breaker import Limit, Overflow, Overloaded
 from sidecar.cluster_policies import ClusterPolicies
 from sidecar.cluster_settings import ClusterSettings
 from sidecar.metrics import SidecarMetrics
+from sidecar.outcome import Outcome, http_status_of
 from sidecar.outlier import Ejected, Returned
 from sidecar.pool import ConnectFailure, ConnectionPool
 
@@ -34,6 +35,12 @@ class UpstreamCluster(ClusterPolicies):
         self.metrics = metrics
         self.pools: dict[str, ConnectionPool] = {}
         self._tls = tls
+
+    def record(self, address: str, outcome: Outcome) -> None:
+        """Tell outlier detection how an attempt ended, and count it by what it answered."""
+        super().record(address, outcome)
+        if self.metrics is not None:
+            self.metrics.attempt_done(self.settings.name, http_status_of(outcome))
 
     def update(self, settings: ClusterSettings) -> None:
         old = self.settings

@@ -18,6 +18,11 @@ from sidecar.tap import Tap
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
 RESET = "reset"
+# The status classes a cluster's request and attempt counters start at 0 with, the first time
+# the cluster is counted: a series Prometheus first sees at 0 counts its first increase, where
+# one that appears already at 5 does not (rate() has no earlier sample to subtract from), and
+# a short burst of failures would never show.
+STARTING_CLASSES = ("2xx", "4xx", "5xx")
 """The ``code`` of a request the caller abandoned (reset the stream, or closed the connection)
 before its answer was complete: it has no status."""
 
@@ -43,6 +48,10 @@ class SidecarMetrics:
                                   "Request duration, first byte in to last byte out",
                                   ["direction", "cluster"], buckets=LATENCY_BUCKETS, registry=r)
         self.retries = Counter("mesh_sidecar_retries", "Retries made", ["cluster"], registry=r)
+        self.attempts = Counter("mesh_sidecar_upstream_attempts",
+                                "Attempts answered by a cluster's endpoints (first tries, "
+                                "retries, hedges), by status class: what the callees said "
+                                "before retries hid it", ["cluster", "code"], registry=r)
         self.retries_refused = Counter("mesh_sidecar_retries_refused",
                                        "Retries and hedges not made, by reason (budget, "
                                        "deadline, ...)", ["cluster", "reason"], registry=r)
@@ -83,6 +92,7 @@ class SidecarMetrics:
                           registry=r)
         self.tap = Tap()
         self._requests: dict[tuple[str, str, int | str], Counter] = {}
+        self._attempts: dict[tuple[str, int], Counter] = {}
         self._duration: dict[tuple[str, str], Histogram] = {}
         self._endpoints: set[tuple[str, str]] = set()  # the gauges' (cluster, endpoint) labels
         self._outbound: set[tuple[str, str]] = set()  # connections_open's (cluster, tls)
@@ -92,12 +102,26 @@ class SidecarMetrics:
         self.info.clear()
         self.info.labels(service, namespace).set(1)
 
+    def attempt_done(self, cluster: str, status: int) -> None:
+        """Count an attempt its endpoint answered with HTTP ``status`` (or a failure's)."""
+        key = (cluster, status)
+        counter = self._attempts.get(key)
+        if counter is None:
+            if not any(c == cluster for c, _ in self._attempts):
+                for code in STARTING_CLASSES:
+                    self.attempts.labels(cluster, code)
+            counter = self._attempts[key] = self.attempts.labels(cluster, status_class(status))
+        counter.inc()
+
     def request_done(self, direction: str, cluster: str, status: int | str,
                      seconds: float) -> None:
         """Count a request that ended with HTTP ``status`` (or :data:`RESET`)."""
         key = (direction, cluster, status)
         counter = self._requests.get(key)
         if counter is None:
+            if key[:2] not in self._duration:  # the first of this cluster: see STARTING_CLASSES
+                for code in (*STARTING_CLASSES, RESET):
+                    self.requests.labels(direction, cluster, code)
             counter = self._requests[key] = self.requests.labels(direction, cluster,
                                                                  status_class(status))
         counter.inc()

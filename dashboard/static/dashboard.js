@@ -19,6 +19,13 @@ function health(metrics) {
   return "healthy";
 }
 
+// An edge is as healthy as its attempts: a failure a retry hid from the caller is still the
+// callee failing (Kiali draws what the destination answered).
+function edgeHealth(edge) {
+  const shares = [edge.success, edge.attempt_success].filter((v) => v !== null && v !== undefined);
+  return health({success: shares.length ? Math.min(...shares) : null});
+}
+
 function fmt(value, digits) {
   return value === null || value === undefined ? "–" : value.toFixed(digits);
 }
@@ -98,7 +105,7 @@ function drawTopology(state) {
     el("path", {d: "M 0 0 L 10 5 L 0 10 z", class: cls, fill: "currentColor"}, marker);
   }
   for (const e of edges) {
-    const a = at.get(e.source), b = at.get(e.destination), cls = health(e);
+    const a = at.get(e.source), b = at.get(e.destination), cls = edgeHealth(e);
     const g = el("g", {class: "edge", id: `edge-${e.source}-${e.destination}`,
       "data-rps": e.rps, "data-success": e.success ?? ""}, svg);
     const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
@@ -139,9 +146,9 @@ function drawTables(state) {
   edges.replaceChildren();
   for (const e of windowed(state).edges) {
     row(edges, `row-${e.source}-${e.destination}`, [`${e.source} → ${e.destination}`,
-      percent(e.success), fmt(e.rps, 2), fmt(e.p50_ms, 1), fmt(e.p95_ms, 1),
-      fmt(e.p99_ms, 1), `${e.connections ?? "–"}`, percent(e.mtls)],
-    [undefined, health(e)]);
+      percent(e.success), percent(e.attempt_success), fmt(e.rps, 2), fmt(e.p50_ms, 1),
+      fmt(e.p95_ms, 1), fmt(e.p99_ms, 1), `${e.connections ?? "–"}`, percent(e.mtls)],
+    [undefined, health(e), health({success: e.attempt_success})]);
   }
   const label = {"15": "15 s", "60": "1 min", "300": "5 min"}[view.window];
   for (const small of document.querySelectorAll("small.window")) {

@@ -25,10 +25,14 @@ TOKEN = "operator-secret"
 
 
 def exposition(outbound: dict[str, dict[str, int]], inbound: dict[str, int],
-               connections: dict[tuple[str, str, str], int]) -> str:
+               connections: dict[tuple[str, str, str], int],
+               attempts: dict[str, dict[str, int]] | None = None) -> str:
     """A sidecar's /metrics: counts per cluster and status class (all requests in the 10 ms
-    bucket), and open connections per (direction, cluster, tls)."""
-    lines = ["# TYPE mesh_sidecar_requests_total counter"]
+    bucket), open connections per (direction, cluster, tls), attempts per cluster and class."""
+    lines = ["# TYPE mesh_sidecar_upstream_attempts_total counter"]
+    lines += [f'mesh_sidecar_upstream_attempts_total{{cluster="{cluster}",code="{code}"}} {n}'
+              for cluster, codes in (attempts or {}).items() for code, n in codes.items()]
+    lines.append("# TYPE mesh_sidecar_requests_total counter")
     series = [("outbound", cluster, codes) for cluster, codes in outbound.items()]
     if inbound:
         series.append(("inbound", "local", inbound))
@@ -172,9 +176,12 @@ async def test_edges_and_services_over_the_window_a_page_chose() -> None:
     front_1, front_2, orders = mesh.sidecars
     tls = {("inbound", "local", "mtls"): 3, ("outbound", "orders", "mtls"): 2}
 
-    def grow(n: int) -> None:  # each second: frontend-1 10 calls, frontend-2 10 (1 a 5xx)
-        front_1.metrics = exposition({"orders": {"2xx": 10 * n}}, {"2xx": 5 * n}, tls)
-        front_2.metrics = exposition({"orders": {"2xx": 9 * n, "5xx": n}}, {"2xx": 5 * n}, tls)
+    def grow(n: int) -> None:  # each second: frontend-1 10 calls, frontend-2 10 (1 a 5xx),
+        # and frontend-2 retried 2 failed tries of them, that did not show: 12 tries, 3 failed
+        front_1.metrics = exposition({"orders": {"2xx": 10 * n}}, {"2xx": 5 * n}, tls,
+                                     {"orders": {"2xx": 10 * n}})
+        front_2.metrics = exposition({"orders": {"2xx": 9 * n, "5xx": n}}, {"2xx": 5 * n}, tls,
+                                     {"orders": {"2xx": 9 * n, "5xx": 3 * n}})
         orders.metrics = exposition({}, {"2xx": 19 * n, "5xx": n},
                                     {("inbound", "local", "mtls"): 3,
                                      ("inbound", "local", "plaintext"): 1})
@@ -189,6 +196,7 @@ async def test_edges_and_services_over_the_window_a_page_chose() -> None:
     # 15 s back from the newest scrape: (10 + 10) calls a second, 1 in 20 a 5xx.
     assert (edge["source"], edge["destination"]) == ("frontend", "orders")
     assert edge["rps"] == 20.0 and edge["success"] == 0.95
+    assert edge["attempt_success"] == round(19 / 22, 3)  # 22 tries a second, 3 failed
     assert edge["p50_ms"] == pytest.approx(7.5)  # halfway through the (5, 10] ms bucket
     assert edge["connections"] == 4 and edge["mtls"] == 1.0
     assert golden["60"]["edges"][0]["rps"] == 20.0  # 20 s of scrapes: the whole of them

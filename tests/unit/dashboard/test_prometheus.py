@@ -25,6 +25,10 @@ IN_REQUESTS = ('sum by (service, code) (rate(mesh_sidecar_requests_total'
                f'{{direction="inbound"}}[15s]) {JOIN})')
 CONNECTIONS = ('sum by (service, tls) (mesh_sidecar_connections_open{direction="inbound"} '
                f'{JOIN})')
+OUT_CONNECTIONS = ('sum by (service, cluster, tls) (mesh_sidecar_connections_open'
+                   f'{{direction="outbound"}} {JOIN})')
+ATTEMPTS = ("sum by (service, cluster, code) (rate(mesh_sidecar_upstream_attempts_total[15s]) "
+            f"{JOIN})")
 
 
 def out_quantile(q: str) -> str:
@@ -89,7 +93,7 @@ async def test_a_vector_becomes_samples_and_nan_or_infinity_none(
                        Sample(labels={"job": "sidecar", "instance": "c:1"}, value=None)]
 
 
-async def test_edges_from_one_requests_query_and_one_query_per_quantile(
+async def test_edges_from_requests_attempts_connections_and_one_query_per_quantile(
         prometheus: CannedPrometheus, http: aiohttp.ClientSession) -> None:
     orders = {"service": "frontend", "cluster": "orders"}
     payments = {"service": "frontend", "cluster": "payments"}
@@ -102,15 +106,21 @@ async def test_edges_from_one_requests_query_and_one_query_per_quantile(
         out_quantile("0.5"): vector((orders, "0.00875"), (payments, "NaN")),
         out_quantile("0.95"): vector((orders, "0.0225"), (payments, "NaN")),
         out_quantile("0.99"): vector((orders, "0.02450000000000001"), (payments, "NaN")),
+        # 12 attempts a second for 10 requests: the 2 retries failed too, and 4 in 12 failed.
+        ATTEMPTS: vector(({**orders, "code": "2xx"}, "8"), ({**orders, "code": "5xx"}, "4")),
+        OUT_CONNECTIONS: vector(({**orders, "tls": "mtls"}, "2")),
     })
     edges = await PrometheusSource(prometheus.url).edges(http, window=15)
     assert sorted(prometheus.asked) == sorted(
-        [OUT_REQUESTS, out_quantile("0.5"), out_quantile("0.95"), out_quantile("0.99")])
+        [OUT_REQUESTS, ATTEMPTS, OUT_CONNECTIONS, out_quantile("0.5"), out_quantile("0.95"),
+         out_quantile("0.99")])
     assert edges == [
         {"source": "frontend", "destination": "orders", "requests": 150.0, "rps": 10.0,
-         "success": 0.9, "p50_ms": 8.75, "p95_ms": 22.5, "p99_ms": 24.5},  # a 4xx succeeded
+         "success": 0.9, "p50_ms": 8.75, "p95_ms": 22.5, "p99_ms": 24.5,  # a 4xx succeeded
+         "attempt_success": 0.667, "connections": 2, "mtls": 1.0},
         {"source": "frontend", "destination": "payments", "requests": 0.0, "rps": 0.0,
-         "success": None, "p50_ms": None, "p95_ms": None, "p99_ms": None}]
+         "success": None, "p50_ms": None, "p95_ms": None, "p99_ms": None,
+         "attempt_success": None, "connections": 0, "mtls": None}]
 
 
 async def test_services_add_open_connections_and_their_mtls_share(
@@ -190,7 +200,8 @@ async def test_a_server_that_is_not_there_or_too_slow_is_an_error(
 
 async def test_one_failed_query_of_a_refresh_is_the_one_error_raised(
         prometheus: CannedPrometheus, http: aiohttp.ClientSession) -> None:
-    prometheus.answers.update({OUT_REQUESTS: vector(), out_quantile("0.5"): vector(),
+    prometheus.answers.update({OUT_REQUESTS: vector(), ATTEMPTS: vector(),
+                               OUT_CONNECTIONS: vector(), out_quantile("0.5"): vector(),
                                out_quantile("0.99"): vector()})  # the 0.95 one fails
     with pytest.raises(PrometheusError, match=r"histogram_quantile\(0\.95, .*not in the test"):
         await PrometheusSource(prometheus.url).edges(http, window=15)

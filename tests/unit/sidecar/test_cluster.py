@@ -21,7 +21,7 @@ from sidecar.circuit_breaker import Limit, Overflow, Permit
 from sidecar.cluster import UpstreamCluster
 from sidecar.cluster_settings import ClusterSettings, settings_from
 from sidecar.metrics import SidecarMetrics
-from sidecar.outcome import Outcome
+from sidecar.outcome import Failure, Outcome
 from sidecar.pool import ConnectFailure
 from sidecar.retry_budget import ConcurrencyBudget
 
@@ -217,3 +217,18 @@ async def test_a_pool_checks_for_the_identity_that_registered_its_endpoint_or_is
                         identity="spiffe://cluster.local/ns/shop/sa/mallory")
     made.set_endpoints([impostor])
     assert made.pool("10.0.0.9:15006").peer_identity == impostor.identity
+
+
+def test_each_answered_attempt_is_counted_by_what_its_endpoint_said() -> None:
+    # A call that failed on one endpoint and was retried on another: the request is one 2xx,
+    # its attempts a 5xx and a 2xx — what the callees said, before the retry hid it.
+    made, metrics = cluster(FakeClock())
+    made.record(ADDRESSES[0], E503)
+    made.record(ADDRESSES[1], OK)
+    made.record(ADDRESSES[2], Outcome(failure=Failure.TIMEOUT))  # a per-try timeout: a 504
+
+    def attempts(code: str) -> float | None:
+        return metrics.registry.get_sample_value("mesh_sidecar_upstream_attempts_total",
+                                                 {"cluster": "orders", "code": code})
+
+    assert (attempts("2xx"), attempts("5xx")) == (1.0, 2.0)

@@ -48,3 +48,17 @@ def test_gauges_go_when_their_cluster_goes() -> None:
     metrics.set_endpoints([])
 
     assert not [name for name in samples(metrics) if "endpoint" in name]
+
+
+def test_a_clusters_failure_counters_start_at_zero_with_its_first_count() -> None:
+    # So Prometheus sees 0 before the first failures: rate() counts them from there.
+    metrics = SidecarMetrics()
+    metrics.request_done("outbound", "web", 200, 0.001)
+    metrics.attempt_done("web", 200)
+
+    got = samples(metrics)
+    for code in ("4xx", "5xx", "reset"):
+        assert got[f'mesh_sidecar_requests_total{{cluster="web",code="{code}",'
+                   f'direction="outbound"}}'] == 0
+    assert got['mesh_sidecar_upstream_attempts_total{cluster="web",code="5xx"}'] == 0
+    assert got['mesh_sidecar_upstream_attempts_total{cluster="web",code="2xx"}'] == 1
