@@ -68,7 +68,7 @@ TIMEOUT = 1.0
 WINDOWS = (15.0, 60.0, 300.0)
 TOP_SIDECARS = 10  # sidecars asked for their recent requests per round, in turn
 TOP_PER_SIDECAR = 20  # the newest requests taken from each
-TOP_KEPT = 100  # requests the top view holds
+TOP_KEPT = 30  # requests the top view holds: a screenful
 HISTORY_SHOWN = 20  # policy versions the policy view shows (with their diffs)
 XDS = "xds.v3"  # the discovery dialect proxyless gRPC workloads speak (/status "protocol")
 

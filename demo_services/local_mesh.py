@@ -298,6 +298,11 @@ class LocalMesh:
         self._start("prometheus", prometheus.argv(self.options.prometheus, str(config),
                                                   str(folder / "data"), t.prometheus))
         await self._wait("prometheus", lambda: _ok(http, f"http://{t.prometheus}/-/ready"))
+        # Ready is not scraping yet: wait for a first scrape of every target, so a load sent
+        # from now on is seen from its start (rate() counts from a series' first sample).
+        targets = len(t.instances()) + len(t.control_planes()) + len(t.etcd_hosts())
+        await self._wait("prometheus' first scrape of every target",
+                         lambda: _scraped(http, t.prometheus, targets))
         others = f", {len(t.control_planes())} control-plane replicas and " \
             f"{len(t.etcd_hosts())} etcd members" if t.ha else " and the control plane"
         _log(self.started, f"prometheus scraping {len(t.instances())} sidecars{others}: "
@@ -418,6 +423,16 @@ async def _ok(http: aiohttp.ClientSession, url: str) -> bool:
             return response.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False
+
+
+async def _scraped(http: aiohttp.ClientSession, address: str, targets: int) -> bool:
+    """The Prometheus server at ``address`` has scraped all its ``targets``, each one up."""
+    try:
+        async with http.get(f"http://{address}/api/v1/targets?state=active") as response:
+            active = (await response.json())["data"]["activeTargets"]
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+        return False
+    return len(active) == targets and all(a["health"] == "up" for a in active)
 
 
 async def _all(checks: Any) -> bool:

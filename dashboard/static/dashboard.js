@@ -240,7 +240,9 @@ function drawPolicy(state) {
   for (const v of [...policy.history].reverse()) {
     const details = document.createElement("details");
     details.id = `version-${v.version}`;
-    details.open = open.has(details.id) || v.version === policy.version;
+    // The version in force opens with its diff, unless it is the first known (all of it).
+    details.open = open.has(details.id) ||
+      (v.version === policy.version && v !== policy.history[0]);
     const summary = document.createElement("summary");
     const when = v.applied_at ? new Date(v.applied_at * 1000).toLocaleTimeString() : "–";
     summary.textContent = `version ${v.version} · from ${v.source || "?"} · ${when}`;

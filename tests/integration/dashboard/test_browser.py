@@ -1,138 +1,234 @@
 """The dashboard in a real browser: headless Chromium against a running local mesh.
 
-One mesh (``meshctl demo up --detach`` on 127.0.61.x, state in a temporary folder), the
-dashboard against its control plane (``meshctl dashboard``), a few seconds of orders through
-the load generator, then the page as Chromium shows it: every service a node of the topology,
-every edge the orders travel with a non-zero RPS on the graph and in the table. The
-screenshot stays in the test's temporary folder.
+One mesh for the module (``meshctl demo up --detach`` on 127.0.61.x, state in a temporary
+folder) with the dashboard the demo starts (``NET.1:15020``; its golden metrics from the demo's
+Prometheus when Debian's ``prometheus`` is installed, else from the sidecars). Each test loads
+the page, does what a person would (orders through the load generator, a fault knob, a policy
+edit) and reads the page as Chromium shows it — each reading one script run in the page, so it
+sees one drawing whole — until it shows what it should, or fails naming what is missing. Each
+test keeps a screenshot in its temporary folder. ``docs/dashboard.png`` is the fault test's page
+whole, made with ``DASHBOARD_DOCS_SCREENSHOT=docs/dashboard.png pytest -k failing`` on this
+file.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.integration.demo.commands import meshctl
+from bench.browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium, read
+from tests.integration.demo.commands import ROOT, meshctl
 from tests.integration.demo.sockets import listening
 
-ROOT = Path(__file__).resolve().parents[3]
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
 NET = "127.0.61"
-DASHBOARD = f"{NET}.99:15020"
 SERVICES = ("loadgen", "frontend", "orders", "inventory", "payments")
 # What one order travels: loadgen → frontend → orders → inventory and payments.
 LOADED = (("loadgen", "frontend"), ("frontend", "orders"), ("orders", "inventory"),
           ("orders", "payments"))
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+FAULT_SHOWN_WITHIN = 5.0  # seconds, from the fault knob turned to the page showing it
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                                reason="needs Debian's chromium and chromium-driver")
+pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason=MISSING)
+
+
+@dataclass(frozen=True, slots=True)
+class Mesh:
+    state_dir: Path
+    dashboard: str  # host:port
+    state: dict[str, Any]  # the demo's state.json
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """A demo mesh with its dashboard."""
+    state_dir = tmp_path_factory.mktemp("dashboard") / "state"
+    up = meshctl(state_dir, "demo", "up", "--detach", "--net", NET, "--state-dir",
+                 str(state_dir), "--load-duration", "0")
+    try:
+        assert up.returncode == 0, f"meshctl demo up failed:\n{up.stdout}{up.stderr}"
+        state = json.loads((state_dir / "state.json").read_text())
+        assert f"http://{state['dashboard']}/" in up.stdout  # the demo says where it is
+        yield Mesh(state_dir, state["dashboard"], state)
+    finally:
+        down = meshctl(state_dir, "demo", "down", "--state-dir", str(state_dir))
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert listening(NET) == []  # the mesh and its dashboard: nothing left behind
 
 
 @pytest.fixture
-def dashboard(tmp_path: Path) -> Iterator[Path]:
-    """A demo mesh with the dashboard in front of it; yields the mesh's state folder."""
-    state_dir = tmp_path / "state"
-    up = meshctl(state_dir, "demo", "up", "--detach", "--net", NET, "--state-dir",
-                 str(state_dir), "--load-duration", "0")
-    if up.returncode != 0:
-        meshctl(state_dir, "demo", "down", "--state-dir", str(state_dir))
-        pytest.fail(f"meshctl demo up failed:\n{up.stdout}{up.stderr}")
-    log = (tmp_path / "dashboard.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "meshctl", "--api", f"{NET}.1:15014", "dashboard",
-         "--listen", DASHBOARD],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "DEMO_STATE_DIR": str(state_dir)},
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield state_dir
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-        down = meshctl(state_dir, "demo", "down", "--state-dir", str(state_dir))
-        assert down.returncode == 0, down.stdout + down.stderr
-        assert listening(NET) == []  # the mesh and the dashboard: nothing left behind
+def browser() -> Iterator[WebDriver]:
+    with chromium() as made:
+        yield made
+
+
+def until_shown(browser: WebDriver, screenshot: Path, missing: Callable[[], list[str]],
+                timeout: float) -> float:
+    """Seconds until ``missing()`` (what the page does not show yet, each named) is empty;
+    fails with what is still missing after ``timeout``. The screenshot is kept either way."""
+    started = time.monotonic()
+    while (problems := missing()) and time.monotonic() - started < timeout:
+        time.sleep(0.1)
+    took = time.monotonic() - started
+    browser.save_screenshot(str(screenshot))
+    assert problems == [], f"after {took:.1f} s: {problems} (screenshot: {screenshot})"
+    return took
+
+
+def page(browser: WebDriver) -> dict[str, Any]:
+    """What the page shows now, read in one go."""
+    shown: dict[str, Any] = read(browser, """
+        const text = (el) => el ? el.textContent : null;
+        const edges = {};
+        for (const g of document.querySelectorAll('#topology g.edge')) {
+          edges[g.id] = {cls: g.querySelector('path').getAttribute('class'),
+                         rps: Number(g.dataset.rps), label: text(g.querySelector('text'))};
+        }
+        const rows = {};
+        for (const tr of document.querySelectorAll('#edges tbody tr')) {
+          rows[tr.id] = [...tr.cells].map((td) => td.textContent);
+        }
+        const endpoints = [...document.querySelectorAll('#clusters tr[id^="ep-"]')].map(
+          (tr) => ({id: tr.id, address: tr.cells[0].textContent, ejected: tr.dataset.ejected,
+                    why: tr.cells[4].textContent}));
+        const streams = [...document.querySelectorAll('#rollout tbody tr')].map(
+          (tr) => ({id: tr.id, version: tr.dataset.policyVersion, nack: tr.cells[4].textContent}));
+        const top = [...document.querySelectorAll('#top tbody tr')].map(
+          (tr) => [...tr.cells].map((td) => td.textContent));
+        return {nodes: [...document.querySelectorAll('#topology g.node')].map((g) => g.id),
+                top,
+                edges, rows, endpoints, streams,
+                policy: text(document.getElementById('policy-version')),
+                history: [...document.querySelectorAll('#history details')].map(
+                  (d) => ({id: d.id, diff: text(d.querySelector('pre'))})),
+                services: [...document.querySelectorAll('#services tbody tr')].map((tr) => tr.id)};
+    """)
+    return shown
+
+
+def background_load(mesh: Mesh, seconds: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "meshctl", "load", "--rate", "20", "--duration", str(seconds)],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DEMO_STATE_DIR": str(mesh.state_dir)},
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
 
 
 def test_the_topology_shows_every_service_and_the_load_on_every_edge(
-        dashboard: Path, tmp_path: Path) -> None:
-    from selenium import webdriver
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-
-    load = meshctl(dashboard, "load", "--rate", "20", "--duration", "3", timeout=30)
+        mesh: Mesh, browser: WebDriver, tmp_path: Path) -> None:
+    load = meshctl(mesh.state_dir, "load", "--rate", "20", "--duration", "3", timeout=30)
     assert load.returncode == 0, load.stdout + load.stderr
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)),
-                               options=options)
-    try:
-        browser.get(f"http://{DASHBOARD}/")
+    browser.get(f"http://{mesh.dashboard}/")
 
-        def missing() -> list[str]:
-            """What the page does not show yet, each named by its element."""
-            problems = []
-            for service in SERVICES:
-                try:
-                    browser.find_element(By.ID, f"node-{service}")
-                except NoSuchElementException:
-                    problems.append(f"no topology node #node-{service}")
-            for source, destination in LOADED:
-                for kind in ("edge", "row"):
-                    element_id = f"{kind}-{source}-{destination}"
-                    try:
-                        element = browser.find_element(By.ID, element_id)
-                    except NoSuchElementException:
-                        problems.append(f"no #{element_id}")
-                        continue
-                    if kind == "edge":  # the graph's edge: its label, its data-rps
-                        text = element.find_element(By.CSS_SELECTOR, "text").text
-                        rps = float(element.get_attribute("data-rps") or 0)
-                    else:  # the table's row: its RPS column
-                        text = element.text
-                        rps = float(element.find_elements(By.TAG_NAME, "td")[2].text)
-                    if rps <= 0:
-                        problems.append(f"#{element_id} shows no load: {text!r}")
+    def missing() -> list[str]:
+        shown, problems = page(browser), []
+        problems += [f"no topology node #node-{s}" for s in SERVICES
+                     if f"node-{s}" not in shown["nodes"]]
+        problems += [f"no stat row #svc-{s}" for s in SERVICES[1:]
+                     if f"svc-{s}" not in shown["services"]]
+        for source, destination in LOADED:
+            edge = shown["edges"].get(f"edge-{source}-{destination}")
+            row = shown["rows"].get(f"row-{source}-{destination}")
+            if edge is None or not edge["rps"] > 0:
+                problems.append(f"#edge-{source}-{destination} shows no load: {edge}")
+            elif "rps" not in edge["label"] or "p99" not in edge["label"]:
+                problems.append(f"#edge-{source}-{destination} label: {edge['label']!r}")
+            if row is None or not float(row[3]) > 0:  # the edges table's RPS column
+                problems.append(f"#row-{source}-{destination} shows no load: {row}")
+            elif row[-1] != "100.00 %":  # every open connection between sidecars is mTLS
+                problems.append(f"#row-{source}-{destination} mTLS: {row[-1]!r}")
+        return problems
+
+    until_shown(browser, tmp_path / "topology.png", missing, timeout=15)
+
+
+def test_a_failing_replica_turns_its_edge_and_shows_its_ejection(
+        mesh: Mesh, browser: WebDriver, tmp_path: Path) -> None:
+    inventory_1 = next(i for i in mesh.state["instances"] if i["name"] == "inventory-1")
+    browser.get(f"http://{mesh.dashboard}/?service=orders&top=1")
+    load = background_load(mesh, 30)
+    try:
+        def healthy() -> list[str]:  # first, the edge with traffic and nothing failing
+            edge = page(browser)["edges"].get("edge-orders-inventory")
+            return [] if edge and edge["rps"] > 0 and edge["cls"] == "healthy" else \
+                [f"#edge-orders-inventory is not carrying healthy load yet: {edge}"]
+
+        until_shown(browser, tmp_path / "before.png", healthy, timeout=30)
+        fault = meshctl(mesh.state_dir, "fault", "inventory", "--replica", "1",
+                        "--error-rate", "1")
+        assert fault.returncode == 0, fault.stdout + fault.stderr
+
+        def failing() -> list[str]:
+            shown, problems = page(browser), []
+            edge = shown["edges"].get("edge-orders-inventory")
+            row = shown["rows"].get("row-orders-inventory")
+            if edge is None or edge["cls"] not in ("degraded", "failing"):
+                problems.append(f"#edge-orders-inventory not drawn failing: {edge}")
+            if row is None or row[2] == "100.00 %":  # the "tries ok" column
+                problems.append(f"#row-orders-inventory tries not below 100 %: {row}")
+            ejected = [e for e in shown["endpoints"]
+                       if e["id"].endswith(f"-inventory-{e['address']}") and e["ejected"] == "1"]
+            if [e["address"] for e in ejected] != [f"{inventory_1['ip']}:15006"]:
+                problems.append(f"inventory-1 not shown ejected in orders' inventory cluster: "
+                                f"{shown['endpoints']}")
+            # top: live requests, orders' calls to inventory among them (time, source,
+            # destination, request, status, ms, retries, hedges)
+            if not any(r[2] == "inventory" and "/shop.Inventory/" in r[3] for r in shown["top"]):
+                problems.append(f"#top shows no call to inventory: {shown['top'][:3]}")
             return problems
 
-        def looked() -> list[str]:
-            try:
-                return missing()
-            except StaleElementReferenceException:  # re-drawn by an update while being read
-                return ["the page was re-drawn while it was read"]
-
-        deadline = time.monotonic() + 10
-        while (problems := looked()) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        screenshot = tmp_path / "dashboard.png"
-        browser.save_screenshot(str(screenshot))
-        assert problems == [], f"{problems} (screenshot: {screenshot})"
-        def label() -> str:
-            try:
-                return str(browser.find_element(By.CSS_SELECTOR,
-                                                "#edge-frontend-orders text").text)
-            except StaleElementReferenceException:  # re-drawn between finding and reading
-                return ""
-
-        deadline = time.monotonic() + 5
-        while not (text := label()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "rps" in text and "p99" in text, text
+        took = until_shown(browser, tmp_path / "fault.png", failing, FAULT_SHOWN_WITHIN)
+        if docs_screenshot := os.environ.get("DASHBOARD_DOCS_SCREENSHOT"):
+            browser.set_window_size(1400, read(browser, "return document.body.scrollHeight"))
+            browser.save_screenshot(docs_screenshot)
+        print(f"\nfault on inventory-1 shown (edge, tries, ejection) {took:.1f} s after the "
+              f"knob was turned")
     finally:
-        browser.quit()
+        meshctl(mesh.state_dir, "fault", "inventory", "--clear")
+        load.terminate()
+        load.wait(timeout=10)
+
+
+def test_a_policy_change_is_shown_acked_by_every_sidecar(
+        mesh: Mesh, browser: WebDriver, tmp_path: Path) -> None:
+    browser.get(f"http://{mesh.dashboard}/")
+
+    def read_version() -> list[str]:
+        shown = page(browser)
+        return [] if shown["policy"] not in (None, "–") and shown["streams"] else \
+            ["no #policy-version or no #rollout rows yet"]
+
+    until_shown(browser, tmp_path / "before.png", read_version, timeout=10)
+    before = int(page(browser)["policy"])
+    policy = mesh.state_dir / "policy" / "shop.yaml"
+    text = policy.read_text()
+    assert "  timeout: 1s\n" in text
+    policy.write_text(text.replace("  timeout: 1s\n", "  timeout: 1.5s\n", 1))  # inventory's
+    streams = len(mesh.state["instances"]) + len(mesh.state["proxyless"])
+
+    def rolled_out() -> list[str]:
+        shown, problems = page(browser), []
+        if shown["policy"] != str(before + 1):
+            problems.append(f"#policy-version is {shown['policy']}, not {before + 1}")
+        behind = [s for s in shown["streams"] if s["version"] != str(before + 1) or s["nack"]]
+        if behind or len(shown["streams"]) != streams:
+            problems.append(f"{len(shown['streams'])} #rollout rows (want {streams}), not at "
+                            f"{before + 1}: {behind}")
+        diffs = {h["id"]: h["diff"] for h in shown["history"]}
+        diff = diffs.get(f"version-{before + 1}") or ""
+        if "-  timeout: 1s\n" not in diff or "+  timeout: 1.5" not in diff:
+            problems.append(f"#version-{before + 1} diff: {diff!r}")
+        return problems
+
+    took = until_shown(browser, tmp_path / "policy.png", rolled_out, timeout=15)
+    print(f"\npolicy version {before + 1} shown ACKed by {streams} streams {took:.1f} s after "
+          f"the file was saved")

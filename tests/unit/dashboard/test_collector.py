@@ -18,7 +18,7 @@ from aiohttp import web
 
 from bench.common import serving
 from dashboard.app import make_app
-from dashboard.collector import TOP_PER_SIDECAR, TOP_SIDECARS, Collector, Watch
+from dashboard.collector import TOP_KEPT, TOP_PER_SIDECAR, TOP_SIDECARS, Collector, Watch
 from mesh.clock import FakeClock
 
 TOKEN = "operator-secret"
@@ -250,7 +250,7 @@ async def test_top_samples_a_few_sidecars_a_round_and_reads_each_tap_from_where_
     assert taps[first] == [f"/tap?limit={TOP_PER_SIDECAR}",
                            f"/tap?limit={TOP_PER_SIDECAR}&after={TOP_PER_SIDECAR + 5}"]
     top = collector.state["top"]
-    assert 0 < len(top) <= 100 and top[0]["at"] >= top[-1]["at"]  # newest first
+    assert len(top) == TOP_KEPT and top[0]["at"] >= top[-1]["at"]  # newest first
     assert {r["source"] for r in top} == {"orders"}
 
 
