@@ -38,6 +38,7 @@ import functools
 import json
 import logging
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -357,7 +358,7 @@ class ControlPlane:
             self.server, tls,
             on_failed=lambda _: self.metrics.handshakes_failed.inc())
         await self.listener.start(host, port)
-        self.name, self._api = f"{host}:{self.port}", api
+        self.name, self._api = f"{announced_host(host)}:{self.port}", announced_address(api)
         self._tasks.append(asyncio.create_task(self._renew_leases()))
         if self.policy_path is not None:
             self._tasks.append(asyncio.create_task(
@@ -435,3 +436,21 @@ class ControlPlane:
         await self.store.put_replica(self.name, record.encode(), lease=lease)
         self._lease = lease  # only once the key is on it: else the next round writes it again
 
+
+
+WILDCARDS = ("", "0.0.0.0", "::")  # a listener on every address: no address to announce
+
+
+def announced_host(host: str) -> str:
+    """The host other replicas and tools can reach a listener on ``host`` at: itself, or for
+    a wildcard this machine's name (in compose, the container's ``hostname``). Replicas are
+    keyed by it in the store, so two replicas listening on 0.0.0.0 must not both say so."""
+    return socket.gethostname() if host in WILDCARDS else host
+
+
+def announced_address(address: str) -> str:
+    """``host:port`` with a wildcard host replaced as :func:`announced_host` does; "" stays."""
+    if not address:
+        return address
+    host, _, port = address.rpartition(":")
+    return f"{announced_host(host.strip('[]'))}:{port}"

@@ -341,6 +341,10 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
 
         # Every pod registered with the control plane (its API is published for meshctl).
         assert registered(operator_token) == EVERY_POD
+        # Each replica announces itself by its own name (they all listen on 0.0.0.0).
+        replicas = get_json(f"http://{PUBLISH}:15014/status?streams=0", operator_token)
+        assert sorted(r["name"] for r in replicas["replicas"]) == \
+            [f"{r}:15012" for r in REPLICAS]
 
         # Traffic through the sidecars: orders placed from the loadgen pod, through its sidecar,
         # the frontend's, orders', and on to the inventory and payments replicas.
@@ -395,6 +399,8 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
 
         state = eventually(dashboard_shows_the_shop, 60, "the shop's edges on the dashboard")
         assert state["source"] == "http://prometheus:9090" and state["errors"] == []
+        # every discovery stream, at whichever replica: every pod's sidecar and the auditor
+        assert len(state["policy"]["streams"]) == len(PODS) + 1, state["policy"]["streams"]
         mounts = docker("exec", container("dashboard"), "cat", "/proc/self/mounts")
         assert " /mesh/pki " not in mounts and " /mesh/dashboard " in mounts
 
