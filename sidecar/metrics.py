@@ -18,13 +18,14 @@ from sidecar.tap import Tap
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
 RESET = "reset"
-# The status classes a cluster's request and attempt counters start at 0 with, the first time
-# the cluster is counted: a series Prometheus first sees at 0 counts its first increase, where
-# one that appears already at 5 does not (rate() has no earlier sample to subtract from), and
-# a short burst of failures would never show.
-STARTING_CLASSES = ("2xx", "4xx", "5xx")
 """The ``code`` of a request the caller abandoned (reset the stream, or closed the connection)
 before its answer was complete: it has no status."""
+
+STARTING_CLASSES = ("2xx", "4xx", "5xx")
+"""The status classes a cluster's request and attempt counters start at 0 with, the first time
+the cluster is counted: a series Prometheus first sees at 0 counts its first increase, where
+one that appears already at 5 does not (rate() has no earlier sample to subtract from), and
+a short burst of failures would never show."""
 
 
 MTLS, PLAINTEXT = "mtls", "plaintext"
