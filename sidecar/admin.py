@@ -10,10 +10,13 @@
                        its balancer compares, ejection with reason and time left, in-flight,
                        latency estimate, pool), the circuit breakers' occupancy, the retry
                        budget's state
-    GET /tap           the last outbound requests, oldest first: ``?after=SEQ`` for those
-                       after the ``next`` of the previous answer (one from before a restart
-                       reads from the start), ``&limit=N`` (1..512, default 100) for the
-                       newest N of them (``sidecar/tap.py``)
+    GET /tap           the last outbound requests, oldest first, paths without their query:
+                       ``{"boot", "service", "next", "dropped", "requests"}``. ``?after=SEQ``
+                       for those after the ``next`` of the previous answer, ``&limit=N``
+                       (1..512, default 100) for the newest N of them. ``boot`` is made once
+                       per process: an answer with a ``boot`` the reader did not see before
+                       comes from a restarted sidecar, and the reader reads again with no
+                       ``after`` (``sidecar/tap.py``)
     GET /ready         200 once the sidecar has a configuration (and is registered), else 503
 """
 
@@ -165,8 +168,9 @@ def make_admin(config: LiveConfig, metrics: SidecarMetrics,
                                      _query_int(request, "limit", DEFAULT_LIMIT))
         except ValueError as error:
             raise web.HTTPBadRequest(text=f"{error}\n") from None
-        return web.json_response({"service": config.service, "next": page.next,
-                                  "dropped": page.dropped, "requests": page.requests})
+        return web.json_response({"boot": page.boot, "service": config.service,
+                                  "next": page.next, "dropped": page.dropped,
+                                  "requests": page.requests})
 
     @routes.get("/ready")
     async def is_ready(_: web.Request) -> web.Response:

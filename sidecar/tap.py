@@ -7,6 +7,17 @@ it saw (``since(after)``) and gets what came after it, oldest first, and how man
 ring no longer holds — like Linkerd's ``tap`` and Envoy's access log, but pulled, not
 streamed. Every request kept came from this sidecar's own service; ``/tap`` says which.
 
+A restarted sidecar numbers from 1 again, so a reader's ``after`` may name a request of the
+previous run. Every answer carries the tap's ``boot``, random and made once per process: a
+reader keeps it with ``next``, and when an answer's ``boot`` is not the one it kept, the
+sidecar restarted — the answer's requests follow a number of the previous run, and the reader
+starts over with ``after`` 0. (An ``after`` beyond the newest number is from a previous run
+too, and the tap reads it as 0 itself; one the new run has already passed only ``boot`` can
+tell.)
+
+A path is kept without its query (``?`` and after): a query can carry a secret (a token, an
+e-mail address), and ``/tap`` is served without authentication on the admin port.
+
 Recording is on every request's path, so it is a tuple appended to a ``deque``: no dict, no
 formatting, no lock (one event loop). Dicts are built only when someone reads.
 """
@@ -14,6 +25,7 @@ formatting, no lock (one event loop). Dicts are built only when someone reads.
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +38,9 @@ second misses none; also the largest ``limit`` a reader may ask for."""
 
 DEFAULT_LIMIT = 100
 """Requests a read returns when it names no ``limit``: the newest, if more came."""
+
+BOOT_BYTES = 8
+"""Random bytes in a boot id: two runs of a sidecar never share one (64 bits)."""
 
 _Tapped = tuple[int, float, str, str, str, str, int | str, float, int, int]
 """One request as kept: seq, at, cluster, authority, method, path, status, latency (seconds),
@@ -40,6 +55,7 @@ class TapPage:
     the ring, or older than the newest ``limit``.
     """
 
+    boot: str  # this process's: a reader that sees a new one starts over (``after`` 0)
     next: int  # pass as ``after`` next time: the newest sequence number given out so far
     dropped: int
     requests: list[dict[str, Any]]
@@ -51,16 +67,24 @@ class Tap:
     Args:
         wall: the wall clock whose time (Unix seconds) each request is stamped with when it
             ends; for display only, durations come from the sidecar's own clock.
+        boot: this process's boot id, which every page carries (tests name one); by default
+            :data:`BOOT_BYTES` random bytes in hex, made now.
     """
 
-    def __init__(self, *, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, wall: Callable[[], float] = time.time,
+                 boot: str | None = None) -> None:
         self._ring: deque[_Tapped] = deque(maxlen=TAP_SIZE)
         self._wall = wall
         self._seq = 0  # the last number given out; the first request is 1
+        self.boot = secrets.token_hex(BOOT_BYTES) if boot is None else boot
 
     def record(self, cluster: str, authority: str, method: str, path: str,
                status: int | str, latency: float, retries: int, hedges: int) -> None:
-        """Keep a request that ended with ``status`` (or ``RESET``) after ``latency`` seconds."""
+        """Keep a request that ended with ``status`` (or ``RESET``) after ``latency`` seconds;
+        of its ``path``, only what comes before a query (``?``)."""
+        query = path.find("?")
+        if query >= 0:
+            path = path[:query]
         self._seq += 1
         self._ring.append((self._seq, self._wall(), cluster, authority, method, path, status,
                            latency, retries, hedges))
@@ -71,7 +95,8 @@ class Tap:
 
         An ``after`` beyond the newest number given out was given out before this sidecar
         restarted (it numbers from 1 again), so the answer starts from 0, as a first read
-        does: a poller carries on without knowing of the restart.
+        does. One the new run has passed already is read as it is: the page's ``boot``, not
+        the one the reader kept, tells it to read again from 0.
 
         Raises:
             ValueError: ``after`` is negative, or ``limit`` is not within 1..``TAP_SIZE``.
@@ -85,7 +110,8 @@ class Tap:
         newer = self._seq - after  # requests after ``after``, held or not
         start = max(len(self._ring) - newer, len(self._ring) - limit, 0)
         requests = [_plain(tapped) for tapped in itertools.islice(self._ring, start, None)]
-        return TapPage(next=self._seq, dropped=newer - len(requests), requests=requests)
+        return TapPage(boot=self.boot, next=self._seq, dropped=newer - len(requests),
+                       requests=requests)
 
 
 def _plain(tapped: _Tapped) -> dict[str, Any]:

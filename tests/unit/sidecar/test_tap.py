@@ -25,12 +25,13 @@ from tests.unit.sidecar.test_outbound import (
 )
 
 AT = 1_700_000_000.0  # the wall clock's time of the first request
+BOOT = "b007"  # the boot id of the tap under test
 
 
 def tap_of(count: int) -> Tap:
     """A tap that kept ``count`` requests, one wall-clock second apart, GET /1, /2, ..."""
     wall = itertools.count(AT)
-    tap = Tap(wall=lambda: next(wall))
+    tap = Tap(wall=lambda: next(wall), boot=BOOT)
     for n in range(1, count + 1):
         tap.record("orders", "orders", "GET", f"/{n}", 200, 0.0125, 0, 0)
     return tap
@@ -87,6 +88,36 @@ def test_a_number_from_before_a_restart_reads_from_the_start() -> None:
                                         TAP_SIZE + 3)
 
 
+def test_a_restart_that_passed_the_readers_number_shows_in_the_boot() -> None:
+    before = tap_of(3)
+    page = before.since()
+    kept_boot, after = page.boot, page.next  # what a poller keeps: boot "b007", next 3
+    assert (kept_boot, after) == (BOOT, 3)
+
+    restarted = Tap(boot="5eed")  # the sidecar restarts, and forwards 5 requests
+    for n in range(1, 6):
+        restarted.record("orders", "orders", "GET", f"/{n}", 200, 0.001, 0, 0)
+
+    page = restarted.since(after)  # 4 and 5: requests 1 to 3 of the new run would be missed
+    assert (page.boot, [r["seq"] for r in page.requests]) == ("5eed", [4, 5])
+    assert page.boot != kept_boot  # so the poller starts over
+    assert seqs(restarted) == ([1, 2, 3, 4, 5], 0, 5)
+
+
+def test_each_tap_makes_its_own_random_boot() -> None:
+    first, second = Tap().boot, Tap().boot
+    assert first != second  # 64 random bits each
+    assert len(first) == 16 and int(first, 16) >= 0
+
+
+def test_a_path_is_kept_without_its_query() -> None:
+    tap = Tap()
+    tap.record("orders", "orders", "GET", "/login?token=s3cret&next=/", 200, 0.001, 0, 0)
+    tap.record("orders", "orders", "GET", "/search?", 200, 0.001, 0, 0)
+    tap.record("orders", "orders", "GET", "/items/1", 200, 0.001, 0, 0)
+    assert [r["path"] for r in tap.since().requests] == ["/login", "/search", "/items/1"]
+
+
 @pytest.mark.parametrize(("after", "limit", "message"), [
     (-1, 10, r"after -1: must not be negative \(0 or none: from the start\)"),
     (0, 0, r"limit 0: must be within 1\.\.512"),
@@ -133,6 +164,15 @@ async def test_a_call_to_a_cluster_it_lacks_is_kept() -> None:
         [("orders-v2", 503)]
 
 
+async def test_an_outbound_call_is_kept_without_its_query(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    m = mesh(monkeypatch, Upstreams(Answer(200)))
+    await m.outbound.handle(Caller([(":method", "GET"), (":path", "/items?api_key=s3cret"),
+                                    (":authority", "orders")]))
+    [kept] = m.metrics.tap.since().requests
+    assert kept["path"] == "/items"
+
+
 async def test_a_call_its_caller_abandons_is_kept_as_reset(
         monkeypatch: pytest.MonkeyPatch) -> None:
     m = mesh(monkeypatch, Upstreams(Hang()))
@@ -153,8 +193,9 @@ async def test_tap_over_http(monkeypatch: pytest.MonkeyPatch) -> None:
     app = make_admin(m.outbound.config, m.metrics, lambda: (True, "ready"))
     async with TestClient(TestServer(app)) as http:
         everything = await (await http.get("/tap")).json()
-        assert (everything["service"], everything["next"], everything["dropped"]) == \
-            ("shopper", 3, 0)
+        assert list(everything) == ["boot", "service", "next", "dropped", "requests"]
+        assert (everything["boot"], everything["service"], everything["next"],
+                everything["dropped"]) == (m.metrics.tap.boot, "shopper", 3, 0)
         assert [r["seq"] for r in everything["requests"]] == [1, 2, 3]
         newest = await (await http.get("/tap", params={"after": "1", "limit": "1"})).json()
         assert (newest["next"], newest["dropped"], [r["seq"] for r in newest["requests"]]) == \
