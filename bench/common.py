@@ -3,7 +3,6 @@ application served on a free loopback port."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
@@ -25,11 +24,9 @@ async def serving(app: web.Application) -> AsyncIterator[int]:
     """``app`` on 127.0.0.1 at a free port, which is yielded; stopped on the way out."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        yield server.sockets[0].getsockname()[1]
+        port: int = runner.addresses[0][1]
+        yield port
     finally:
         await runner.cleanup()

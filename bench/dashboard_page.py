@@ -105,7 +105,7 @@ def operator_api(sidecars: list[FakeSidecar]) -> web.Application:
     @routes.get("/status")
     async def status(_: web.Request) -> web.Response:
         return web.json_response({"policy_version": 1, "policy_error": None,
-                                  "replicas": [{"name": "bench"}],
+                                  "replica": {"name": "bench"}, "replicas": [{"name": "bench"}],
                                   "instances": len(sidecars), "streams": []})
 
     @routes.get("/services")

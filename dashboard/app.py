@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -39,6 +40,8 @@ def make_app(collector: Collector) -> web.Application:
     async def state(_: web.Request) -> web.Response:
         return web.Response(text=collector.payload, content_type="application/json")
 
+    streams: set[asyncio.Task[Any]] = set()  # the open event streams' handlers
+
     @routes.get("/events")
     async def events(request: web.Request) -> web.StreamResponse:
         try:
@@ -49,18 +52,29 @@ def make_app(collector: Collector) -> web.Application:
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         version, payload = collector.version, collector.payload
-        with collector.watching(watch), \
-                contextlib.suppress(ConnectionResetError):  # the page was closed: nothing to do
-            await response.write(f"event: state\ndata: {payload}\n\n".encode())
-            while True:
-                try:
-                    async with asyncio.timeout(KEEPALIVE):
-                        version, payload = await collector.next_state(version)
-                except TimeoutError:
-                    await response.write(b": still here\n\n")
-                    continue
+        this = asyncio.current_task()
+        assert this is not None
+        streams.add(this)
+        try:
+            with collector.watching(watch), \
+                    contextlib.suppress(ConnectionResetError):  # the page was closed
                 await response.write(f"event: state\ndata: {payload}\n\n".encode())
+                while True:
+                    try:
+                        async with asyncio.timeout(KEEPALIVE):
+                            version, payload = await collector.next_state(version)
+                    except TimeoutError:
+                        await response.write(b": still here\n\n")
+                        continue
+                    await response.write(f"event: state\ndata: {payload}\n\n".encode())
+        finally:
+            streams.discard(this)
         return response
+
+    async def close_streams(_: web.Application) -> None:
+        """On the way out, end every open event stream: else aiohttp waits for them."""
+        for task in list(streams):
+            task.cancel()
 
     async def run_collector(_: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(collector.run())
@@ -73,6 +87,7 @@ def make_app(collector: Collector) -> web.Application:
     app.add_routes(routes)
     app.router.add_static("/static", STATIC)
     app.cleanup_ctx.append(run_collector)
+    app.on_shutdown.append(close_streams)
     return app
 
 

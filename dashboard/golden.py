@@ -69,6 +69,7 @@ class Golden:
     """An edge's golden metrics over a window; ``None`` where no request was seen."""
 
     requests: float  # requests in the window
+    failed: float  # of them, failed: any is Kiali's "degraded", however small a share
     rps: float
     success: float | None  # 0..1
     p50_ms: float | None
@@ -181,14 +182,14 @@ def quantile(q: float, buckets: Mapping[float, float]) -> float | None:
     return lower
 
 
-def attempt_success(attempts: ClusterCounts) -> float | None:
-    """The share of attempts not failed (``None`` without any), rounded as shown: below the
-    requests' success when retries hid failures from the caller."""
+def attempts_shown(attempts: ClusterCounts) -> dict[str, float | None]:
+    """``attempt_success``, the share of attempts that did not fail (``None`` without any) —
+    below the requests' success when retries hid failures from the caller — and
+    ``attempts_failed``, how many failed."""
     total = attempts.total
-    if total == 0:
-        return None
     failed = sum(v for c, v in attempts.codes.items() if c in FAILED)
-    return round((total - failed) / total, 3)
+    return {"attempt_success": None if total == 0 else round((total - failed) / total, 3),
+            "attempts_failed": round(failed, 3)}
 
 
 def connections_shown(open_by_tls: Mapping[str, float]) -> dict[str, float | None]:
@@ -205,6 +206,6 @@ def golden(counts: ClusterCounts, seconds: float) -> Golden:
     failed = sum(v for c, v in counts.codes.items() if c in FAILED)
     ms = [None if total == 0 or (s := quantile(q, counts.buckets)) is None else s * 1000
           for q in QUANTILES]
-    return Golden(requests=total, rps=total / seconds if seconds > 0 else 0.0,
+    return Golden(requests=total, failed=failed, rps=total / seconds if seconds > 0 else 0.0,
                   success=None if total == 0 else (total - failed) / total,
                   p50_ms=ms[0], p95_ms=ms[1], p99_ms=ms[2])

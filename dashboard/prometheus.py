@@ -1,7 +1,7 @@
 """Golden metrics asked of a Prometheus server by PromQL, instead of scraping every sidecar.
 
-Scraping every sidecar's ``/metrics`` once a second (:mod:`dashboard.collector`) costs one
-request per sidecar per second and grows with the fleet. When a Prometheus server already
+Scraping every sidecar's ``/metrics`` each round (:mod:`dashboard.sidecar_source`) costs two
+requests per sidecar per second and grows with the fleet. When a Prometheus server already
 scrapes the sidecars, the dashboard asks it instead, as Linkerd viz does: a handful of instant
 queries per refresh (six for the edges, five for the services, all at once), whatever the
 number of sidecars, and answers that grow with the services and edges, not with the sidecars.
@@ -31,11 +31,12 @@ that, and any other value that is not a finite number, is ``None`` here.
 
 **The window and the scrape interval.** ``rate()`` needs two samples of a series inside
 ``[W]``, or it answers nothing for that series; with fewer than four or so it jumps from one
-refresh to the next. A window shorter than four scrape intervals is therefore too short: the
-caller passes ``max(window, 4 × scrape interval)`` (Grafana's ``$__rate_interval`` rule). The
-dashboard's 15, 60 and 300 s are fine with the demo's 2 s interval. ``rate()`` also extrapolates
-to the window's edges, so its numbers are close to, not equal to, the two-scrape difference
-:mod:`dashboard.golden` takes.
+refresh to the next. A window shorter than four scrape intervals is therefore too short
+(Grafana's ``$__rate_interval`` rule): the dashboard's shortest, 15 s, wants a scrape
+interval of at most 3.75 s — the demo's Prometheus scrapes every second, compose's every 2 s.
+A change in the mesh is in these numbers once Prometheus has scraped it: up to one scrape
+interval later. ``rate()`` also extrapolates to the window's edges, so its numbers are close
+to, not equal to, the two-scrape difference :mod:`dashboard.golden` takes.
 """
 
 from __future__ import annotations
@@ -151,9 +152,10 @@ class PrometheusSource:
         rows = []
         for edge in sorted(rates):
             metrics = _golden(rates[edge], window, [m.get(edge) for m in ms])
-            tried = _golden(tries.get(edge, {}), window, [None, None, None])
+            tried = _shown(_golden(tries.get(edge, {}), window, [None, None, None]))
             rows.append({"source": edge[0], "destination": edge[1], **_shown(metrics),
-                         "attempt_success": _shown(tried)["success"],
+                         "attempt_success": tried["success"],
+                         "attempts_failed": tried["failed"],
                          **connections_shown(opened.get(edge, {}))})
         return rows
 
@@ -260,7 +262,7 @@ def _golden(rates: Mapping[str, float], window: float, ms: list[float | None]) -
     rps = sum(rates.values())
     failed = sum(v for code, v in rates.items() if code in FAILED)
     p50, p95, p99 = ms
-    return Golden(requests=rps * window, rps=rps,
+    return Golden(requests=rps * window, failed=failed * window, rps=rps,
                   success=None if rps == 0 else (rps - failed) / rps,
                   p50_ms=p50, p95_ms=p95, p99_ms=p99)
 

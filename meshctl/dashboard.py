@@ -7,7 +7,7 @@
 Serves the dashboard (``dashboard/``), updated live: the topology, golden metrics per service
 and per edge, the inside of a service's clusters, the policy rolling out, and a sample of live
 requests. It asks the control plane's operator API (the operator token found as every meshctl
-command finds it) once a second, Prometheus (when given) or else every sidecar's ``/metrics``
+command finds it) twice a second, Prometheus (when given) or else every sidecar's ``/metrics``
 for the golden metrics, and the sidecars' admin endpoints for what a page looks inside of;
 see ``docs/dashboard.md``.
 """

@@ -11,10 +11,9 @@ const view = {window: asked.get("window") || "15", service: asked.get("service")
   top: asked.get("top") === "1"};
 
 // Kiali's thresholds on failed requests (5xx, resets): any is degraded, over 10 % failing.
-function health(metrics) {
-  if (metrics.success === null || metrics.success === undefined) return "idle";
-  const failed = 1 - metrics.success;
-  if (failed > 0.10) return "failing";
+function health(failed, share) {
+  if (share === null || share === undefined) return "idle";
+  if (1 - share > 0.10) return "failing";
   if (failed > 0) return "degraded";
   return "healthy";
 }
@@ -23,7 +22,8 @@ function health(metrics) {
 // callee failing (Kiali draws what the destination answered).
 function edgeHealth(edge) {
   const shares = [edge.success, edge.attempt_success].filter((v) => v !== null && v !== undefined);
-  return health({success: shares.length ? Math.min(...shares) : null});
+  return health(Math.max(edge.failed || 0, edge.attempts_failed || 0),
+    shares.length ? Math.min(...shares) : null);
 }
 
 function fmt(value, digits) {
@@ -140,7 +140,7 @@ function drawTables(state) {
     row(services, `svc-${s.service}`, [s.service, m ? `${m.healthy}/${m.instances}` : "–",
       percent(s.success), fmt(s.rps, 2), fmt(s.p50_ms, 1), fmt(s.p95_ms, 1),
       fmt(s.p99_ms, 1), `${s.connections ?? "–"}`, percent(s.mtls)],
-    [undefined, undefined, health(s)]);
+    [undefined, undefined, health(s.failed, s.success)]);
   }
   const edges = document.querySelector("#edges tbody");
   edges.replaceChildren();
@@ -148,7 +148,8 @@ function drawTables(state) {
     row(edges, `row-${e.source}-${e.destination}`, [`${e.source} → ${e.destination}`,
       percent(e.success), percent(e.attempt_success), fmt(e.rps, 2), fmt(e.p50_ms, 1),
       fmt(e.p95_ms, 1), fmt(e.p99_ms, 1), `${e.connections ?? "–"}`, percent(e.mtls)],
-    [undefined, health(e), health({success: e.attempt_success})]);
+    [undefined, health(e.failed, e.success),
+      health(e.attempts_failed, e.attempt_success)]);
   }
   const label = {"15": "15 s", "60": "1 min", "300": "5 min"}[view.window];
   for (const small of document.querySelectorAll("small.window")) {
@@ -180,7 +181,14 @@ function drawClusters(state) {
   select.value = view.service;
   const box = document.getElementById("clusters");
   box.replaceChildren();
-  for (const sidecar of (state.clusters || {})[view.service] || []) {
+  const inside = (state.clusters || {})[view.service] || {sidecars: 0, shown: []};
+  if (inside.sidecars > inside.shown.length) {
+    const note = document.createElement("p");
+    note.className = "hint";
+    note.textContent = `${inside.shown.length} of its ${inside.sidecars} sidecars shown`;
+    box.appendChild(note);
+  }
+  for (const sidecar of inside.shown) {
     if (sidecar.error) {
       const p = document.createElement("p");
       p.className = "nack";
@@ -262,8 +270,8 @@ function drawTop(state) {
     row(body, undefined, [new Date(r.at * 1000).toLocaleTimeString(), r.instance, r.cluster,
       `${r.method} ${r.authority}${r.path}`, status, fmt(r.latency_ms, 1), `${r.retries}`,
       `${r.hedges}`],
-    [undefined, "text", "text", "text",
-      typeof r.status === "number" && r.status < 500 ? "healthy" : "failing"]);
+      [undefined, "text", "text", "text",
+        typeof r.status === "number" && r.status < 500 ? "healthy" : "failing"]);
   }
 }
 
@@ -316,9 +324,7 @@ function listen() {
 function choose(change) {
   Object.assign(view, change);
   if (last) draw(last);
-  document.getElementById("window-select").value = view.window;
-document.getElementById("top-toggle").checked = view.top;
-listen();
+  listen();
 }
 
 document.getElementById("window-select").addEventListener(

@@ -6,6 +6,7 @@ Each test drives rounds by hand (``Collector.poll``) on a fake clock, so windows
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -60,6 +61,7 @@ class Sidecar:
     metrics: str = ""
     clusters: dict[str, Any] = field(default_factory=dict)
     tapped: list[dict[str, Any]] = field(default_factory=list)  # every request it "forwarded"
+    boot: str = "first"  # the tap's: a new one after a restart
     asked: list[str] = field(default_factory=list)  # paths with queries, in order
     port: int = 0
 
@@ -77,7 +79,10 @@ class Sidecar:
             after = int(request.query.get("after", "0"))
             limit = int(request.query.get("limit", "100"))
             newer = [r for r in self.tapped if r["seq"] > after]
-            return web.json_response({"next": self.tapped[-1]["seq"] if self.tapped else after,
+            if after > (self.tapped[-1]["seq"] if self.tapped else 0):
+                after = 0  # from before a restart: from the start
+            return web.json_response({"boot": self.boot,
+                                      "next": self.tapped[-1]["seq"] if self.tapped else after,
                                       "dropped": max(0, len(newer) - limit),
                                       "requests": newer[-limit:]})
 
@@ -90,21 +95,30 @@ class Sidecar:
 
 @dataclass
 class Mesh:
-    """A fake operator API over some sidecars."""
+    """A fake control plane over some sidecars: one operator API per replica, each listing
+    the discovery streams of the sidecars that chose it."""
 
     sidecars: list[Sidecar]
     policies: list[tuple[int, str]] = field(default_factory=lambda: [(1, "clusters: []\n")])
     xds_streams: list[str] = field(default_factory=list)  # services of proxyless clients
     published: bool = True
+    down: bool = False  # every route answers 503
+    replicas: int = 1  # sidecar n holds its stream at replica n % replicas
     asked: list[str] = field(default_factory=list)
-    api: str = ""
+    apis: list[str] = field(default_factory=list)  # each replica's host:port
 
-    def app(self) -> web.Application:
+    @property
+    def api(self) -> str:
+        return self.apis[0]
+
+    def app(self, replica: int) -> web.Application:
         @web.middleware
         async def operator_only(request: web.Request, handler: Callable[..., Any]) -> Any:
             self.asked.append(request.path)
             if request.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return web.json_response({"error": "no"}, status=401)
+            if self.down:
+                return web.json_response({"error": "store unavailable"}, status=503)
             return await handler(request)
 
         def stream(node: str, service: str, protocol: str) -> dict[str, Any]:
@@ -115,12 +129,15 @@ class Mesh:
                     "policy_version": version, "nack": None}
 
         async def status(_: web.Request) -> web.Response:
-            streams = [stream(s.instance, s.service, "mesh.v1") for s in self.sidecars]
-            streams += [stream(f"{s}-1", s, "xds.v3") for s in self.xds_streams]
+            streams = [stream(s.instance, s.service, "mesh.v1")
+                       for n, s in enumerate(self.sidecars) if n % self.replicas == replica]
+            if replica == 0:
+                streams += [stream(f"{s}-1", s, "xds.v3") for s in self.xds_streams]
             return web.json_response({
                 "policy_version": self.policies[-1][0], "policy_error": None,
-                "replicas": [{"name": "cp-1"}], "instances": len(self.sidecars),
-                "streams": streams})
+                "replica": {"name": f"cp-{replica}"},
+                "replicas": [{"name": f"cp-{n}", "api": api} for n, api in enumerate(self.apis)],
+                "instances": len(self.sidecars), "streams": streams})
 
         async def services(_: web.Request) -> web.Response:
             names = sorted({s.service for s in self.sidecars})
@@ -153,7 +170,9 @@ async def running(mesh: Mesh) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         for sidecar in mesh.sidecars:
             sidecar.port = await stack.enter_async_context(serving(sidecar.app()))
-        mesh.api = f"127.0.0.1:{await stack.enter_async_context(serving(mesh.app()))}"
+        for replica in range(mesh.replicas):
+            mesh.apis.append(
+                f"127.0.0.1:{await stack.enter_async_context(serving(mesh.app(replica)))}")
         yield
 
 
@@ -220,8 +239,9 @@ async def test_the_inside_of_a_cluster_is_asked_only_while_a_page_shows_it() -> 
             await rounds(collector, clock, 2)
             shown = collector.state["clusters"]["frontend"]
         await rounds(collector, clock, 1)
-    assert [s["instance"] for s in shown] == ["frontend-1", "frontend-2"]
-    assert shown[0]["clusters"]["orders"]["lb_policy"] == "PEAK_EWMA"
+    assert shown["sidecars"] == 2
+    assert [s["instance"] for s in shown["shown"]] == ["frontend-1", "frontend-2"]
+    assert shown["shown"][0]["clusters"]["orders"]["lb_policy"] == "PEAK_EWMA"
     assert collector.state["clusters"] == {}  # the page went: nobody asks
     asked = {s.instance: [p for p in s.asked if p == "/clusters"] for s in mesh.sidecars}
     assert asked == {"frontend-1": ["/clusters"] * 2, "frontend-2": ["/clusters"] * 2,
@@ -250,7 +270,8 @@ async def test_top_samples_a_few_sidecars_a_round_and_reads_each_tap_from_where_
     assert taps[first] == [f"/tap?limit={TOP_PER_SIDECAR}",
                            f"/tap?limit={TOP_PER_SIDECAR}&after={TOP_PER_SIDECAR + 5}"]
     top = collector.state["top"]
-    assert len(top) == TOP_KEPT and top[0]["at"] >= top[-1]["at"]  # newest first
+    assert len(top) == TOP_KEPT
+    assert [r["at"] for r in top] == sorted((r["at"] for r in top), reverse=True)  # newest 1st
     assert {r["source"] for r in top} == {"orders"}
 
 
@@ -301,3 +322,134 @@ async def test_the_event_stream_refuses_what_the_dashboard_does_not_offer() -> N
             first = await response.content.readuntil(b"\n\n")
             assert first.startswith(b"event: state\ndata: ")
             assert json.loads(first.split(b"data: ", 1)[1])["api"] == "127.0.0.1:9"
+
+
+async def test_each_sidecar_counts_at_its_own_rate_however_long_it_has_been_scraped() -> None:
+    # Three replicas scraped for 60 s at 30 calls a second each; a fourth, registered at
+    # second 50, made one call since.
+    mesh = Mesh(sidecars=[Sidecar("frontend", f"frontend-{n}") for n in range(4)])
+    clock, late = FakeClock(), mesh.sidecars[3]
+
+    def grow(n: int) -> None:
+        for sidecar in mesh.sidecars[:3]:
+            sidecar.metrics = exposition({"orders": {"2xx": 30 * n}}, {}, {})
+        if n == 50:
+            mesh.sidecars.append(late)
+        late.metrics = exposition({"orders": {"2xx": 1}}, {}, {})
+
+    async with running(mesh):
+        mesh.sidecars.remove(late)
+        collector = Collector(api=mesh.api, token=TOKEN, clock=clock)
+        with collector.watching(Watch(window=60)):
+            await rounds(collector, clock, 61, grow)
+    [edge] = collector.state["golden"]["60"]["edges"]
+    # 3 × 30 (the fourth's one call was before its first scrape): not the sum of the counts
+    # over the mean of the spans, 5400 / 47.5 s = 113.7.
+    assert edge["rps"] == 90.0 and edge["requests"] == 5400
+
+
+async def test_a_round_without_the_operator_api_keeps_what_was_known() -> None:
+    mesh, clock = shop(), FakeClock()
+    front_1 = mesh.sidecars[0]
+
+    def grow(n: int) -> None:
+        front_1.metrics = exposition({"orders": {"2xx": 10 * n}}, {}, {})
+
+    async with running(mesh):
+        collector = Collector(api=mesh.api, token=TOKEN, clock=clock)
+        await rounds(collector, clock, 10, grow)
+        mesh.down = True
+        await rounds(collector, clock, 1, lambda _: grow(10))
+        failed = collector.state
+        mesh.down = False
+        await rounds(collector, clock, 1, lambda _: grow(11))
+    assert failed["errors"][0].startswith(f"operator API {mesh.api}: GET http://{mesh.api}"
+                                          f"/status: HTTP 503")
+    # The sidecars were still scraped, and their scrapes kept: the window is whole.
+    assert failed["golden"]["15"]["edges"][0]["rps"] == 10.0
+    assert collector.state["golden"]["15"]["edges"][0]["rps"] == 10.0
+    assert collector.state["errors"] == []
+
+
+async def test_the_topology_is_asked_when_instances_change_or_now_and_then() -> None:
+    mesh, clock = shop(), FakeClock()
+    async with running(mesh):
+        collector = Collector(api=mesh.api, token=TOKEN, clock=clock)
+        await rounds(collector, clock, 4)  # 1 s apart: one asking, then none until 5 s
+        assert mesh.asked.count("/services") == 1
+        mesh.sidecars.pop()  # one instance fewer
+        await rounds(collector, clock, 1)
+        assert mesh.asked.count("/services") == 2
+        assert [s["instance"] for s in collector.state["sidecars"]] == \
+            ["frontend-1", "frontend-2"]
+        await rounds(collector, clock, 5)
+    assert mesh.asked.count("/services") == 3  # TOPOLOGY_EVERY after the last asking
+
+
+async def test_streams_are_shown_from_every_replica() -> None:
+    mesh = Mesh(sidecars=[Sidecar("orders", f"orders-{n}") for n in range(5)], replicas=3)
+    async with running(mesh):
+        collector = Collector(api=mesh.api, token=TOKEN, clock=FakeClock())
+        await rounds(collector, FakeClock(), 1)
+    assert [s["node"] for s in collector.state["policy"]["streams"]] == \
+        [f"orders-{n}" for n in range(5)]
+    assert collector.state["control_plane"]["replicas"] == ["cp-0", "cp-1", "cp-2"]
+
+
+async def test_a_round_that_fails_unforeseen_is_shown_and_the_next_comes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    mesh = Mesh(sidecars=[Sidecar("orders", "orders-1")])
+    failures = iter([RuntimeError("a bug")])
+
+    async def scrape_once_failing(*_: Any) -> None:
+        if error := next(failures, None):
+            raise error
+
+    async with running(mesh):
+        collector = Collector(api=mesh.api, token=TOKEN)
+        monkeypatch.setattr(collector.sidecar_source, "scrape", scrape_once_failing)
+        polling = asyncio.create_task(collector.run())
+        try:
+            version, payload = await asyncio.wait_for(collector.next_state(0), 5)
+            failed = json.loads(payload)
+            _, payload = await asyncio.wait_for(collector.next_state(version), 5)
+        finally:
+            polling.cancel()
+    assert failed["errors"] == ["the dashboard's round failed: RuntimeError('a bug') (see its "
+                                "log)"]
+    assert json.loads(payload)["errors"] == []  # the next round came, and went well
+
+
+async def test_a_tap_answering_something_else_is_shown_as_an_error() -> None:
+    mesh, clock = Mesh(sidecars=[Sidecar("orders", "orders-1")]), FakeClock()
+    mesh.sidecars[0].tapped = [{"seq": 1, "cluster": "payments"}]  # no "at", no "path", ...
+    async with running(mesh):
+        collector = Collector(api=mesh.api, token=TOKEN, clock=clock)
+        with collector.watching(Watch(top=True)):
+            await rounds(collector, clock, 1)
+    assert collector.state["top"] == []
+    [error] = collector.state["errors"]
+    assert error.startswith("orders-1: GET http://127.0.0.1:") and \
+        "/tap: not a tapped request: {'seq': 1, 'cluster': 'payments'}" in error
+
+
+async def test_a_restarted_sidecars_tap_is_read_from_its_start() -> None:
+    mesh, clock = Mesh(sidecars=[Sidecar("orders", "orders-1")]), FakeClock()
+    sidecar = mesh.sidecars[0]
+
+    def tapped(first: int, last: int) -> list[dict[str, Any]]:
+        return [{"seq": s, "at": float(s), "cluster": "payments", "authority": "payments",
+                 "method": "POST", "path": "/charge", "status": 200, "latency_ms": 1.0,
+                 "retries": 0, "hedges": 0} for s in range(first, last + 1)]
+
+    sidecar.tapped = tapped(1, 3)
+    async with running(mesh):
+        collector = Collector(api=mesh.api, token=TOKEN, clock=clock)
+        with collector.watching(Watch(top=True)):
+            await rounds(collector, clock, 1)
+            sidecar.boot, sidecar.tapped = "second", tapped(1, 5)  # restarted, and busy since
+            await rounds(collector, clock, 1)
+    assert [p for p in sidecar.asked if p.startswith("/tap")] == [
+        f"/tap?limit={TOP_PER_SIDECAR}", f"/tap?limit={TOP_PER_SIDECAR}&after=3",
+        f"/tap?limit={TOP_PER_SIDECAR}"]
+    assert len(collector.state["top"]) == 3 + 5

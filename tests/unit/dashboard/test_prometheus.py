@@ -115,12 +115,13 @@ async def test_edges_from_requests_attempts_connections_and_one_query_per_quanti
         [OUT_REQUESTS, ATTEMPTS, OUT_CONNECTIONS, out_quantile("0.5"), out_quantile("0.95"),
          out_quantile("0.99")])
     assert edges == [
-        {"source": "frontend", "destination": "orders", "requests": 150.0, "rps": 10.0,
-         "success": 0.9, "p50_ms": 8.75, "p95_ms": 22.5, "p99_ms": 24.5,  # a 4xx succeeded
-         "attempt_success": 0.667, "connections": 2, "mtls": 1.0},
-        {"source": "frontend", "destination": "payments", "requests": 0.0, "rps": 0.0,
-         "success": None, "p50_ms": None, "p95_ms": None, "p99_ms": None,
-         "attempt_success": None, "connections": 0, "mtls": None}]
+        {"source": "frontend", "destination": "orders", "requests": 150.0, "failed": 15.0,
+         "rps": 10.0, "success": 0.9, "p50_ms": 8.75, "p95_ms": 22.5,
+         "p99_ms": 24.5,  # a 4xx succeeded
+         "attempt_success": 0.667, "attempts_failed": 60.0, "connections": 2, "mtls": 1.0},
+        {"source": "frontend", "destination": "payments", "requests": 0.0, "failed": 0.0,
+         "rps": 0.0, "success": None, "p50_ms": None, "p95_ms": None, "p99_ms": None,
+         "attempt_success": None, "attempts_failed": 0.0, "connections": 0, "mtls": None}]
 
 
 async def test_services_add_open_connections_and_their_mtls_share(
@@ -142,12 +143,12 @@ async def test_services_add_open_connections_and_their_mtls_share(
     services = await PrometheusSource(prometheus.url).services(http, window=15)
     assert len(prometheus.asked) == 5
     assert services == [
-        {"service": "inventory", "requests": 0.0, "rps": 0.0, "success": None, "p50_ms": None,
-         "p95_ms": None, "p99_ms": None, "connections": 2, "mtls": 1.0},
-        {"service": "orders", "requests": 60.0, "rps": 4.0, "success": 0.75, "p50_ms": 4.0,
-         "p95_ms": 10.0, "p99_ms": 12.346, "connections": 6, "mtls": 0.833},
-        {"service": "payments", "requests": 30.0, "rps": 2.0, "success": 1.0, "p50_ms": 1.0,
-         "p95_ms": 2.0, "p99_ms": 2.5, "connections": 0, "mtls": None}]
+        {"service": "inventory", "requests": 0.0, "failed": 0.0, "rps": 0.0, "success": None,
+         "p50_ms": None, "p95_ms": None, "p99_ms": None, "connections": 2, "mtls": 1.0},
+        {"service": "orders", "requests": 60.0, "failed": 15.0, "rps": 4.0, "success": 0.75,
+         "p50_ms": 4.0, "p95_ms": 10.0, "p99_ms": 12.346, "connections": 6, "mtls": 0.833},
+        {"service": "payments", "requests": 30.0, "failed": 0.0, "rps": 2.0, "success": 1.0,
+         "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 2.5, "connections": 0, "mtls": None}]
 
 
 async def expect_error(source: PrometheusSource, http: aiohttp.ClientSession,
