@@ -9,7 +9,12 @@
     GET /clusters      per cluster: its balancer and policy, every endpoint (health, the cost
                        its balancer compares, ejection with reason and time left, in-flight,
                        latency estimate, pool), the circuit breakers' occupancy, the retry
-                       budget's state
+                       budget's state. ``cost_unit`` says what the costs count: ``ms`` (peak
+                       EWMA: latency estimate x (in flight + 1)), ``requests`` (least request:
+                       calls in flight), ``load/weight`` (least request when weights differ or
+                       an endpoint is in slow start: (in flight + 1) ** active_request_bias /
+                       effective weight), or null with null costs (round robin, random, ring
+                       hash: they compare no load)
     GET /tap           the last outbound requests, oldest first, paths without their query:
                        ``{"boot", "service", "next", "dropped", "requests"}``. ``?after=SEQ``
                        for those after the ``next`` of the previous answer, ``&limit=N``
@@ -66,16 +71,16 @@ def clusters_view(config: LiveConfig) -> dict[str, Any]:
     view: dict[str, Any] = {}
     for name, cluster in config.clusters.items():
         balancer, outlier, now = cluster.balancer, cluster.outlier, cluster.clock.now()
+        costs = balancer.costs()  # in one pass: deciding how a balancer weighs reads them all
         endpoints = []
         for address, endpoint in balancer.endpoints.items():
             pool = cluster.pools.get(address)
-            cost = balancer.cost(endpoint)
             ejection = outlier.ejection(address) if outlier is not None else None
             endpoints.append({
                 "address": address, "weight": endpoint.weight, "healthy": endpoint.healthy,
                 "ejected": endpoint.ejected, "active_requests": endpoint.active,
                 "latency_estimate_ms": round(endpoint.latency_estimate() * 1000, 3),
-                "cost": None if cost is None else round(cost, 3),
+                "cost": None if costs is None else round(costs.by_address[address], 3),
                 "ejection": None if ejection is None else {
                     "reason": ejection.reason.value,
                     "ejected_at_s_ago": round(now - ejection.ejected_at, 3),
@@ -88,7 +93,7 @@ def clusters_view(config: LiveConfig) -> dict[str, Any]:
         view[name] = {
             "balancer": type(balancer).__name__,
             "lb_policy": Cluster.LbPolicy.Name(cluster.settings.lb_policy),
-            "cost_unit": balancer.cost_unit, "endpoints": endpoints,
+            "cost_unit": None if costs is None else costs.unit, "endpoints": endpoints,
             "circuit_breaker": {limit.value: {"active": cluster.breaker.active(limit),
                                               "max": cluster.breaker.config.maximum(limit)}
                                 for limit in Limit},

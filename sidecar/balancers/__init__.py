@@ -5,6 +5,9 @@ Glossary:
                    ejection, calls in flight (``active``) and a latency estimate (``endpoint``).
     available      healthy and not ejected: the only endpoints a pick may return.
     avoid          endpoints a retry already tried; a pick prefers others, but falls back to them.
+    cost           what a pick compares an endpoint by, the lower wins (``Costs``, for the admin
+                   page): peak EWMA's load in ms; least request's calls in flight, or with
+                   weights its load/weight. Round robin, random and ring hash compare none.
     base           the interface every balancer shares: ``pick``, ``set_endpoints``.
     edf            earliest deadline first: the schedule behind smooth weighted round robin.
     round_robin    each endpoint in turn, in proportion to its weight (Envoy).

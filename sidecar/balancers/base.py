@@ -21,11 +21,20 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar
 
 from mesh.clock import Clock
 from sidecar.balancers.endpoint import EndpointSpec, EndpointState
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Costs:
+    """What a balancer compares its endpoints by when it picks (the lower wins), for the admin
+    page: it shows why a pick went where it went."""
+
+    unit: str  # what a cost counts: "ms", "requests", "load/weight" (see each balancer's)
+    by_address: Mapping[str, float]  # every endpoint's, available or not
 
 
 class Balancer(ABC):
@@ -35,9 +44,6 @@ class Balancer(ABC):
         clock: the clock every endpoint's age and latency estimate is read from.
         rng: the randomness; seed it for reproducible picks.
     """
-
-    cost_unit: ClassVar[str | None] = None
-    """What :meth:`cost` counts in ("ms", "requests"); None: the balancer compares no load."""
 
     def __init__(self, *, clock: Clock, rng: random.Random) -> None:
         self._clock = clock
@@ -79,10 +85,9 @@ class Balancer(ABC):
         preferred = [e for e in available if e.address not in avoid] if avoid else available
         return self._choose(preferred or available, available, key)
 
-    def cost(self, endpoint: EndpointState) -> float | None:
-        """The load this balancer compares ``endpoint`` by when it picks (the lower wins), in
-        :attr:`cost_unit`; None for balancers that compare none (round robin, random, ring
-        hash). For the admin page: it shows why a pick went where it went."""
+    def costs(self) -> Costs | None:
+        """Every endpoint's cost as a pick compares it, in one pass over the endpoints; None
+        for balancers that compare none (round robin, random, ring hash)."""
         return None
 
     @abstractmethod

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mesh.clock import Clock
-from sidecar.balancers.base import Balancer
+from sidecar.balancers.base import Balancer, Costs
 from sidecar.balancers.edf import EdfSchedule
 from sidecar.balancers.endpoint import EndpointSpec, EndpointState
 from sidecar.balancers.slow_start import SlowStart
@@ -55,8 +55,6 @@ class LeastRequestConfig:
 class LeastRequestBalancer(Balancer):
     """Power of two choices on active calls; weighted EDF when weights differ."""
 
-    cost_unit = "requests"
-
     def __init__(self, config: LeastRequestConfig | None = None, *, clock: Clock,
                  rng: random.Random) -> None:
         super().__init__(clock=clock, rng=rng)
@@ -72,13 +70,17 @@ class LeastRequestBalancer(Balancer):
         sample = self._rng.sample(candidates, min(self._config.choice_count, len(candidates)))
         return min(sample, key=lambda e: e.active)  # ties: the first drawn, itself random
 
-    def cost(self, endpoint: EndpointState) -> float:
-        """What a pick compares: the calls in flight; with weights (EDF), the inverse of the
-        effective weight, ``(active + 1) ** active_request_bias / weight``."""
+    def costs(self) -> Costs:
+        """What a pick compares, for every endpoint: the calls in flight (``requests``); with
+        weights (EDF), the inverse of the effective weight, ``(active + 1) **
+        active_request_bias / weight`` (``load/weight``; with the default bias, the calls in
+        flight and this one per unit of weight)."""
+        endpoints = self._endpoints.items()
         available = [e for e in self._endpoints.values() if e.available]
-        if available and self._weighted(available):
-            return 1 / self._effective_weight(endpoint)
-        return float(endpoint.active)
+        if available and self._weighted(available):  # decided once for all of them
+            return Costs(unit="load/weight",
+                         by_address={a: 1 / self._effective_weight(e) for a, e in endpoints})
+        return Costs(unit="requests", by_address={a: float(e.active) for a, e in endpoints})
 
     def _weighted(self, available: Sequence[EndpointState]) -> bool:
         """Envoy's switch: EDF unless every weight is equal and no endpoint is ramping up."""

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mesh.clock import Clock
-from sidecar.balancers.base import Balancer
+from sidecar.balancers.base import Balancer, Costs
 from sidecar.balancers.endpoint import DEFAULT_DECAY, DEFAULT_RTT, EndpointSpec, EndpointState
 
 
@@ -53,8 +53,6 @@ def load(endpoint: EndpointState) -> float:
 class PeakEwmaBalancer(Balancer):
     """Power of two choices on ``latency_estimate * (active + 1)``."""
 
-    cost_unit = "ms"
-
     def __init__(self, config: PeakEwmaConfig | None = None, *, clock: Clock,
                  rng: random.Random) -> None:
         super().__init__(clock=clock, rng=rng)
@@ -67,9 +65,10 @@ class PeakEwmaBalancer(Balancer):
         first, second = self._rng.sample(candidates, 2)
         return second if load(second) < load(first) else first
 
-    def cost(self, endpoint: EndpointState) -> float:
-        """``endpoint``'s :func:`load` in milliseconds."""
-        return load(endpoint) * 1000
+    def costs(self) -> Costs:
+        """Each endpoint's :func:`load`, in milliseconds (``ms``)."""
+        return Costs(unit="ms", by_address={address: load(endpoint) * 1000
+                                            for address, endpoint in self._endpoints.items()})
 
     def _new_endpoint(self, spec: EndpointSpec) -> EndpointState:
         return EndpointState(spec.address, clock=self._clock, weight=spec.weight,

@@ -24,6 +24,7 @@ from mesh.http2 import Server, Stream, serve
 from mesh.identity import SpiffeId
 from mesh.tls import client_context, server_context
 from sidecar.admin import clusters_view, make_admin
+from sidecar.balancers import EndpointState
 from sidecar.config import LiveConfig
 from sidecar.http1 import Http1App
 from sidecar.inbound import Inbound
@@ -82,9 +83,36 @@ def test_weighted_least_request_costs_the_inverse_of_the_effective_weight() -> N
     cluster.set_endpoints(cluster.endpoints)
     cluster.balancer.endpoints[SECOND].start()
 
-    costs = {a: e["cost"] for a, e in by_address(clusters_view(config)["orders"]).items()}
+    view = clusters_view(config)["orders"]
 
-    assert costs == {FIRST: 1.0, SECOND: 0.5}  # (0 + 1) / 1 and (1 + 1) / 4
+    assert view["cost_unit"] == "load/weight"  # not calls in flight: (active + 1) / weight
+    assert {a: e["cost"] for a, e in by_address(view).items()} == \
+        {FIRST: 1.0, SECOND: 0.5}  # (0 + 1) / 1 and (1 + 1) / 4
+
+
+@pytest.mark.parametrize("weights", [[1] * 200, [1, 2] * 100])
+def test_the_view_reads_each_endpoint_once_not_once_per_endpoint(
+        monkeypatch: pytest.MonkeyPatch, weights: list[int]) -> None:
+    # Whether least request weighs its endpoints depends on all of them: deciding it again for
+    # each endpoint's cost would make the view O(endpoints²) on the event loop.
+    ports = [(f"10.0.{n // 250}.{n % 250 + 1}", 15006) for n in range(len(weights))]
+    config = orders_config(FakeClock(), random.Random(1), ports=ports)
+    cluster = config.clusters["orders"]
+    for endpoint, weight in zip(cluster.endpoints, weights, strict=True):
+        endpoint.weight = weight
+    cluster.set_endpoints(cluster.endpoints)
+    reads = 0
+
+    def available(endpoint: EndpointState) -> bool:
+        nonlocal reads
+        reads += 1
+        return endpoint.healthy and not endpoint.ejected
+
+    monkeypatch.setattr(EndpointState, "available", property(available))
+    view = clusters_view(config)["orders"]
+
+    assert len(view["endpoints"]) == len(weights)
+    assert reads == len(weights)
 
 
 @pytest.mark.parametrize("policy", ["ROUND_ROBIN", "RANDOM", "RING_HASH"])

@@ -79,16 +79,37 @@ def test_bias_zero_is_weighted_round_robin() -> None:
     assert count_picks(balancer, 3000) == {"a": 2000, "b": 1000}
 
 
-def test_a_new_endpoint_in_slow_start_switches_to_weighted_picks() -> None:
-    clock = FakeClock()
+def slow_starting(clock: FakeClock) -> LeastRequestBalancer:
+    """Endpoints a and b with a slow start window of 100 s, past it by now."""
     config = LeastRequestConfig(slow_start_config=SlowStart(slow_start_window=100.0))
     balancer = LeastRequestBalancer(config, clock=clock, rng=random.Random(17))
     balancer.set_endpoints(specs("a", "b"))
     clock.advance(200.0)
+    return balancer
+
+
+def test_a_new_endpoint_in_slow_start_switches_to_weighted_picks() -> None:
+    clock = FakeClock()
+    balancer = slow_starting(clock)
     balancer.set_endpoints(specs("a", "b", "new"))
     assert count_picks(balancer, 2100)["new"] == pytest.approx(100, abs=2)  # 0.1 of 2.1
     clock.advance(100.0)  # out of the window: equal weights, power of two choices again
     assert count_picks(balancer, 12_000)["new"] / 12_000 == pytest.approx(1 / 3, abs=0.03)
+
+
+def test_costs_are_calls_in_flight_until_an_endpoint_ramps_up_then_load_per_weight() -> None:
+    clock = FakeClock()
+    balancer = slow_starting(clock)
+    busy(balancer, "a", 3)
+    costs = balancer.costs()
+    assert (costs.unit, dict(costs.by_address)) == ("requests", {"a": 3.0, "b": 0.0})
+
+    balancer.set_endpoints(specs("a", "b", "new"))  # new's weight starts at a tenth of 1
+    costs = balancer.costs()
+    assert costs.unit == "load/weight"
+    assert dict(costs.by_address) == {"a": 4.0, "b": 1.0, "new": pytest.approx(10.0)}
+    clock.advance(100.0)  # out of the window
+    assert balancer.costs().unit == "requests"
 
 
 @pytest.mark.parametrize(("choices", "bias", "message"), [
