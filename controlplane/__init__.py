@@ -10,6 +10,7 @@
     validation     the rules beyond the schema (unknown clusters, weights, budgets, ...)
     snapshot       every resource a sidecar should have, built once per change
     discovery      the xDS-like stream: versions, nonces, ACK and NACK, pushes on change
+    rollout        the policy version a stream runs in full, and the NACK holding it back
     api            the operator HTTP API that meshctl reads and writes
     metrics        Prometheus counters and histograms
     errors         the refusals, with the gRPC status each becomes

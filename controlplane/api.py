@@ -120,10 +120,10 @@ def make_app(cp: ControlPlane) -> web.Application:
                                               "nacks": s.nacks, "last_nack": s.last_nack}
                               for t, s in sub.types.items()},
                     # the newest policy version it runs in full, and the NACK holding it back
-                    "policy_version": sub.policy_version,
-                    "nack": None if sub.nack is None else {
-                        "type": short_name(sub.nack.type_url), "message": sub.nack.message,
-                        "policy_version": sub.nack.policy_version},
+                    "policy_version": sub.rollout.policy_version,
+                    "nack": None if (nack := sub.rollout.nack) is None else {
+                        "type": short_name(nack.type_url), "message": nack.message,
+                        "policy_version": nack.policy_version},
                 })
         return web.json_response({
             "trust_domain": cp.trust_domain,

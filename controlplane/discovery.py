@@ -42,12 +42,9 @@ request names must be that identity: a ``node.service`` or ``node.namespace`` th
 from the certificate's ends the stream with PERMISSION_DENIED, saying both; empty fields are
 filled in from the certificate. What a stream receives is computed from the proven identity.
 
-Rollout: each stream says which policy version it runs (``policy_version``): the newest whose
-configuration it holds in full — every type it subscribed to ACKed, none waiting for an
-answer. Every snapshot is built from one policy version V; when a stream is checked against it
-and nothing is due, it is at V at once; when responses go out, it is at V once the last of them
-is ACKed. A NACK leaves it at the version it was at, and is kept (``nack``: the type, the
-reason, the version refused) until the stream is in sync again.
+Rollout: each stream says which policy version it runs — the newest whose configuration it
+holds in full, every type it subscribed to ACKed and none waiting for an answer — and which
+NACK holds it back (:mod:`controlplane.rollout`).
 
 Dialects: the same server speaks our ``mesh.v1`` protocol to our sidecars and Envoy's xDS v3
 (ADS) to proxyless gRPC workloads (:mod:`controlplane.xds`). The rules above are xDS's own, so
@@ -80,6 +77,7 @@ from typing import Any, Protocol
 from google.protobuf.message import Message
 
 from controlplane.errors import DiscoveryError
+from controlplane.rollout import Nack, Rollout
 from controlplane.snapshot import Resources
 from mesh.clock import Clock
 from mesh.grpc import StatusCode
@@ -151,15 +149,6 @@ class TypeState:
         return self.sent_version != self.acked_version
 
 
-@dataclass(frozen=True, slots=True)
-class Nack:
-    """The refusal that holds a stream back from the policy version it was sent."""
-
-    type_url: str
-    message: str  # the client's error_detail (cut to 4 x MAX_LOGGED characters)
-    policy_version: int  # of the configuration it refused
-
-
 @dataclass(slots=True)
 class Subscription:
     """One sidecar's stream."""
@@ -173,9 +162,7 @@ class Subscription:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     holds_config: bool = False  # it subscribed with versions it already runs
     unknown_types: set[str] = field(default_factory=set)  # asked for, logged once
-    checked_version: int | None = None  # the policy version of the last snapshot checked
-    policy_version: int | None = None  # the newest one held in full (see "Rollout")
-    nack: Nack | None = None  # the last NACK since the stream was last in sync
+    rollout: Rollout = field(default_factory=Rollout)  # the policy version it runs
 
     @property
     def in_sync(self) -> bool:
@@ -342,8 +329,8 @@ class DiscoveryServer:
                         short_name(request.type_url), state.sent_version,
                         state.last_nack[:MAX_LOGGED])
             self._observer.nacked(request.type_url, subscription.node, state.last_nack)
-            subscription.nack = Nack(request.type_url, state.last_nack,
-                                     state.sent_policy_version)
+            subscription.rollout.refused(Nack(request.type_url, state.last_nack,
+                                              state.sent_policy_version))
             return
         was_pending = state.pending
         state.acked_version = request.version_info
@@ -357,10 +344,8 @@ class DiscoveryServer:
     def _rolled_out(subscription: Subscription) -> None:
         """If the stream holds the snapshot it was last checked against in full, it runs that
         snapshot's policy version (see "Rollout")."""
-        if subscription.checked_version is not None and subscription.types \
-                and subscription.in_sync:
-            subscription.policy_version = subscription.checked_version
-            subscription.nack = None
+        if subscription.types and subscription.in_sync:
+            subscription.rollout.in_sync()
 
     def _refuse(self, subscription: Subscription, code: StatusCode, reason: str,
                 message: str) -> None:
@@ -416,7 +401,7 @@ class DiscoveryServer:
                                                    resources=resources.packed,
                                                    type_url=type_url, nonce=state.sent_nonce))
             self._observer.pushed(type_url)
-        subscription.checked_version = snapshot.policy_version
+        subscription.rollout.checked(snapshot.policy_version)
         self._rolled_out(subscription)
         return responses
 

@@ -32,6 +32,7 @@ from controlplane.xds.resources import (
     CLUSTER_LOAD_ASSIGNMENT,
     LISTENER,
     NAMESPACE_METADATA,
+    ROUTE_CONFIGURATION,
 )
 from mesh.proto.config_pb2 import Endpoint
 from tests.integration.controlplane.conftest import Mesh
@@ -90,6 +91,18 @@ class Stream:
         except TimeoutError:
             return True
         return False
+
+
+async def status(mesh: Mesh) -> Any:
+    """What the operator API's ``GET /status`` answers."""
+    runner = await start_api(mesh.cp, "127.0.0.1", 0)
+    try:
+        port = runner.addresses[0][1]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/status",
+                                         headers=mesh.operator_headers)
+        return await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(request)))
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture
@@ -181,20 +194,62 @@ async def test_the_operator_api_shows_xds_streams_beside_sidecars(mesh: Mesh,
                       version_info=response.version_info, response_nonce=response.nonce,
                       error_detail=Status(code=3, message="no such policy"))
     assert await stream.nothing_within(QUIET)
-    runner = await start_api(mesh.cp, "127.0.0.1", 0)
-    try:
-        port = runner.addresses[0][1]
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/status",
-                                         headers=mesh.operator_headers)
-        data = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(request)))
-    finally:
-        await runner.cleanup()
+    data = await status(mesh)
     (row,) = data["streams"]
     assert (row["protocol"], row["service"], row["namespace"]) == ("xds.v3", "auditor", "shop")
     assert row["identity"] == "spiffe://cluster.local/ns/shop/sa/auditor"
     assert row["types"]["Cluster"]["last_nack"] == "no such policy"
     assert any(w["resource"] == "Cluster orders" and "ROUND_ROBIN" in w["message"]
                for w in data["xds"]["unsupported"])
+
+
+def canary_policy(route: str) -> str:
+    """Clusters orders and orders-v2, and the routes "orders": every call to ``route``."""
+    return ("clusters:\n- name: orders\n- name: orders-v2\n"
+            "routes:\n- name: orders\n  virtual_hosts:\n  - name: orders\n"
+            "    domains: [orders]\n    routes:\n    - match: {prefix: /}\n"
+            f"      route: {route}\n")
+
+
+async def test_a_nack_of_the_clusters_new_routes_name_shows_the_version_before(
+        mesh: Mesh, streams: list[Stream]) -> None:
+    # As gRPC does: it ACKs the new routes, then asks for the clusters they name; for a moment
+    # it has ACKed all it asked for. Refusing those clusters, it never held version 2 in full.
+    await mesh.cp.policy.apply_text(canary_policy("{cluster: orders}"), "v1")
+    stream = open_stream(mesh, streams, "auditor")
+    await stream.send(node=node("auditor"), type_url=ROUTE_CONFIGURATION,
+                      resource_names=["orders"])
+    routes = await stream.receive()
+    await stream.send(type_url=ROUTE_CONFIGURATION, resource_names=["orders"],
+                      version_info=routes.version_info, response_nonce=routes.nonce)
+    await stream.send(type_url=CLUSTER, resource_names=["orders"])
+    held = await stream.receive()
+    await stream.send(type_url=CLUSTER, resource_names=["orders"],
+                      version_info=held.version_info, response_nonce=held.nonce)
+    assert await stream.nothing_within(QUIET)
+    assert [(row["policy_version"], row["nack"]) for row in (await status(mesh))["streams"]] \
+        == [(1, None)]
+
+    await mesh.cp.policy.apply_text(canary_policy(
+        "{weighted_clusters: {clusters: [{name: orders, weight: 90}, "
+        "{name: orders-v2, weight: 10}]}}"), "v2")
+    routes = await stream.receive()
+    assert routes.type_url == ROUTE_CONFIGURATION  # orders' Cluster is the same
+    await stream.send(type_url=ROUTE_CONFIGURATION, resource_names=["orders"],
+                      version_info=routes.version_info, response_nonce=routes.nonce)
+    await stream.send(type_url=CLUSTER, resource_names=["orders", "orders-v2"],
+                      version_info=held.version_info, response_nonce=held.nonce)
+    clusters = await stream.receive()
+    assert (clusters.type_url, len(clusters.resources)) == (CLUSTER, 2)
+    await stream.send(type_url=CLUSTER, resource_names=["orders", "orders-v2"],
+                      version_info=held.version_info, response_nonce=clusters.nonce,
+                      error_detail=Status(code=3, message="orders-v2 refused, say"))
+    assert await stream.nothing_within(QUIET)
+
+    (row,) = (await status(mesh))["streams"]
+    assert row["policy_version"] == 1
+    assert row["nack"] == {"type": "Cluster", "message": "orders-v2 refused, say",
+                           "policy_version": 2}
 
 
 async def test_a_proxyless_server_is_registered_while_it_asks_for_its_listener(
