@@ -394,6 +394,9 @@ class DiscoveryServer:
             state.sent_version = resources.version
             if state.pending and not was_pending:
                 self.unacked += 1
+            elif was_pending and not state.pending:  # a NACKed type is sent what it holds
+                self.unacked -= 1
+                self._settled()
             state.sent_nonce = str(next(self._nonces))
             state.sent_at = self._clock.now()
             state.sent_policy_version = snapshot.policy_version

@@ -12,7 +12,8 @@ from mesh.grpc import StatusCode
 from mesh.identity import SpiffeId
 from mesh.proto.config_pb2 import AuthorizationPolicy, Cluster, MeshPolicy
 from mesh.proto.discovery_pb2 import DiscoveryRequest, Node
-from mesh.proto.resources import AUTHORIZATION, CLUSTERS, unpack
+from mesh.proto.resources import AUTHORIZATION, CLUSTERS, ROUTES, unpack
+from tests.unit.controlplane.test_discovery_rollout import ORDERS, ORDERS_AND_PAYMENTS, Mesh
 
 FRONTEND = SpiffeId(trust_domain="cluster.local", namespace="shop", service="frontend")
 POLICY = MeshPolicy(clusters=[Cluster(name="orders")], authorization=[
@@ -55,6 +56,22 @@ def test_a_resubscription_forgets_what_was_in_flight() -> None:
                                                 version_info=response.version_info,
                                                 response_nonce=response.nonce))
     assert server.unacked == 0
+
+
+def test_a_refused_version_replaced_by_the_one_held_leaves_nothing_waiting() -> None:
+    # The version it refused stays unACKed; once the policy goes back, it is sent the version
+    # it holds (and ACKed already): convergence must not wait for the refused one for ever.
+    mesh = Mesh(ORDERS)
+    mesh.hold(CLUSTERS, ROUTES)
+    (clusters,) = mesh.policy(ORDERS_AND_PAYMENTS, 2)
+    mesh.nack(clusters, "cluster payments: no such balancer")
+    assert mesh.server.unacked == 1
+
+    (clusters,) = mesh.policy(ORDERS, 3)
+    assert mesh.server.unacked == 0
+    assert (mesh.server.convergences, mesh.server.changed_at) == (1, None)  # 2 and 3 in one
+    mesh.ack(clusters)
+    assert mesh.server.unacked == 0
 
 
 def test_a_reconnect_holding_the_current_version_is_sent_nothing() -> None:

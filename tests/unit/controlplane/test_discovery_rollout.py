@@ -95,6 +95,11 @@ class Mesh:
         return [response for type_url in type_urls
                 for response in self.request(type_url, names=names)]
 
+    def hold(self, *type_urls: str) -> None:
+        """Subscribe to ``type_urls`` and ACK what is sent."""
+        for response in self.subscribe(*type_urls):
+            self.ack(response)
+
     def ack(self, response: Any, names: Sequence[str] = ()) -> list[Any]:
         """ACK ``response``, asking for ``names`` from now on."""
         return self.request(response.type_url, version=response.version_info,
@@ -125,8 +130,7 @@ def test_a_stream_is_at_a_version_once_every_type_sent_for_it_is_acked() -> None
 
 def test_a_version_that_changes_nothing_a_stream_holds_is_reached_at_once() -> None:
     mesh = Mesh(ORDERS_AND_PAYMENTS)
-    for response in mesh.subscribe(CLUSTERS, ROUTES):
-        mesh.ack(response)
+    mesh.hold(CLUSTERS, ROUTES)
     # Version 2 protects payments: frontend's sidecar is sent nothing, and runs version 2.
     assert mesh.policy(PAYMENTS_PROTECTED, 2) == []
     assert mesh.at() == (2, None)
@@ -134,8 +138,7 @@ def test_a_version_that_changes_nothing_a_stream_holds_is_reached_at_once() -> N
 
 def test_a_nack_holds_the_stream_back_until_a_later_version_is_acked_in_full() -> None:
     mesh = Mesh(ORDERS)
-    for response in mesh.subscribe(CLUSTERS, ROUTES):
-        mesh.ack(response)
+    mesh.hold(CLUSTERS, ROUTES)
     (clusters,) = mesh.policy(ORDERS_AND_PAYMENTS, 2)
 
     mesh.nack(clusters, "cluster payments: no such balancer")
