@@ -49,6 +49,8 @@ def parse(text: str) -> SidecarCounts:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels, value = sample.labels, int(sample.value)
+            if value == 0:
+                continue  # a series started at 0 before anything was counted in it
             if sample.name == "mesh_sidecar_requests_total" and \
                     labels.get("direction") == "inbound":
                 counts.inbound[labels["code"]] += value
