@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,10 +156,15 @@ def test_a_failing_replica_turns_its_edge_and_shows_its_ejection(
         mesh: Mesh, browser: WebDriver, tmp_path: Path) -> None:
     inventory_1 = next(i for i in mesh.state["instances"] if i["name"] == "inventory-1")
     browser.get(f"http://{mesh.dashboard}/?service=orders&top=1")
+    started = time.time()
     load = background_load(mesh, 30)
     try:
-        def healthy() -> list[str]:  # first, the edge with traffic and nothing failing
+        def healthy() -> list[str]:  # first, this load flowing, and nothing failing
             edge = page(browser)["edges"].get("edge-orders-inventory")
+            with urllib.request.urlopen(f"http://{mesh.dashboard}/api/state") as answer:
+                top = json.loads(answer.read())["top"] or []
+            if not any(r["cluster"] == "inventory" and r["at"] > started for r in top):
+                return ["no call to inventory since the load started, in the state's top"]
             return [] if edge and edge["rps"] > 0 and edge["cls"] == "healthy" else \
                 [f"#edge-orders-inventory is not carrying healthy load yet: {edge}"]
 
