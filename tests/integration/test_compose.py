@@ -344,7 +344,7 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
         # Each replica announces itself by its own name (they all listen on 0.0.0.0).
         replicas = get_json(f"http://{PUBLISH}:15014/status?streams=0", operator_token)
         assert sorted(r["name"] for r in replicas["replicas"]) == \
-            [f"{r}:15012" for r in REPLICAS]
+            sorted(f"{r}:15012" for r in REPLICAS)
 
         # Traffic through the sidecars: orders placed from the loadgen pod, through its sidecar,
         # the frontend's, orders', and on to the inventory and payments replicas.
