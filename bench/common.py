@@ -1,11 +1,13 @@
-"""What the benchmark servers share: the TLS context h2load can talk to, and an aiohttp
-application served on a free loopback port."""
+"""What the benchmarks share: the TLS context h2load can talk to, an aiohttp application
+served on a free loopback port, and the CPU time a process (and its children) used."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -30,3 +32,24 @@ async def serving(app: web.Application) -> AsyncIterator[int]:
         yield port
     finally:
         await runner.cleanup()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` and every process under it that is still running (a
+    server that runs its work in worker processes: Hypercorn, a sidecar's workers)."""
+    total, parents = 0.0, [pid]
+    while parents:
+        parent = parents.pop()
+        try:
+            total += cpu_seconds(parent)
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:  # it has just exited
+            continue
+        parents += [int(child) for child in children]
+    return total

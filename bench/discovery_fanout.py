@@ -65,6 +65,7 @@ from typing import Any
 import aiohttp
 
 from bench import discovery_clients, proxyless_subscribers
+from bench.common import cpu_seconds
 from bench.control_plane_replicas import (
     Replica,
     operator_session,
@@ -102,11 +103,6 @@ TARGET_P99 = 0.1  # seconds (the issue's)
 UNITS = {"controlplane": ("replica", "replicas"), "etcd": ("member", "members"),
          "sidecars": ("process", "processes"), "grpcio": ("process", "processes")}
 DIALECTS = ("mesh.v1", "xds.v3")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

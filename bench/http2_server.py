@@ -1,4 +1,4 @@
-"""Benchmark: ``mesh/http2`` against the bare ``h2`` loop and ``nghttpd`` (C), side by side.
+"""Benchmark: ``mesh/http2`` against the bare ``h2`` loop, Hypercorn and ``nghttpd`` (C).
 
 Each contestant serves a 100-byte response; ``h2load`` drives them in interleaved rounds (so
 the machine's noise falls on all alike) and the median req/s is reported with two ratios, and
@@ -7,6 +7,8 @@ less than wall-clock rates:
 
 - mesh / bare: what the ``mesh/http2`` abstraction costs over the pure-Python ceiling
   (target: at least 0.90);
+- mesh / Hypercorn: against a server people run, also pure Python on ``h2`` (0.18, uvloop
+  worker, its 1,000-requests-per-connection cap lifted: :mod:`bench.hypercorn_peer`);
 - mesh / nghttpd: where pure Python stands against C.
 
     python -m bench.http2_server                 # h2c, 50,000 requests x 3 rounds
@@ -30,7 +32,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.common import tree_cpu_seconds
+
 BODY = b"x" * 100
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -71,12 +76,6 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (Linux ``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def h2load(port: int, requests: int, tls: bool) -> tuple[float, int]:
     """Run h2load (-c10 -m10); return (req/s, requests that did not succeed)."""
     scheme = "https" if tls else "http"
@@ -105,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         (root / "index.html").write_bytes(BODY)
         tls_args: list[str] = []
         nghttpd_tls: list[str] = ["--no-tls"]
+        hypercorn_tls: list[str] = []
         if args.tls:
             cert, key = self_signed(root)
             tls_args = ["--tls-server-only", str(cert), str(key)]
             nghttpd_tls = [str(key), str(cert)]
+            hypercorn_tls = ["--certfile", str(cert), "--keyfile", str(key)]
         python = [sys.executable, "-m"]
-        ports = [free_port() for _ in range(3)]
+        ports = [free_port() for _ in range(4)]
         contestants = [
             Contestant("nghttpd (C)", ["nghttpd", "-d", str(root), *nghttpd_tls[:1],
                                        str(ports[0]), *nghttpd_tls[1:]], ports[0]),
@@ -118,21 +119,29 @@ def main(argv: list[str] | None = None) -> int:
                                         *tls_args], ports[1]),
             Contestant("mesh/http2", [*python, "bench.mesh_server", "--port", str(ports[2]),
                                       *tls_args], ports[2]),
+            Contestant("hypercorn", [*python, "hypercorn", "--config",
+                                     "python:bench.hypercorn_peer", "--worker-class", "uvloop",
+                                     "--bind", f"127.0.0.1:{ports[3]}", *hypercorn_tls,
+                                     "bench.hypercorn_peer:app"], ports[3]),
         ]
         if args.tls:  # nghttpd takes <PORT> <KEY> <CERT> with TLS, --no-tls <PORT> without
             contestants[0].command = ["nghttpd", "-d", str(root), str(ports[0]), *nghttpd_tls]
         try:
+            root_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                        if p)
             for c in contestants:
-                c.process = subprocess.Popen(c.command, stdout=subprocess.DEVNULL)
+                c.process = subprocess.Popen(c.command, stdout=subprocess.DEVNULL,
+                                             env={**os.environ, "PYTHONPATH": root_path})
             for c in contestants:
                 wait_listening(c.port)
                 h2load(c.port, min(2000, args.requests), args.tls)  # warm up
             for _ in range(args.rounds):
                 for c in contestants:
                     assert c.process is not None
-                    before = cpu_seconds(c.process.pid)
+                    before = tree_cpu_seconds(c.process.pid)
                     rate, failed = h2load(c.port, args.requests, args.tls)
-                    c.cpu_per_request.append((cpu_seconds(c.process.pid) - before) / args.requests)
+                    c.cpu_per_request.append((tree_cpu_seconds(c.process.pid) - before)
+                                             / args.requests)
                     c.results.append(rate)
                     c.failures += failed
         finally:
@@ -155,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mesh/http2 / bare h2 loop = {mesh / bare:.3f}   (target >= 0.90)")
     print(f"bare h2 loop / nghttpd    = {bare / ref:.3f}")
     print(f"mesh/http2 / nghttpd      = {mesh / ref:.3f}")
+    print(f"mesh/http2 / hypercorn    = {mesh / median['hypercorn']:.3f}   (target >= 4)")
     print(f"by CPU per request: mesh/http2 / bare h2 loop = "
           f"{cpu['bare h2 loop'] / cpu['mesh/http2']:.3f}")
     return 1 if any(c.failures for c in contestants) else 0

@@ -45,7 +45,7 @@ from pathlib import Path
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 
-from bench.discovery_fanout import cpu_seconds
+from bench.common import cpu_seconds
 from bench.holding_backend import BODY, HoldingBackend
 from bench.http2_server import free_port
 
