@@ -47,6 +47,7 @@ class Contestant:
     cpu_per_request: list[float] = field(default_factory=list)  # seconds
     failures: int = 0
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # set for it alone
 
 
 def free_port() -> int:
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--engines", default="h2,jh2", type=lambda text: text.split(","),
+                        help="HTTP/2 engines to run mesh/http2 on, the first as \"mesh/http2\" "
+                             "(default h2,jh2; see mesh/http2/engine.py)")
     args = parser.parse_args(argv)
     for tool in ("h2load", "nghttpd", "openssl"):
         if shutil.which(tool) is None:
@@ -111,19 +115,22 @@ def main(argv: list[str] | None = None) -> int:
             nghttpd_tls = [str(key), str(cert)]
             hypercorn_tls = ["--certfile", str(cert), "--keyfile", str(key)]
         python = [sys.executable, "-m"]
-        ports = [free_port() for _ in range(4)]
+        ports = [free_port() for _ in range(3 + len(args.engines))]
         contestants = [
             Contestant("nghttpd (C)", ["nghttpd", "-d", str(root), *nghttpd_tls[:1],
                                        str(ports[0]), *nghttpd_tls[1:]], ports[0]),
             Contestant("bare h2 loop", [*python, "bench.bare_server", "--port", str(ports[1]),
                                         *tls_args], ports[1]),
-            Contestant("mesh/http2", [*python, "bench.mesh_server", "--port", str(ports[2]),
-                                      *tls_args], ports[2]),
             Contestant("hypercorn", [*python, "hypercorn", "--config",
                                      "python:bench.hypercorn_peer", "--worker-class", "uvloop",
-                                     "--bind", f"127.0.0.1:{ports[3]}", *hypercorn_tls,
-                                     "bench.hypercorn_peer:app"], ports[3]),
+                                     "--bind", f"127.0.0.1:{ports[2]}", *hypercorn_tls,
+                                     "bench.hypercorn_peer:app"], ports[2]),
         ]
+        for engine, port in zip(args.engines, ports[3:], strict=True):
+            name = "mesh/http2" if engine == args.engines[0] else f"mesh/http2 ({engine})"
+            contestants.append(Contestant(name, [*python, "bench.mesh_server", "--port",
+                                                 str(port), *tls_args], port,
+                                          env={"MESH_HTTP2_ENGINE": engine}))
         if args.tls:  # nghttpd takes <PORT> <KEY> <CERT> with TLS, --no-tls <PORT> without
             contestants[0].command = ["nghttpd", "-d", str(root), str(ports[0]), *nghttpd_tls]
         try:
@@ -131,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                                         if p)
             for c in contestants:
                 c.process = subprocess.Popen(c.command, stdout=subprocess.DEVNULL,
-                                             env={**os.environ, "PYTHONPATH": root_path})
+                                             env={**os.environ, "PYTHONPATH": root_path,
+                                                  **c.env})
             for c in contestants:
                 wait_listening(c.port)
                 h2load(c.port, min(2000, args.requests), args.tls)  # warm up
@@ -165,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bare h2 loop / nghttpd    = {bare / ref:.3f}")
     print(f"mesh/http2 / nghttpd      = {mesh / ref:.3f}")
     print(f"mesh/http2 / hypercorn    = {mesh / median['hypercorn']:.3f}   (target >= 4)")
+    for c in contestants:
+        if c.name.startswith("mesh/http2 ("):
+            print(f"{c.name} / mesh/http2 = {median[c.name] / mesh:.3f}; "
+                  f"{c.name} / hypercorn = {median[c.name] / median['hypercorn']:.3f}; by CPU "
+                  f"per request: {cpu['mesh/http2'] / cpu[c.name]:.3f}")
     print(f"by CPU per request: mesh/http2 / bare h2 loop = "
           f"{cpu['bare h2 loop'] / cpu['mesh/http2']:.3f}")
     return 1 if any(c.failures for c in contestants) else 0

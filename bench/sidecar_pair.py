@@ -237,12 +237,15 @@ def make_pki(root: Path) -> Pki:
                b_cert=root / "backend.crt", b_key=root / "backend.key")
 
 
-def start_sidecar_pair(procs: Processes, pki: Pki, app_port: int, root: Path,
-                       tag: str) -> tuple[int, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
-    """Sidecar B in front of the app on ``app_port``, sidecar A routing everything to B.
+def start_sidecar_pair(procs: Processes, pki: Pki, app_port: int, root: Path, tag: str,
+                       engine: str | None = None
+                       ) -> tuple[int, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Sidecar B in front of the app on ``app_port``, sidecar A routing everything to B, both
+    on the HTTP/2 ``engine`` given (``MESH_HTTP2_ENGINE``; None: the default).
 
     Returns A's outbound port and both processes (A, B).
     """
+    env = None if engine is None else {"MESH_HTTP2_ENGINE": engine}
     b_inbound, a_outbound = free_port(), free_port()
     config_a, config_b = root / f"{tag}-a.yaml", root / f"{tag}-b.yaml"
     config_a.write_text(SIDECAR_A.format(port=b_inbound))
@@ -254,11 +257,12 @@ def start_sidecar_pair(procs: Processes, pki: Pki, app_port: int, root: Path,
         *common, "--service", "backend", "--cert", str(pki.b_cert), "--key", str(pki.b_key),
         "--inbound", f"127.0.0.1:{b_inbound}", "--outbound", f"127.0.0.1:{free_port()}",
         "--admin", f"127.0.0.1:{b_admin}", "--app", f"127.0.0.1:{app_port}",
-        "--app-protocol", "h2c", "--static-config", str(config_b)], listens=b_admin)
+        "--app-protocol", "h2c", "--static-config", str(config_b)], listens=b_admin, env=env)
     a = procs.start(f"{tag}-a", [
         *common, "--service", "client", "--cert", str(pki.a_cert), "--key", str(pki.a_key),
         "--outbound", f"127.0.0.1:{a_outbound}", "--inbound", f"127.0.0.1:{free_port()}",
-        "--admin", f"127.0.0.1:{a_admin}", "--static-config", str(config_a)], listens=a_admin)
+        "--admin", f"127.0.0.1:{a_admin}", "--static-config", str(config_a)], listens=a_admin,
+        env=env)
     return a_outbound, a, b
 
 
@@ -388,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="idle downstream connections for the memory figure (default 1,000)")
     parser.add_argument("--in-flight", type=int, default=5000,
                         help="streams in flight for the memory figure (default 5,000)")
+    parser.add_argument("--engines", default="h2,jh2", type=lambda text: text.split(","),
+                        help="the HTTP/2 engines to run a sidecar pair on, the first as "
+                             "\"sidecar\" (default h2,jh2; see mesh/http2/engine.py)")
     parser.add_argument("--quick", action="store_true",
                         help="a few seconds: 1 round of 1 s, 300 requests, 100 idle connections, "
                              "500 streams in flight")
@@ -415,9 +422,13 @@ def main(argv: list[str] | None = None) -> int:
             backend = free_port()
             procs.start("nghttpd", ["nghttpd", "-d", str(root / "www"), "--no-tls",
                                     str(backend)], listens=backend)
-            port, a, b = start_sidecar_pair(procs, pki, backend, root, "bench")
-            paths = [Contestant("direct", backend, []), Contestant("sidecar", port, [a.pid, b.pid]),
-                     start_bare_pair(procs, pki, backend)]
+            paths = [Contestant("direct", backend, [])]
+            for engine in args.engines:  # the first is "sidecar", the others named by engine
+                port, a, b = start_sidecar_pair(procs, pki, backend, root, f"bench-{engine}",
+                                                engine)
+                name = "sidecar" if engine == args.engines[0] else f"sidecar ({engine})"
+                paths.append(Contestant(name, port, [a.pid, b.pid]))
+            paths.append(start_bare_pair(procs, pki, backend))
             if haproxy:
                 paths.append(start_haproxy_pair(procs, pki, backend, root))
             procs.wait_ready()
@@ -474,6 +485,13 @@ def report(paths: list[Contestant], memory: Memory, args: argparse.Namespace,
         ratios = ", ".join(f"{ratio(sidecar.rate(load), by_name[other].rate(load))} at "
                            f"-c{load[0]} -m{load[1]}" for load in LOADS)
         print(f"- sidecar / {other} req/s: {ratios}" + (f"   ({note})" if note else ""))
+    for engine in (p for p in paths if p.name.startswith("sidecar (")):
+        ratios = ", ".join(f"{ratio(engine.rate(load), sidecar.rate(load))} at "
+                           f"-c{load[0]} -m{load[1]}" for load in LOADS)
+        cpu = ratio(statistics.median(sidecar.busy_cpu or [0]),
+                    statistics.median(engine.busy_cpu or [0]))
+        print(f"- {engine.name} / sidecar req/s: {ratios}; CPU per request at -c1 -m100: "
+              f"sidecar / {engine.name} {cpu}")
     if "bare" in by_name and sidecar.busy_cpu and by_name["bare"].busy_cpu:
         estimate = statistics.median(by_name["bare"].busy_cpu) / statistics.median(
             sidecar.busy_cpu)

@@ -1,4 +1,4 @@
-"""HTTP/2 on asyncio, on the sans-IO ``h2`` state machine.
+"""HTTP/2 on asyncio, on the sans-IO ``h2`` state machine (or its fork ``jh2``: :mod:`.engine`).
 
 Glossary:
     connection   one TCP (h2c) or TLS (ALPN ``h2``) connection carrying many streams
@@ -10,6 +10,8 @@ Glossary:
                  finish (draining), with an error code the connection ends now.
     RST_STREAM   ends one stream early; the connection and its other streams carry on.
     limits       the bounds that turn abusive peers into clean errors (:mod:`.limits`).
+    engine       the state machine underneath: ``h2``, or ``jh2`` with the same API and
+                 native parsing, chosen by ``MESH_HTTP2_ENGINE`` (:mod:`.engine`).
 """
 
 from mesh.http2.client import Response, connect, request

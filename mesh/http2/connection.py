@@ -26,30 +26,28 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from h2.config import H2Configuration
-from h2.connection import ConnectionState
-from h2.events import (
+from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.http2 import fields
+from mesh.http2.engine import (
+    ConnectionState,
     ConnectionTerminated,
     DataReceived,
+    H2Configuration,
+    NoAvailableStreamIDError,
     PingAckReceived,
+    ProtocolError,
     RemoteSettingsChanged,
     RequestReceived,
     ResponseReceived,
+    SettingCodes,
+    Settings,
+    StreamClosedError,
     StreamEnded,
     StreamReset,
+    TooManyStreamsError,
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import (
-    NoAvailableStreamIDError,
-    ProtocolError,
-    StreamClosedError,
-    TooManyStreamsError,
-)
-from h2.settings import SettingCodes, Settings
-
-from mesh.clock import SYSTEM_CLOCK, Clock
-from mesh.http2 import fields
 from mesh.http2.errors import ConnectionClosed, ErrorCode, Http2Error, NoStreamAvailable, code_name
 from mesh.http2.fields import Block, MalformedHeaders
 from mesh.http2.h2_state import MeshH2Connection
@@ -135,7 +133,11 @@ class Http2Connection(asyncio.Protocol):
                                  validate_outbound_headers=False,
                                  normalize_outbound_headers=False)
         self._h2 = MeshH2Connection(config, max_header_block_size=limits.max_header_block_size)
+        # Every setting announced explicitly, so that the wire is the same on either engine
+        # (jh2's defaults differ from h2's: a 64 KiB HPACK table, no ENABLE_CONNECT_PROTOCOL).
         self._h2.local_settings = Settings(client=client_side, initial_values={
+            SettingCodes.HEADER_TABLE_SIZE: 4096,  # RFC 9113's: what a peer's HPACK may keep
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,  # no extended CONNECT (RFC 8441)
             SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
             SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,

@@ -40,8 +40,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
-
+from mesh.http2.engine import HeaderTuple, NeverIndexedHeaderTuple
 from mesh.http2.stream import Headers
 
 # A name: an optional leading colon (pseudo-header fields), then 0x21–0x7e without A–Z or ':'.

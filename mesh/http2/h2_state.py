@@ -28,19 +28,23 @@ not fit a proxy, and all are corrected here, in one place, by subclassing:
 
 from __future__ import annotations
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated, Event
-from h2.exceptions import DenialOfServiceError, StreamClosedError, StreamIDTooLowError
-from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
-from hyperframe.frame import (
+from mesh.http2.engine import (
+    CONTINUATION_BACKLOG,
+    ConnectionTerminated,
     ContinuationFrame,
+    DenialOfServiceError,
+    ErrorCodes,
+    Event,
     Frame,
+    FrameBuffer,
     GoAwayFrame,
+    H2Configuration,
+    H2Connection,
     HeadersFrame,
     PushPromiseFrame,
     RstStreamFrame,
+    StreamClosedError,
+    StreamIDTooLowError,
 )
 
 _HEADER_FRAMES = (HeadersFrame, ContinuationFrame, PushPromiseFrame)
