@@ -51,8 +51,9 @@ from bench.http2_server import free_port
 
 NAMESPACE = "bench"
 BENCH = Path(__file__).resolve().parent
-# Loads: (h2load clients, streams per client); both keep 100 streams in flight.
-LOADS = ((1, 100), (4, 25))
+# Loads: (h2load clients, streams per client): 100 streams in flight on one connection or on
+# four, then 1,000 (on four connections: a sidecar allows 256 streams per connection).
+LOADS = ((1, 100), (4, 25), (4, 250))
 STREAMS_PER_CONNECTION = 100  # for the in-flight memory figure: h2load -c N/100 -m100
 
 SIDECAR_A = """\
@@ -497,6 +498,11 @@ def report(paths: list[Contestant], memory: Memory, args: argparse.Namespace,
             sidecar.busy_cpu)
         print(f"- bare / sidecar CPU per request at -c1 -m100: {estimate:.3f}   (the sidecar / "
               "bare req/s a quiet machine tends to, each hop being CPU-bound)")
+    many, few = LOADS[-1], LOADS[0]
+    flat = ", ".join(f"{p.name} {ratio(p.rate(many), p.rate(few))}" for p in paths
+                     if p is not direct)
+    print(f"- req/s with {many[0] * many[1]:,} streams in flight / with {few[0] * few[1]}: "
+          f"{flat}   (target: within 10 %)")
     hop = (sidecar.percentile(0.50) - direct.percentile(0.50)) * 1e3 / 2
     print(f"- sidecar, added per hop at one stream (p50): {hop:.3f} ms   (target <= 0.5 ms)")
     if "bare" in by_name:

@@ -36,11 +36,13 @@ def test_quick_run_reports_every_path(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
 
     paths = table_rows(out, "| path |")
-    expected = {"direct", "sidecar", "bare"} | ({"haproxy"} if shutil.which("haproxy") else set())
+    expected = {"direct", "sidecar", "sidecar (jh2)", "bare"} | \
+        ({"haproxy"} if shutil.which("haproxy") else set())
     assert set(paths) == expected
     direct = paths["direct"]
-    for name, (rate_c1, rate_c4, p50, p99, hop50, hop99, cpu, failed) in paths.items():
-        assert number(rate_c1) > 0 and number(rate_c4) > 0, name
+    for name, (*rates, p50, p99, hop50, hop99, cpu, failed) in paths.items():
+        assert len(rates) == len(sidecar_pair.LOADS), name
+        assert all(number(rate) > 0 for rate in rates), name
         assert 0 < number(p50) <= number(p99), name
         assert failed == "0", name
         if name == "direct":
@@ -48,14 +50,20 @@ def test_quick_run_reports_every_path(capsys: pytest.CaptureFixture[str]) -> Non
         else:  # (pair - direct) / 2, whatever its sign on a busy machine
             # Python hops spend well over 10 µs (a clock tick per 1,000 requests) per request.
             busy, one = (number(c) for c in cpu.split(","))
-            assert min(busy, one) > 0 if name in ("sidecar", "bare") else min(busy, one) >= 0
+            assert min(busy, one) > 0 if name.startswith(("sidecar", "bare")) else \
+                min(busy, one) >= 0
             assert number(hop50) == pytest.approx(
-                (number(p50) - number(direct[2])) / 2, abs=0.002), name
+                (number(p50) - number(direct[len(sidecar_pair.LOADS)])) / 2, abs=0.002), name
             assert number(hop99) == pytest.approx(
-                (number(p99) - number(direct[3])) / 2, abs=0.002), name
+                (number(p99) - number(direct[len(sidecar_pair.LOADS) + 1])) / 2, abs=0.002), name
     if "haproxy" not in paths:
         assert "haproxy not found" in out
-    assert re.search(r"sidecar / bare req/s: [\d.]+ at -c1 -m100, [\d.]+ at -c4 -m25", out)
+    assert re.search(r"sidecar / bare req/s: [\d.]+ at -c1 -m100, [\d.]+ at -c4 -m25, "
+                     r"[\d.]+ at -c4 -m250", out)
+    assert re.search(r"sidecar \(jh2\) / sidecar req/s: [\d.]+ at -c1 -m100", out)
+    assert re.search(r"req/s with 1,000 streams in flight / with 100: direct", out) is None
+    assert re.search(r"req/s with 1,000 streams in flight / with 100: sidecar [\d.]+, "
+                     r"sidecar \(jh2\) [\d.]+, bare [\d.]+", out)
     assert re.search(r"added per hop at one stream \(p50\): -?[\d.]+ ms", out)
 
     memory = table_rows(out, "| state |")

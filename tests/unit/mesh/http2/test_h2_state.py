@@ -7,6 +7,7 @@ import ast
 import inspect
 import textwrap
 
+import pytest
 from hpack import Encoder
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
@@ -16,9 +17,11 @@ from mesh.http2.engine import (
     PingReceived,
     RemoteSettingsChanged,
     RequestReceived,
+    SettingCodes,
     StreamEnded,
+    TooManyStreamsError,
 )
-from mesh.http2.h2_state import MeshH2Connection
+from mesh.http2.h2_state import PURGE_SLACK, MeshH2Connection
 from tests.unit.mesh.http2.wire import PREFACE
 
 
@@ -84,3 +87,51 @@ def test_a_call_parses_only_its_budget_of_frames_and_keeps_the_rest() -> None:
     assert call(2) == [RequestReceived, StreamEnded]  # both CONTINUATION frames
     assert call(5) == []
     assert server.incoming_buffer.budget == 5  # nothing was left
+
+
+REQUEST = [(":method", "GET"), (":scheme", "http"), (":authority", "test"), (":path", "/")]
+
+
+def client(max_concurrent_streams: int) -> MeshH2Connection:
+    """A client connection whose peer allows ``max_concurrent_streams`` streams at once."""
+    conn = MeshH2Connection(H2Configuration(client_side=True), max_header_block_size=1024)
+    conn.initiate_connection()
+    conn.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = max_concurrent_streams
+    conn.remote_settings.acknowledge()
+    return conn
+
+
+def test_opening_a_stream_walks_the_streams_only_now_and_then_and_purges_the_closed() -> None:
+    # Adjustment 5: a thousand streams opened and ended one after another, three always open.
+    conn = client(max_concurrent_streams=100)
+    walks = 0
+    walk = conn._open_streams
+
+    def counted(remainder: int) -> int:
+        nonlocal walks
+        walks += 1
+        return walk(remainder)
+
+    conn._open_streams = counted  # type: ignore[method-assign]
+    held = []
+    for n in range(1000):
+        stream_id = conn.get_next_available_stream_id()
+        conn.send_headers(stream_id, REQUEST, end_stream=True)
+        if n >= 3:  # the oldest of the three open ones is answered: closed
+            conn.reset_stream(stream_id - 6)
+        held.append(len(conn.streams))
+    assert walks < 100  # h2 walks on every one of the 1,000
+    assert max(held) <= 2 * 4 + PURGE_SLACK + 1  # the closed ones do not pile up
+
+
+def test_the_limit_on_open_streams_holds_exactly() -> None:
+    conn = client(max_concurrent_streams=3)
+    ids = []
+    for _ in range(3):
+        stream_id = conn.get_next_available_stream_id()
+        conn.send_headers(stream_id, REQUEST, end_stream=True)
+        ids.append(stream_id)
+    with pytest.raises(TooManyStreamsError, match="Max outbound streams is 3, 3 open"):
+        conn.send_headers(conn.get_next_available_stream_id(), REQUEST, end_stream=True)
+    conn.reset_stream(ids[0])  # one ends: one more may open
+    conn.send_headers(conn.get_next_available_stream_id(), REQUEST, end_stream=True)
