@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tls", action="store_true")
-    parser.add_argument("--engines", default="h2,jh2", type=lambda text: text.split(","),
+    parser.add_argument("--engines", default="jh2,h2", type=lambda text: text.split(","),
                         help="HTTP/2 engines to run mesh/http2 on, the first as \"mesh/http2\" "
-                             "(default h2,jh2; see mesh/http2/engine.py)")
+                             "(default jh2,h2; see mesh/http2/engine.py)")
     args = parser.parse_args(argv)
     for tool in ("h2load", "nghttpd", "openssl"):
         if shutil.which(tool) is None:

@@ -393,9 +393,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="idle downstream connections for the memory figure (default 1,000)")
     parser.add_argument("--in-flight", type=int, default=5000,
                         help="streams in flight for the memory figure (default 5,000)")
-    parser.add_argument("--engines", default="h2,jh2", type=lambda text: text.split(","),
+    parser.add_argument("--engines", default="jh2,h2", type=lambda text: text.split(","),
                         help="the HTTP/2 engines to run a sidecar pair on, the first as "
-                             "\"sidecar\" (default h2,jh2; see mesh/http2/engine.py)")
+                             "\"sidecar\" (default jh2,h2; see mesh/http2/engine.py)")
     parser.add_argument("--quick", action="store_true",
                         help="a few seconds: 1 round of 1 s, 300 requests, 100 idle connections, "
                              "500 streams in flight")

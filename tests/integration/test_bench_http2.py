@@ -17,7 +17,8 @@ def test_benchmark_short_run(tls: bool, capsys: pytest.CaptureFixture[str]) -> N
     args = ["--requests", "2000", "--rounds", "1", *(["--tls"] if tls else [])]
     assert http2_server.main(args) == 0  # non-zero when any request failed
     out = capsys.readouterr().out
-    for contestant in ("nghttpd (C)", "bare h2 loop", "mesh/http2", "hypercorn"):
+    for contestant in ("nghttpd (C)", "bare h2 loop", "mesh/http2", "mesh/http2 (h2)",
+                       "hypercorn"):
         assert contestant in out
     assert "mesh/http2 / bare h2 loop =" in out
     assert "mesh/http2 / hypercorn    =" in out

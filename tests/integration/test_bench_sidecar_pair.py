@@ -36,7 +36,7 @@ def test_quick_run_reports_every_path(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
 
     paths = table_rows(out, "| path |")
-    expected = {"direct", "sidecar", "sidecar (jh2)", "bare"} | \
+    expected = {"direct", "sidecar", "sidecar (h2)", "bare"} | \
         ({"haproxy"} if shutil.which("haproxy") else set())
     assert set(paths) == expected
     direct = paths["direct"]
@@ -60,10 +60,10 @@ def test_quick_run_reports_every_path(capsys: pytest.CaptureFixture[str]) -> Non
         assert "haproxy not found" in out
     assert re.search(r"sidecar / bare req/s: [\d.]+ at -c1 -m100, [\d.]+ at -c4 -m25, "
                      r"[\d.]+ at -c4 -m250", out)
-    assert re.search(r"sidecar \(jh2\) / sidecar req/s: [\d.]+ at -c1 -m100", out)
+    assert re.search(r"sidecar \(h2\) / sidecar req/s: [\d.]+ at -c1 -m100", out)
     assert re.search(r"req/s with 1,000 streams in flight / with 100: direct", out) is None
     assert re.search(r"req/s with 1,000 streams in flight / with 100: sidecar [\d.]+, "
-                     r"sidecar \(jh2\) [\d.]+, bare [\d.]+", out)
+                     r"sidecar \(h2\) [\d.]+, bare [\d.]+", out)
     assert re.search(r"added per hop at one stream \(p50\): -?[\d.]+ ms", out)
 
     memory = table_rows(out, "| state |")
