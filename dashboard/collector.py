@@ -253,8 +253,7 @@ class Collector:
                 self._topology_at, self._instances = now, instances
         services, sidecars = self._topology
         # Each round's errors are its own: copies, so a scrape's error is not kept.
-        return services, [{"error": s["unpublished"], **_without(s, "unpublished")}
-                          for s in sidecars]
+        return services, [dict(s) for s in sidecars]
 
     # ------------------------------------------------------------------ policy
 
@@ -366,12 +365,8 @@ def _sidecar(service: Mapping[str, Any], endpoint: Mapping[str, Any]) -> dict[st
     return {"service": service["service"], "namespace": service["namespace"],
             "instance": endpoint["instance"],
             "admin": f"{endpoint['address']}:{endpoint['admin_port']}" if published else None,
-            "unpublished": None if published else "its admin endpoint is not published "
-                                                  "(admin_port 0)"}
-
-
-def _without(row: Mapping[str, Any], key: str) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k != key}
+            "error": None if published else "its admin endpoint is not published "
+                                            "(admin_port 0)"}
 
 
 def _with_diffs(versions: list[dict[str, Any]]) -> list[dict[str, Any]]:

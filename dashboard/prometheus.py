@@ -147,8 +147,8 @@ class PrometheusSource:
         def key(labels: Mapping[str, str]) -> tuple[str, str]:
             return labels["service"], labels["cluster"]
 
-        rates, ms = _by_code(codes, key), [_ms(samples, key) for samples in quantiles]
-        tries, opened = _by_code(attempts, key), _by_tls(connections, key)
+        rates, ms = _split(codes, key, "code"), [_ms(samples, key) for samples in quantiles]
+        tries, opened = _split(attempts, key, "code"), _split(connections, key, "tls")
         rows = []
         for edge in sorted(rates):
             metrics = _golden(rates[edge], window, [m.get(edge) for m in ms])
@@ -178,8 +178,8 @@ class PrometheusSource:
         def key(labels: Mapping[str, str]) -> str:
             return labels["service"]
 
-        rates, ms = _by_code(codes, key), [_ms(samples, key) for samples in quantiles]
-        open_by_tls = _by_tls(connections, key)
+        rates, ms = _split(codes, key, "code"), [_ms(samples, key) for samples in quantiles]
+        open_by_tls = _split(connections, key, "tls")
         rows = []
         for service in sorted(rates.keys() | open_by_tls.keys()):
             metrics = _golden(rates.get(service, {}), window, [m.get(service) for m in ms])
@@ -234,22 +234,14 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _by_code(samples: list[Sample], key: Callable[[Mapping[str, str]], K]
-             ) -> dict[K, dict[str, float]]:
-    """Requests per second by status class, per key."""
-    rates: dict[K, dict[str, float]] = {}
+def _split(samples: list[Sample], key: Callable[[Mapping[str, str]], K], label: str
+           ) -> dict[K, dict[str, float]]:
+    """Per key, the samples' values by the value of ``label``: requests per second by status
+    class (``code``), open connections by ``tls``."""
+    split: dict[K, dict[str, float]] = {}
     for sample in samples:
-        rates.setdefault(key(sample.labels), {})[sample.labels["code"]] = sample.value or 0.0
-    return rates
-
-
-def _by_tls(samples: list[Sample], key: Callable[[Mapping[str, str]], K]
-            ) -> dict[K, dict[str, float]]:
-    """Open connections by ``tls`` (mtls, plaintext), per key."""
-    opened: dict[K, dict[str, float]] = {}
-    for sample in samples:
-        opened.setdefault(key(sample.labels), {})[sample.labels["tls"]] = sample.value or 0.0
-    return opened
+        split.setdefault(key(sample.labels), {})[sample.labels[label]] = sample.value or 0.0
+    return split
 
 
 def _ms(samples: list[Sample], key: Callable[[Mapping[str, str]], K]) -> dict[K, float | None]:

@@ -33,79 +33,49 @@ if NAME not in ENGINES:
     raise ImportError(f"MESH_HTTP2_ENGINE={NAME!r}: want one of {', '.join(ENGINES)}")
 
 if TYPE_CHECKING or NAME == "h2":
-    from h2.config import H2Configuration
-    from h2.connection import ConnectionState, H2Connection
-    from h2.errors import ErrorCodes
-    from h2.events import (
-        ConnectionTerminated,
-        DataReceived,
-        Event,
-        PingAckReceived,
-        PingReceived,
-        RemoteSettingsChanged,
-        RequestReceived,
-        ResponseReceived,
-        StreamEnded,
-        StreamReset,
-        TrailersReceived,
-        WindowUpdated,
-    )
-    from h2.exceptions import (
-        DenialOfServiceError,
-        NoAvailableStreamIDError,
-        ProtocolError,
-        StreamClosedError,
-        StreamIDTooLowError,
-        TooManyStreamsError,
-    )
-    from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
-    from h2.settings import SettingCodes, Settings
-    from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
-    from hyperframe.frame import (
-        ContinuationFrame,
-        Frame,
-        GoAwayFrame,
-        HeadersFrame,
-        PushPromiseFrame,
-        RstStreamFrame,
-    )
-else:
-    from jh2.config import H2Configuration
-    from jh2.connection import ConnectionState, H2Connection
-    from jh2.errors import ErrorCodes
-    from jh2.events import (
-        ConnectionTerminated,
-        DataReceived,
-        Event,
-        PingAckReceived,
-        PingReceived,
-        RemoteSettingsChanged,
-        RequestReceived,
-        ResponseReceived,
-        StreamEnded,
-        StreamReset,
-        TrailersReceived,
-        WindowUpdated,
-    )
-    from jh2.exceptions import (
-        DenialOfServiceError,
-        NoAvailableStreamIDError,
-        ProtocolError,
-        StreamClosedError,
-        StreamIDTooLowError,
-        TooManyStreamsError,
-    )
-    from jh2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
-    from jh2.hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
-    from jh2.hyperframe.frame import (
-        ContinuationFrame,
-        Frame,
-        GoAwayFrame,
-        HeadersFrame,
-        PushPromiseFrame,
-        RstStreamFrame,
-    )
-    from jh2.settings import SettingCodes, Settings
+    from h2 import config, connection, errors, events, exceptions, frame_buffer, settings
+    from hpack import struct
+    from hyperframe import frame
+else:  # the same modules, under jh2 (HPACK and hyperframe inside it)
+    from jh2 import config, connection, errors, events, exceptions, frame_buffer, settings
+    from jh2.hpack import struct
+    from jh2.hyperframe import frame
+
+# One name a line: a plain assignment is what type checkers read as an alias of the class.
+H2Configuration = config.H2Configuration
+ConnectionState = connection.ConnectionState
+H2Connection = connection.H2Connection
+ErrorCodes = errors.ErrorCodes
+ConnectionTerminated = events.ConnectionTerminated
+DataReceived = events.DataReceived
+Event = events.Event
+PingAckReceived = events.PingAckReceived
+PingReceived = events.PingReceived
+RemoteSettingsChanged = events.RemoteSettingsChanged
+RequestReceived = events.RequestReceived
+ResponseReceived = events.ResponseReceived
+StreamEnded = events.StreamEnded
+StreamReset = events.StreamReset
+TrailersReceived = events.TrailersReceived
+WindowUpdated = events.WindowUpdated
+DenialOfServiceError = exceptions.DenialOfServiceError
+NoAvailableStreamIDError = exceptions.NoAvailableStreamIDError
+ProtocolError = exceptions.ProtocolError
+StreamClosedError = exceptions.StreamClosedError
+StreamIDTooLowError = exceptions.StreamIDTooLowError
+TooManyStreamsError = exceptions.TooManyStreamsError
+CONTINUATION_BACKLOG = frame_buffer.CONTINUATION_BACKLOG
+FrameBuffer = frame_buffer.FrameBuffer
+SettingCodes = settings.SettingCodes
+Settings = settings.Settings
+HeaderTuple = struct.HeaderTuple
+NeverIndexedHeaderTuple = struct.NeverIndexedHeaderTuple
+ContinuationFrame = frame.ContinuationFrame
+Frame = frame.Frame
+GoAwayFrame = frame.GoAwayFrame
+HeadersFrame = frame.HeadersFrame
+PushPromiseFrame = frame.PushPromiseFrame
+RstStreamFrame = frame.RstStreamFrame
 
 __all__ = [
     "CONTINUATION_BACKLOG",
