@@ -11,7 +11,6 @@ its configuration from the discovery stream; without one it reads a static file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
@@ -248,8 +247,11 @@ class Sidecar:
     async def stop(self, grace: float = 2.0) -> None:
         """Deregister, stop accepting, let requests in flight finish, close everything."""
         if self.registration is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.registration.deregister()
+            except Exception as error:  # stopping all the same: the lease lapses instead
+                log.warning("could not deregister (%r): callers that list the registry see "
+                            "this instance until its lease lapses", error)
         for task in self._tasks:
             task.cancel()
         for server in self._servers:
