@@ -90,8 +90,10 @@ class Registration:
             ControlPlanes.of(channel)
         self._moved = asyncio.Event()  # to another replica: renew there now
         self._planes.on_move(self._moved.set)
+        self._running: asyncio.Task[object] | None = None  # run()'s task, stopped by deregister()
 
     async def run(self) -> None:
+        self._running = asyncio.current_task()
         delays: Iterator[float] | None = None
         while True:
             channel = self._planes.channel
@@ -153,7 +155,16 @@ class Registration:
         self.lease_ttl = response.lease_ttl_ms / 1000 or self.lease_ttl
 
     async def deregister(self) -> None:
-        """Leave the registry now (on a clean shutdown), rather than when the lease lapses."""
+        """Leave the registry now (on a clean shutdown), rather than when the lease lapses.
+
+        The renewal loop stops first. Left running, a heartbeat in flight would reach the
+        control plane after the deregistration, be told the instance is gone, and register
+        it again: callers that list the registry would then see this instance until the new
+        lease lapsed, long after discovery had pushed it away.
+        """
+        if self._running is not None and self._running is not asyncio.current_task():
+            self._running.cancel()
+            await asyncio.wait([self._running])
         if self.instance is not None:
             deregister = self._planes.channel.unary_unary(REGISTRY + "Deregister",
                                                           DeregisterResponse.FromString)
