@@ -19,6 +19,7 @@ from pathlib import Path
 from mesh.address import host_port, host_ports
 from mesh.loop import run
 from sidecar.sidecar import Sidecar, SidecarOptions
+from sidecar.workers import cores_given
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
                    help="static mode: the mesh CA [MESH_CA]")
     p.add_argument("--seed", type=int, default=env("MESH_SEED"),
                    help="seed for balancer and retry randomness [MESH_SEED]")
+    p.add_argument("--concurrency", type=int, default=env("MESH_CONCURRENCY", "1"),
+                   help="worker processes serving the listeners, as Envoy's worker threads "
+                        "(sidecar/workers.py); 0: one per core this process may use "
+                        "[MESH_CONCURRENCY]")
     p.add_argument("--log-level", default=env("MESH_LOG_LEVEL", "INFO"),
                    help="logging level [MESH_LOG_LEVEL]")
     return p
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.app_protocol not in (None, "h2c", "http1"):  # from the environment: not checked
         p.error(f"MESH_APP_PROTOCOL: want h2c or http1, got {args.app_protocol!r}")
+    if args.concurrency < 0:
+        p.error(f"--concurrency {args.concurrency}: want 0 (one per core) or more")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = SidecarOptions(
@@ -135,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         join_token=os.environ.get("MESH_JOIN_TOKEN", ""),
         join_token_file=args.join_token_file, cert_dir=args.cert_dir,
         static_config=args.static_config,
-        cert=args.cert, key=args.key, ca=args.ca, seed=args.seed)
+        cert=args.cert, key=args.key, ca=args.ca, seed=args.seed,
+        concurrency=args.concurrency or cores_given())
     return run(main_async(options))
 
 

@@ -23,6 +23,13 @@
                        comes from a restarted sidecar, and the reader reads again with no
                        ``after`` (``sidecar/tap.py``)
     GET /ready         200 once the sidecar has a configuration (and is registered), else 503
+
+A sidecar with several workers (``sidecar/workers.py``) has one admin, in its parent, which
+asks every worker and adds their answers up: counters, histograms, requests in flight,
+connections and a breaker's occupancy are summed (so are the breakers' limits: each worker
+holds a share), the latency estimates and costs are the highest a worker has, an endpoint is
+ejected if a worker ejected it, and the tap holds every worker's requests in the order they
+ended. ``/clusters`` says how many workers it added up (``"workers"``).
 """
 
 from __future__ import annotations
@@ -31,11 +38,14 @@ import dataclasses
 import enum
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from mesh.proto.config_pb2 import Cluster
 from sidecar.circuit_breaker import Limit
@@ -44,7 +54,8 @@ from sidecar.cluster_settings import ClusterSettings
 from sidecar.config import LiveConfig
 from sidecar.metrics import MTLS, PLAINTEXT, SidecarMetrics
 from sidecar.retry_budget import ConcurrencyBudget, RateBudget
-from sidecar.tap import DEFAULT_LIMIT
+from sidecar.tap import DEFAULT_LIMIT, Tap
+from sidecar.workers import Workers
 
 
 def _plain(value: Any) -> Any:
@@ -139,20 +150,122 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
         raise web.HTTPBadRequest(text=f"{name} {value!r}: must be an integer\n") from None
 
 
+def metrics_text(config: LiveConfig, metrics: SidecarMetrics) -> bytes:
+    """The Prometheus exposition of ``metrics``, its gauges set from ``config`` now."""
+    metrics.set_endpoints((name, address, endpoint.active, endpoint.latency_estimate())
+                          for name, cluster in config.clusters.items()
+                          for address, endpoint in cluster.balancer.endpoints.items())
+    metrics.set_outbound_connections(outbound_connections(config))
+    return generate_latest(metrics.registry)
+
+
+# -- several workers' answers, added up ------------------------------------------------------
+
+HIGHEST = frozenset({"mesh_sidecar_endpoint_latency_estimate_seconds", "latency_estimate_ms",
+                     "cost", "remaining_s", "ejected_at_s_ago", "times", "weight",
+                     "retry_ratio", "ttl", "budget_percent"})
+"""What is not summed over workers but the highest taken: estimates and costs each worker makes
+of its own calls, how long an ejection lasts, and settings every worker holds alike."""
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def merge_metrics(texts: Sequence[bytes]) -> bytes:
+    """Prometheus expositions (the parent's and every worker's) as one: each series summed,
+    the series in :data:`HIGHEST` and the ``_created`` times (the earliest) excepted."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text.decode()):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                values[family.name] = {}
+            into = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in into:
+                    into[key] = sample.value
+                elif sample.name.endswith("_created"):
+                    into[key] = min(into[key], sample.value)
+                elif family.name in HIGHEST:
+                    into[key] = max(into[key], sample.value)
+                else:
+                    into[key] += sample.value
+    for name, family in families.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families.values()))
+    return generate_latest(registry)
+
+
+def merge_views(views: Sequence[Any], key: str = "") -> Any:
+    """Several workers' ``/clusters`` (or any part of them, found under ``key``) as one: see
+    the module's docstring. Endpoints are matched by address."""
+    present = [v for v in views if v is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, dict):
+        keys = dict.fromkeys(k for view in present for k in view)
+        return {k: merge_views([view.get(k) for view in present], k) for k in keys}
+    if key == "endpoints":
+        by_address: dict[str, list[Any]] = {}
+        for endpoints in present:
+            for endpoint in endpoints:
+                by_address.setdefault(endpoint["address"], []).append(endpoint)
+        return [merge_views(same) for same in by_address.values()]
+    if isinstance(first, bool):
+        return any(present)
+    if isinstance(first, int | float):
+        return max(present) if key in HIGHEST else round(sum(present), 3)
+    return first
+
+
+class GatheredTap:
+    """The workers' taps as one: each read first takes what every worker kept since the last
+    read (all of it from a worker that restarted) into a tap of the parent's own, in the
+    order the requests ended."""
+
+    def __init__(self, tap: Tap, workers: Workers) -> None:
+        self.tap = tap
+        self._workers = workers
+        self._read: dict[int, tuple[str, int]] = {}  # worker → (boot, next) of its last page
+
+    async def gather(self) -> None:
+        pages = await self._workers.ask_each(
+            "tap", lambda index: self._read.get(index, ("", 0)))
+        rows = []
+        for index, page in pages:
+            self._read[index] = (page["boot"], page["next"])
+            rows += page["requests"]
+        for row in sorted(rows, key=lambda r: r["at"]):
+            self.tap.add(row)
+
+
 def make_admin(config: LiveConfig, metrics: SidecarMetrics,
-               ready: Callable[[], tuple[bool, str]]) -> web.Application:
+               ready: Callable[[], tuple[bool, str]], *,
+               workers: Workers | None = None) -> web.Application:
+    """The admin of a sidecar, or of one with ``workers``, whom it asks."""
     routes = web.RouteTableDef()
 
     metrics.set_info(config.service, config.namespace)
+    gathered = GatheredTap(metrics.tap, workers) if workers is not None else None
 
     @routes.get("/metrics")
     async def prometheus(_: web.Request) -> web.Response:
-        metrics.set_endpoints((name, address, endpoint.active, endpoint.latency_estimate())
-                              for name, cluster in config.clusters.items()
-                              for address, endpoint in cluster.balancer.endpoints.items())
-        metrics.set_outbound_connections(outbound_connections(config))
-        return web.Response(body=generate_latest(metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        if workers is None:
+            body = metrics_text(config, metrics)
+        else:  # the parent's own (discovery's updates, info) beside its workers' traffic
+            body = merge_metrics([generate_latest(metrics.registry),
+                                  *await workers.ask("metrics")])
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @routes.get("/config_dump")
     async def config_dump(_: web.Request) -> web.Response:
@@ -164,10 +277,18 @@ def make_admin(config: LiveConfig, metrics: SidecarMetrics,
 
     @routes.get("/clusters")
     async def clusters(_: web.Request) -> web.Response:
-        return web.json_response(clusters_view(config))
+        if workers is None:
+            return web.json_response(clusters_view(config))
+        views = await workers.ask("clusters")
+        merged = merge_views(views) or {}
+        for view in merged.values():
+            view["workers"] = len(views)
+        return web.json_response(merged)
 
     @routes.get("/tap")
     async def tap(request: web.Request) -> web.Response:
+        if gathered is not None:
+            await gathered.gather()
         try:
             page = metrics.tap.since(_query_int(request, "after", 0),
                                      _query_int(request, "limit", DEFAULT_LIMIT))

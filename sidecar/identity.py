@@ -128,11 +128,14 @@ class Rotation:
 
     def __init__(self, host: str, port: int, files: CertificateFiles,
                  contexts: list[ssl.SSLContext], *,
-                 address: Callable[[], tuple[str, int]] | None = None) -> None:
+                 address: Callable[[], tuple[str, int]] | None = None,
+                 renewed: Callable[[], None] | None = None) -> None:
         """``address``, if given, says which control-plane replica to renew at, each time
-        (the one the sidecar talks to now); else always ``host:port``."""
+        (the one the sidecar talks to now); else always ``host:port``. ``renewed`` is called
+        after each renewal (the sidecar's workers load the new files)."""
         self.host, self.port = host, port
         self._address = address
+        self._renewed = renewed
         self.files = files
         self.contexts = contexts
         self.renewals = 0
@@ -165,5 +168,7 @@ class Rotation:
             await channel.close()
         for context in self.contexts:
             context.load_cert_chain(self.files.cert, self.files.key)
+        if self._renewed is not None:
+            self._renewed()
         self.renewals += 1
         log.info("certificate renewed (until %s)", self.files.not_after().isoformat())

@@ -6,6 +6,9 @@
 
 With a control plane the sidecar joins with a join token, registers its endpoint, and takes
 its configuration from the discovery stream; without one it reads a static file.
+
+With ``concurrency`` above 1 this process is the parent of that many workers, which serve the
+listeners (``sidecar/workers.py``); it keeps the identity, discovery and the admin.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import functools
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +49,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.outbound import Outbound
 from sidecar.pool import ConnectionPool
 from sidecar.registration import Registration, published_admin_port
+from sidecar.workers import Workers, listening_socket, reserve_port, with_ports
 
 log = logging.getLogger("sidecar")
 
@@ -72,10 +77,12 @@ class SidecarOptions:
     key: Path | None = None
     ca: Path | None = None
     seed: int | None = None
+    concurrency: int = 1  # worker processes serving the listeners; 1: this process serves
 
 
 class Sidecar:
-    """One sidecar; ``await start()``, then ``await stop()``."""
+    """One sidecar; ``await start()``, then ``await stop()``. A worker of a sidecar (see
+    ``sidecar/workers.py``) is one too, started with ``start_worker()`` instead."""
 
     def __init__(self, options: SidecarOptions) -> None:
         self.options = options
@@ -101,6 +108,8 @@ class Sidecar:
         self._h1: web.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.control_planes: ControlPlanes | None = None
+        self.workers: Workers | None = None
+        self._reserved: list[socket.socket] = []  # the listeners' ports, while workers serve
 
     # -- start -------------------------------------------------------------------------------
 
@@ -108,8 +117,7 @@ class Sidecar:
         o = self.options
         await self._identity()
         assert self.files is not None
-        self.server_tls = server_context(self.files.cert, self.files.key, self.files.ca)
-        self.client_tls = client_context(self.files.cert, self.files.key, self.files.ca)
+        self._contexts()
         identity = self.files.identity()
         if o.static_config is not None:
             for type_url, resources in static_config.load(o.static_config):
@@ -118,26 +126,82 @@ class Sidecar:
                 except ValueError as error:
                     raise ValueError(f"{o.static_config}: {error}") from None
             self.static_loaded = True
+        if o.concurrency > 1:
+            await self._start_workers()
         # The admin first: registration publishes its port (sidecar/registration.py).
-        self._admin = web.AppRunner(make_admin(self.config, self.metrics, self.ready),
-                                    access_log=None)
+        self._admin = web.AppRunner(make_admin(self.config, self.metrics, self.ready,
+                                               workers=self.workers), access_log=None)
         await self._admin.setup()
         await web.TCPSite(self._admin, *o.admin).start()
         if o.control_plane:
             self._join(identity)
+        if self.workers is None:
+            await self._serve(identity)
+        log.info("sidecar for %s (%s): outbound %s:%d, inbound %s:%d (mTLS), admin %s:%d%s",
+                 o.service, identity, *self.options.outbound, *self.options.inbound, *o.admin,
+                 f", {o.concurrency} workers" if self.workers else "")
+
+    async def start_worker(self) -> None:
+        """Serve the listeners as one of the sidecar's workers: with the certificate files its
+        parent keeps, and the configuration its parent sends (``sidecar/worker.py``)."""
+        await self._identity(worker=True)
+        assert self.files is not None
+        self._contexts()
+        await self._serve(self.files.identity(), reuse_port=True)
+
+    def _contexts(self) -> None:
+        assert self.files is not None
+        self.server_tls = server_context(self.files.cert, self.files.key, self.files.ca)
+        self.client_tls = client_context(self.files.cert, self.files.key, self.files.ca)
+
+    def reload_certificates(self) -> None:
+        """Load the certificate files again into the live contexts (a worker, after its parent
+        renewed them)."""
+        assert self.files is not None
+        for context in (self.server_tls, self.client_tls):
+            if context is not None:
+                context.load_cert_chain(self.files.cert, self.files.key)
+
+    async def _start_workers(self) -> None:
+        """Reserve the listeners' ports, start the workers on them, and hand them the
+        configuration held so far (a static file's)."""
+        o = self.options
+        outbound_sock, outbound = reserve_port(o.outbound)
+        self._reserved.append(outbound_sock)
+        inbound_sock, inbound = reserve_port(o.inbound)
+        self._reserved.append(inbound_sock)
+        self.options = with_ports(o, outbound, inbound)
+        self.workers = Workers(o.concurrency, self.options)
+        try:
+            await self.workers.start()
+        except Exception as error:
+            self.workers = None
+            raise OSError(f"workers: {error}") from None
+        for type_url, resources in self.config.raw.items():
+            self.workers.apply(type_url, resources)
+
+    async def _serve(self, identity: SpiffeId, *, reuse_port: bool = False) -> None:
+        """Listen (inbound, outbound) and serve: this process is the sidecar, or one of its
+        workers (``reuse_port``: beside the others, on the same ports)."""
+        o = self.options
         # Both are lazy: only the one the service declares ever connects.
         self.h2c_app = ConnectionPool(*o.app, ssl=None)
         self.http1_app = Http1App(*o.app)
         inbound = Inbound(self.config, self.metrics, h2c=self.h2c_app, http1=self.http1_app,
                           protocol=APP_PROTOCOLS[o.app_protocol] if o.app_protocol else None,
                           own_id=identity, clock=self.clock)
-        self._inbound = await serve(inbound.handle, *o.inbound, ssl=self.server_tls)
-        await self._listen_outbound()
+        if reuse_port:
+            self._inbound = Server(inbound.handle, clock=self.clock)
+            await self._inbound.start(*o.inbound, ssl=self.server_tls,
+                                      sock=listening_socket(o.inbound))
+        else:
+            self._inbound = await serve(inbound.handle, *o.inbound, ssl=self.server_tls)
+        await self._listen_outbound(reuse_port)
         self._tasks.append(asyncio.create_task(self._tick()))
-        log.info("sidecar for %s (%s): outbound %s:%d, inbound %s:%d (mTLS), admin %s:%d",
-                 o.service, identity, *o.outbound, *o.inbound, *o.admin)
 
-    async def _identity(self) -> None:
+    async def _identity(self, *, worker: bool = False) -> None:
+        """The certificate files: given (static), kept in ``cert_dir``, or obtained now with
+        the join token; a worker only reads those its parent keeps."""
         o = self.options
         if not o.control_plane:
             if o.cert is None or o.key is None or o.ca is None:
@@ -146,7 +210,7 @@ class Sidecar:
             return
         files = CertificateFiles(o.cert_dir / "cert.pem", o.cert_dir / "key.pem",
                                  o.cert_dir / "ca.pem")
-        if not files.cert.exists():
+        if not files.cert.exists() and not worker:
             token = o.join_token
             if o.join_token_file is not None:
                 try:
@@ -195,7 +259,9 @@ class Sidecar:
         self.discovery = DiscoveryClient(planes, node, self._apply, backoff=backoff)
         self.rotation = Rotation(*planes.address, self.files,
                                  [self.server_tls, self.client_tls],
-                                 address=lambda: planes.address)
+                                 address=lambda: planes.address,
+                                 renewed=self.workers.reload_certificates if self.workers
+                                 else None)
         for job in (self.registration.run(), self.discovery.run(), self.rotation.run()):
             self._tasks.append(asyncio.create_task(job))
 
@@ -206,8 +272,10 @@ class Sidecar:
             self.metrics.config_updates.labels(short_name(type_url), "nack").inc()
             raise
         self.metrics.config_updates.labels(short_name(type_url), "ack").inc()
+        if self.workers is not None:
+            self.workers.apply(type_url, resources)
 
-    async def _listen_outbound(self) -> None:
+    async def _listen_outbound(self, reuse_port: bool) -> None:
         loop = asyncio.get_running_loop()
 
         async def http1(request: web.BaseRequest) -> web.StreamResponse:
@@ -222,8 +290,12 @@ class Sidecar:
         def http2() -> Http2Connection:
             return Http2Connection(client_side=False, handler=self.outbound.handle)
 
-        server = await loop.create_server(lambda: Sniffer(http2, h1), *self.options.outbound,
-                                          reuse_address=True)
+        if reuse_port:
+            server = await loop.create_server(lambda: Sniffer(http2, h1),
+                                              sock=listening_socket(self.options.outbound))
+        else:
+            server = await loop.create_server(lambda: Sniffer(http2, h1),
+                                              *self.options.outbound, reuse_address=True)
         self._servers.append(server)
 
     def ready(self) -> tuple[bool, str]:
@@ -254,6 +326,10 @@ class Sidecar:
                             "this instance until its lease lapses", error)
         for task in self._tasks:
             task.cancel()
+        if self.workers is not None:
+            await self.workers.stop(grace)
+        for sock in self._reserved:
+            sock.close()
         for server in self._servers:
             server.close()
         if self._h1 is not None:

@@ -28,7 +28,7 @@ import itertools
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,13 @@ class Tap:
         self._seq += 1
         self._ring.append((self._seq, self._wall(), cluster, authority, method, path, status,
                            latency, retries, hedges))
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Keep a request another tap kept (a row of its page: a worker's), numbered here."""
+        self._seq += 1
+        self._ring.append((self._seq, row["at"], row["cluster"], row["authority"],
+                           row["method"], row["path"], row["status"],
+                           row["latency_ms"] / 1000, row["retries"], row["hedges"]))
 
     def since(self, after: int = 0, limit: int = DEFAULT_LIMIT) -> TapPage:
         """The requests numbered after ``after`` (0: every one held), at most the newest
