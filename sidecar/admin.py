@@ -29,7 +29,8 @@ asks every worker and adds their answers up: counters, histograms, requests in f
 connections and a breaker's occupancy are summed (so are the breakers' limits: each worker
 holds a share), the latency estimates and costs are the highest a worker has, an endpoint is
 ejected if a worker ejected it, and the tap holds every worker's requests in the order they
-ended. ``/clusters`` says how many workers it added up (``"workers"``).
+ended. ``/clusters`` says how many workers it added up (``"workers"``); ``/clusters?worker=N``
+is worker N's alone (0 to N - 1).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from sidecar.config import LiveConfig
 from sidecar.metrics import MTLS, PLAINTEXT, SidecarMetrics
 from sidecar.retry_budget import ConcurrencyBudget, RateBudget
 from sidecar.tap import DEFAULT_LIMIT, Tap
-from sidecar.workers import Workers
+from sidecar.workers import WorkerError, Workers
 
 
 def _plain(value: Any) -> Any:
@@ -276,9 +277,18 @@ def make_admin(config: LiveConfig, metrics: SidecarMetrics,
                             content_type="application/json")
 
     @routes.get("/clusters")
-    async def clusters(_: web.Request) -> web.Response:
+    async def clusters(request: web.Request) -> web.Response:
         if workers is None:
             return web.json_response(clusters_view(config))
+        if "worker" in request.query:
+            index = _query_int(request, "worker", 0)
+            if not 0 <= index < len(workers.workers):
+                raise web.HTTPBadRequest(text=f"worker {index}: this sidecar has workers 0 to "
+                                              f"{len(workers.workers) - 1}\n")
+            try:
+                return web.json_response(await workers.workers[index].ask("clusters"))
+            except WorkerError as error:
+                raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
         views = await workers.ask("clusters")
         merged = merge_views(views) or {}
         for view in merged.values():

@@ -3,7 +3,10 @@ parent process with FD its end of their socketpair (``sidecar/workers.py``).
 
 It serves the listeners with its own share of the policy's limits, and answers its parent:
 
-    ("start", options, index, count)   bind the listeners (SO_REUSEPORT) and serve
+    ("start", options, index, count, in_force)
+                                       bind the listeners (SO_REUSEPORT), install the
+                                       configuration in force (a list of "apply" requests:
+                                       a worker started again), and serve
     ("apply", type_url, resources)     install an update the parent accepted (its share)
     ("certificates",)                  load the certificate files the parent renewed
     ("metrics",)                       this worker's Prometheus exposition
@@ -65,18 +68,20 @@ class WorkerSide:
 
 async def serve(fd: int) -> int:
     link = await Link.over(socket.socket(fileno=fd))
-    op, options, index, count = await link.receive()
+    op, options, index, count, in_force = await link.receive()
     assert op == "start", op
     sidecar = Sidecar(dataclasses.replace(options, concurrency=1))
+    side = WorkerSide(sidecar, count)
     try:
         await sidecar.start_worker()
+        for request in in_force:
+            side.answer(*request)
     except (ValueError, OSError) as error:
         link.send(("error", str(error)))
         await sidecar.stop(0)
         return 2
     link.send(("ok", os.getpid()))
     tune_gc()
-    side = WorkerSide(sidecar, count)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the parent's to handle

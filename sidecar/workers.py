@@ -178,8 +178,8 @@ class Worker:
         self._reading: asyncio.Task[None] | None = None
 
     async def start(self, replay: Sequence[tuple[Any, ...]]) -> None:
-        """Start the process, send it its options, wait until it listens, then send it
-        ``replay`` (the configuration and certificates in force) before anything else."""
+        """Start the process, send it its options and ``replay`` (the configuration in force,
+        which it installs before it answers anything), and wait until it listens."""
         parent_end, child_end = socket.socketpair()
         try:
             self.process = await asyncio.create_subprocess_exec(
@@ -190,23 +190,21 @@ class Worker:
         finally:
             child_end.close()
         self._link = await Link.over(parent_end)
-        self._waiting.clear()
-        self._reading = asyncio.create_task(self._read(self._link))
+        self._waiting = deque()  # the last link's, if any, are failed by its own reader
+        self._reading = asyncio.create_task(self._read(self._link, self._waiting))
         self.starts += 1
         try:
-            await asyncio.wait_for(self.ask("start", self.options, self.index, self.count),
-                                   START_TIMEOUT)
+            await asyncio.wait_for(self.ask("start", self.options, self.index, self.count,
+                                            list(replay)), START_TIMEOUT)
         except (WorkerError, TimeoutError) as error:
             await self.kill()
             raise WorkerError(f"worker {self.index} did not start: {error}") from None
-        for message in replay:
-            self.tell(*message)
 
-    async def _read(self, link: Link) -> None:
+    async def _read(self, link: Link, waiting: deque[asyncio.Future[Any]]) -> None:
         try:
             while True:
                 outcome, value = await link.receive()
-                waiter = self._waiting.popleft()
+                waiter = waiting.popleft()
                 if not waiter.done():
                     if outcome == "ok":
                         waiter.set_result(value)
@@ -215,8 +213,8 @@ class Worker:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            while self._waiting:
-                waiter = self._waiting.popleft()
+            while waiting:
+                waiter = waiting.popleft()
                 if not waiter.done():
                     waiter.set_exception(WorkerError(f"worker {self.index} is gone"))
 
