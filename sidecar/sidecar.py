@@ -49,7 +49,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.outbound import Outbound
 from sidecar.pool import ConnectionPool
 from sidecar.registration import Registration, published_admin_port
-from sidecar.workers import Workers, listening_socket, reserve_port, with_ports
+from sidecar.workers import WorkerError, Workers, listening_socket, reserve_port, with_ports
 
 log = logging.getLogger("sidecar")
 
@@ -171,14 +171,14 @@ class Sidecar:
         inbound_sock, inbound = reserve_port(o.inbound)
         self._reserved.append(inbound_sock)
         self.options = with_ports(o, outbound, inbound)
-        self.workers = Workers(o.concurrency, self.options)
-        try:
-            await self.workers.start()
-        except Exception as error:
-            self.workers = None
-            raise OSError(f"workers: {error}") from None
+        workers = Workers(o.concurrency, self.options)
         for type_url, resources in self.config.raw.items():
-            self.workers.apply(type_url, resources)
+            workers.apply(type_url, resources)
+        try:
+            await workers.start()
+        except WorkerError as error:
+            raise OSError(str(error)) from None
+        self.workers = workers
 
     async def _serve(self, identity: SpiffeId, *, reuse_port: bool = False) -> None:
         """Listen (inbound, outbound) and serve: this process is the sidecar, or one of its
@@ -306,6 +306,8 @@ class Sidecar:
             return False, "not registered with the control plane yet"
         if self.discovery is None and not self.static_loaded:
             return False, "no configuration"
+        if self.workers is not None and not self.workers.running():
+            return False, "no worker is running"
         return True, "ready"
 
     async def _tick(self) -> None:

@@ -177,9 +177,12 @@ class Worker:
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._reading: asyncio.Task[None] | None = None
 
-    async def start(self, replay: Sequence[tuple[Any, ...]]) -> None:
-        """Start the process, send it its options and ``replay`` (the configuration in force,
-        which it installs before it answers anything), and wait until it listens."""
+    async def start(self, in_force: Callable[[], list[tuple[Any, ...]]] = list) -> None:
+        """Start the process, send it its options and ``in_force()`` (the configuration in
+        force, which it installs before it answers anything), and wait until it listens.
+
+        ``in_force`` is read when the request goes out: an update that comes while the
+        process starts is either in it or sent after it, never lost in between."""
         parent_end, child_end = socket.socketpair()
         try:
             self.process = await asyncio.create_subprocess_exec(
@@ -195,7 +198,7 @@ class Worker:
         self.starts += 1
         try:
             await asyncio.wait_for(self.ask("start", self.options, self.index, self.count,
-                                            list(replay)), START_TIMEOUT)
+                                            in_force()), START_TIMEOUT)
         except (WorkerError, TimeoutError) as error:
             await self.kill()
             raise WorkerError(f"worker {self.index} did not start: {error}") from None
@@ -284,7 +287,7 @@ class Workers:
         """Start every worker; raise :class:`WorkerError` (and stop those started) if one
         cannot start."""
         try:
-            await asyncio.gather(*(worker.start([]) for worker in self.workers))
+            await asyncio.gather(*(worker.start(self._replay) for worker in self.workers))
         except WorkerError:
             await self.stop(0)
             raise
@@ -301,16 +304,26 @@ class Workers:
                       worker.process.pid, code)
             await asyncio.sleep(RESTART_DELAY)
             try:
-                await worker.start(list(self._in_force.values()))
+                await worker.start(self._replay)
             except WorkerError as error:
                 log.error("%s", error)
 
+    def _replay(self) -> list[tuple[Any, ...]]:
+        return list(self._in_force.values())
+
+    def running(self) -> int:
+        """How many workers are running now."""
+        return sum(1 for w in self.workers
+                   if w.process is not None and w.process.returncode is None)
+
     def apply(self, type_url: str, resources: Sequence[Message]) -> None:
-        """Hand an update the parent accepted to every worker (in order, without waiting)."""
+        """Hand an update the parent accepted to every worker (in order, without waiting); a
+        worker not started yet gets it with its start."""
         message = ("apply", type_url, list(resources))
         self._in_force[type_url] = message
         for worker in self.workers:
-            worker.tell(*message)
+            if worker.process is not None:  # else it is sent with the worker's start
+                worker.tell(*message)
 
     def reload_certificates(self) -> None:
         """Every worker loads the certificate files again (the parent renewed them)."""
@@ -350,9 +363,10 @@ def reserve_port(address: Address) -> tuple[socket.socket, Address]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-    except OSError:
+    except OSError as error:
         sock.close()
-        raise
+        raise OSError(f"cannot listen on {address[0]}:{address[1]}: {error.strerror}"
+                      ) from None
     return sock, (address[0], sock.getsockname()[1])
 
 

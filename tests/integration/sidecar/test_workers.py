@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,23 @@ async def test_a_parent_stopped_stops_its_workers_and_a_parent_killed_leaves_non
         killed.process.wait(5)
         await until(lambda: not any(running(pid) for pid in pids),
                     "the orphaned workers to stop by themselves", timeout=15)
+
+
+BUSY_HOST = "127.0.20.44"
+
+
+async def test_a_port_taken_is_named_at_start(mesh: Mesh, tmp_path: Path) -> None:
+    taken = socket.create_server((BUSY_HOST, OUTBOUND))  # no SO_REUSEPORT: not shareable
+    try:
+        sidecar = static_sidecar("busy", BUSY_HOST, "client", client_config(), mesh.pki,
+                                 tmp_path, "--concurrency", "2")
+        with stopping([sidecar]):
+            code = await asyncio.to_thread(sidecar.process.wait, 20)
+    finally:
+        taken.close()
+    assert code == 2, sidecar.log_text()
+    assert f"sidecar: cannot listen on {BUSY_HOST}:{OUTBOUND}: Address already in use" in \
+        sidecar.log_text()
 
 
 # -- with a control plane -----------------------------------------------------------------------
