@@ -383,7 +383,7 @@ class Http2Connection(asyncio.Protocol):
     # -- what streams ask of the connection (StreamOwner) ------------------------------------
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        self._h2.send_headers(stream_id, fields.for_sending(headers), end_stream=end_stream)
+        self._h2.send_block(stream_id, fields.for_sending(headers), end_stream)
         self._unflushed_blocks += 1
         if self._unflushed_blocks >= _BATCH_BLOCKS or (end_stream and self._alone(stream_id)):
             self._flush()

@@ -33,16 +33,23 @@ if NAME not in ENGINES:
     raise ImportError(f"MESH_HTTP2_ENGINE={NAME!r}: want one of {', '.join(ENGINES)}")
 
 if TYPE_CHECKING or NAME == "h2":
-    from h2 import config, connection, errors, events, exceptions, frame_buffer, settings
+    from h2 import config, connection, errors, events, exceptions, frame_buffer, settings, stream
     from hpack import struct
     from hyperframe import frame
 else:  # the same modules, under jh2 (HPACK and hyperframe inside it)
-    from jh2 import config, connection, errors, events, exceptions, frame_buffer, settings
+    from jh2 import config, connection, errors, events, exceptions, frame_buffer, settings, stream
     from jh2.hpack import struct
     from jh2.hyperframe import frame
 
+ENCODES_TRIPLES: bool = getattr(stream, "ALTERNATIVE_HPACK", False)
+"""True when the HPACK encoder is jh2's native one, which takes ``(name, value, never
+indexed)`` triples of bytes; h2's (and jh2's pure-Python fallback) take pairs and
+``NeverIndexedHeaderTuple``."""
+
 # One name a line: a plain assignment is what type checkers read as an alias of the class.
 H2Configuration = config.H2Configuration
+AllowedStreamIDs = connection.AllowedStreamIDs
+ConnectionInputs = connection.ConnectionInputs
 ConnectionState = connection.ConnectionState
 H2Connection = connection.H2Connection
 ErrorCodes = errors.ErrorCodes
@@ -68,6 +75,7 @@ CONTINUATION_BACKLOG = frame_buffer.CONTINUATION_BACKLOG
 FrameBuffer = frame_buffer.FrameBuffer
 SettingCodes = settings.SettingCodes
 Settings = settings.Settings
+StreamInputs = stream.StreamInputs
 HeaderTuple = struct.HeaderTuple
 NeverIndexedHeaderTuple = struct.NeverIndexedHeaderTuple
 ContinuationFrame = frame.ContinuationFrame
@@ -79,7 +87,10 @@ RstStreamFrame = frame.RstStreamFrame
 
 __all__ = [
     "CONTINUATION_BACKLOG",
+    "ENCODES_TRIPLES",
     "NAME",
+    "AllowedStreamIDs",
+    "ConnectionInputs",
     "ConnectionState",
     "ConnectionTerminated",
     "ContinuationFrame",
@@ -109,6 +120,7 @@ __all__ = [
     "StreamClosedError",
     "StreamEnded",
     "StreamIDTooLowError",
+    "StreamInputs",
     "StreamReset",
     "TooManyStreamsError",
     "TrailersReceived",

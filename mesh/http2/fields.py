@@ -30,7 +30,8 @@ rules in one loop with two regular expressions take about a fifth of that.
 Blocks the mesh sends go through :func:`for_sending`: names lowercased, values stripped of
 surrounding whitespace, connection-specific fields dropped, and credentials (``authorization``,
 ``proxy-authorization``, short cookies) marked never-indexed, so HPACK keeps them out of its
-tables (RFC 7541 §7.1.3) — what ``h2``'s outbound normalization does. Its second pass, checking
+tables (RFC 7541 §7.1.3) — what ``h2``'s outbound normalization does — and encoded as bytes,
+the form the HPACK encoder takes. Its second pass, checking
 the pseudo-header fields of what we send, is left out: the mesh builds those itself, from
 blocks checked on the way in.
 """
@@ -40,7 +41,6 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-from mesh.http2.engine import HeaderTuple, NeverIndexedHeaderTuple
 from mesh.http2.stream import Headers
 
 # A name: an optional leading colon (pseudo-header fields), then 0x21–0x7e without A–Z or ':'.
@@ -187,16 +187,18 @@ def _check_response(pseudo: dict[str, str]) -> None:
         raise MalformedHeaders(f"response with {', '.join(extra)}")
 
 
-def for_sending(headers: Headers) -> list[HeaderTuple | tuple[str, str]]:
-    """A header block ready for ``h2``'s encoder: lowercase names, no connection-specific
-    fields, credentials never indexed."""
-    fields: list[HeaderTuple | tuple[str, str]] = []
+Field = tuple[bytes, bytes, bool]
+"""A field ready for HPACK: name, value, and whether it must never be indexed."""
+
+
+def for_sending(headers: Headers) -> list[Field]:
+    """A header block ready for HPACK (:meth:`~mesh.http2.h2_state.MeshH2Connection.
+    send_block`): lowercase names, no connection-specific fields, credentials never indexed."""
+    fields: list[Field] = []
     for name, value in headers:
         name, value = name.lower(), value.strip(" \t")
         if name in CONNECTION_SPECIFIC:
             continue
-        if name in _NEVER_INDEXED or (name == "cookie" and len(value) < _SHORT_COOKIE):
-            fields.append(NeverIndexedHeaderTuple(name, value))
-        else:
-            fields.append((name, value))
+        hidden = name in _NEVER_INDEXED or (name == "cookie" and len(value) < _SHORT_COOKIE)
+        fields.append((name.encode(), value.encode(), hidden))
     return fields

@@ -1,5 +1,6 @@
 """``MeshH2Connection``: its ``_receive_frame`` is the engine's own less one line (kept so as
-h2 changes), and each call parses no more frames than its budget."""
+h2 changes), each call parses no more frames than its budget, and a block sent with
+``send_block`` leaves what h2's ``send_headers`` would."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from mesh.http2.engine import (
     StreamEnded,
     TooManyStreamsError,
 )
+from mesh.http2.fields import for_sending
 from mesh.http2.h2_state import PURGE_SLACK, MeshH2Connection
 from tests.unit.mesh.http2.wire import PREFACE
 
@@ -101,18 +103,23 @@ def client(max_concurrent_streams: int) -> MeshH2Connection:
     return conn
 
 
-def test_opening_a_stream_walks_the_streams_only_now_and_then_and_purges_the_closed() -> None:
-    # Adjustment 5: a thousand streams opened and ended one after another, three always open.
-    conn = client(max_concurrent_streams=100)
-    walks = 0
+def counting_walks(conn: MeshH2Connection) -> list[int]:
+    """From now on, count h2's walks over every stream of ``conn`` in the list returned."""
+    walks = [0]
     walk = conn._open_streams
 
     def counted(remainder: int) -> int:
-        nonlocal walks
-        walks += 1
+        walks[0] += 1
         return walk(remainder)
 
     conn._open_streams = counted  # type: ignore[method-assign]
+    return walks
+
+
+def test_opening_a_stream_walks_the_streams_only_now_and_then_and_purges_the_closed() -> None:
+    # Adjustment 5: a thousand streams opened and ended one after another, three always open.
+    conn = client(max_concurrent_streams=100)
+    walks = counting_walks(conn)
     held = []
     for n in range(1000):
         stream_id = conn.get_next_available_stream_id()
@@ -120,7 +127,7 @@ def test_opening_a_stream_walks_the_streams_only_now_and_then_and_purges_the_clo
         if n >= 3:  # the oldest of the three open ones is answered: closed
             conn.reset_stream(stream_id - 6)
         held.append(len(conn.streams))
-    assert walks < 100  # h2 walks on every one of the 1,000
+    assert walks[0] < 100  # h2 walks on every one of the 1,000
     assert max(held) <= 2 * 4 + PURGE_SLACK + 1  # the closed ones do not pile up
 
 
@@ -135,3 +142,97 @@ def test_the_limit_on_open_streams_holds_exactly() -> None:
         conn.send_headers(conn.get_next_available_stream_id(), REQUEST, end_stream=True)
     conn.reset_stream(ids[0])  # one ends: one more may open
     conn.send_headers(conn.get_next_available_stream_id(), REQUEST, end_stream=True)
+
+
+# -- adjustment 6: header blocks sent without frame objects ---------------------------------
+
+def mesh_config(*, client_side: bool) -> H2Configuration:
+    """The configuration mesh.http2.connection gives h2."""
+    return H2Configuration(client_side=client_side, header_encoding=None,
+                           validate_inbound_headers=False, normalize_inbound_headers=False,
+                           validate_outbound_headers=False, normalize_outbound_headers=False)
+
+
+class Twins:
+    """The same side of a connection twice: ``mesh`` sends blocks with ``send_block``, ``h2``
+    is the engine's own connection sending them with ``send_headers``; every step must leave
+    the same bytes to send, stream states and errors on both."""
+
+    def __init__(self, *, client_side: bool) -> None:
+        self.mesh = MeshH2Connection(mesh_config(client_side=client_side),
+                                     max_header_block_size=1 << 20)
+        self.h2 = engine.H2Connection(mesh_config(client_side=client_side))
+        for conn in (self.mesh, self.h2):
+            conn.initiate_connection()
+        self.preface = self.mesh.data_to_send()
+        assert self.preface == self.h2.data_to_send()
+
+    def receive(self, data: bytes) -> None:
+        self.mesh.incoming_buffer.budget = 1000
+        assert [type(event) for event in self.mesh.receive_data(data)] == \
+            [type(event) for event in self.h2.receive_data(data)]
+        assert self.mesh.data_to_send() == self.h2.data_to_send()
+
+    def send(self, stream_id: int, headers: list[tuple[str, str]], *,
+             end_stream: bool = False) -> bytes:
+        outcomes = []
+        block = for_sending(headers)
+        pairs = [engine.NeverIndexedHeaderTuple(name, value) if hidden else (name, value)
+                 for name, value, hidden in block]
+        for send in (lambda: self.mesh.send_block(stream_id, block, end_stream),
+                     lambda: self.h2.send_headers(stream_id, pairs, end_stream=end_stream)):
+            try:
+                send()
+            except Exception as error:  # compared below, whatever it is
+                outcomes.append(f"{type(error).__name__}: {error}")
+        assert len(outcomes) in (0, 2), outcomes
+        assert outcomes[:1] == outcomes[1:], outcomes
+        sent = self.mesh.data_to_send()
+        assert sent == self.h2.data_to_send()
+        for conn in (self.mesh, self.h2):
+            assert conn.state_machine.state == self.h2.state_machine.state
+        if stream_id in self.h2.streams:
+            ours, theirs = self.mesh.streams[stream_id], self.h2.streams[stream_id]
+            assert ours.state_machine.state == theirs.state_machine.state
+            assert ours.request_method == theirs.request_method
+            assert ours._authority == theirs._authority
+        return sent
+
+
+def test_a_block_sent_without_frame_objects_is_what_h2_sends() -> None:
+    client, server = Twins(client_side=True), Twins(client_side=False)
+    server.receive(client.preface)
+    client.receive(server.preface)
+    big = ("x-big", "b" * 40_000)  # past the 16 KiB frame size: HEADERS + 2 CONTINUATION
+    requests = [
+        (1, [*REQUEST, ("authorization", "Bearer abc"), ("X-Trace", " 1 ")], True),
+        (3, [*REQUEST, big], False),
+        (5, [(":method", "HEAD"), (":scheme", "http"), ("host", "test"), (":path", "/")], True),
+    ]
+    for stream_id, headers, end_stream in requests:
+        server.receive(client.send(stream_id, headers, end_stream=end_stream))
+    server.receive(client.send(3, [("grpc-status", "0")], end_stream=True))  # trailers
+    answers = [(1, [(":status", "103"), ("link", "</a>")], False),
+               (1, [(":status", "200"), big], False),
+               (1, [("grpc-status", "0")], True),
+               (5, [(":status", "200"), ("set-cookie", "id=1")], True),
+               (3, [(":status", "204")], False)]
+    for stream_id, headers, end_stream in answers:
+        client.receive(server.send(stream_id, headers, end_stream=end_stream))
+    # And the errors, each closing its stream (the HPACK contexts part too: nothing is
+    # received after them).
+    client.send(3, [("x-more", "1")], end_stream=True)  # nothing after trailers
+    client.send(1, [("x-more", "1")])  # nor after the request ended
+    client.send(2, REQUEST)  # a client opens odd streams
+    server.send(7, [(":status", "200")], end_stream=True)  # a stream the client never opened
+    server.send(3, [("x-late", "1")])  # trailers without END_STREAM
+    server.receive(client.send(9, REQUEST))
+    server.send(9, [(":status", "100")], end_stream=True)  # END_STREAM on an informational
+
+
+def test_a_block_opens_no_stream_past_the_limit() -> None:
+    conn = client(max_concurrent_streams=1)
+    conn.send_block(1, for_sending(REQUEST), end_stream=True)
+    with pytest.raises(TooManyStreamsError, match="Max outbound streams is 1, 1 open"):
+        conn.send_block(3, for_sending(REQUEST), end_stream=True)
+
