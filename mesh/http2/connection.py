@@ -445,6 +445,7 @@ class Http2Connection(asyncio.Protocol):
     def stream_closed(self, stream: Stream) -> None:
         if self.streams.pop(stream.id, None) is None:
             return
+        self._h2.forget(stream.id)
         if self.client_side:
             self._wake_slot_waiters()
         if not self.streams:

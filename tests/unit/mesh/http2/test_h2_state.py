@@ -236,3 +236,24 @@ def test_a_block_opens_no_stream_past_the_limit() -> None:
     with pytest.raises(TooManyStreamsError, match="Max outbound streams is 1, 1 open"):
         conn.send_block(3, for_sending(REQUEST), end_stream=True)
 
+
+def test_a_stream_forgotten_once_closed_spares_the_walks_near_the_limit() -> None:
+    # 250 streams always open under a limit of 256 (the sidecar pair with 1,000 in flight):
+    # without forget, the closed ones push the number held past the limit, and every stream
+    # opened walks them all.
+    conn = client(max_concurrent_streams=256)
+    walks = counting_walks(conn)
+    opened = []
+    for n in range(1000):
+        stream_id = conn.get_next_available_stream_id()
+        conn.send_block(stream_id, for_sending(REQUEST), end_stream=True)
+        opened.append(stream_id)
+        if n >= 250:  # the oldest one is answered: closed, and forgotten
+            oldest = opened.pop(0)
+            conn.reset_stream(oldest)
+            conn.forget(oldest)
+    assert walks[0] < 10
+    assert len(conn.streams) == 250
+    conn.forget(opened[0])  # still open: kept
+    assert opened[0] in conn.streams
+    assert conn._stream_is_closed_by_reset(1)  # what h2 answers frames on it by, as after a walk
