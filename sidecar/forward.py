@@ -13,16 +13,61 @@ would build, send, parse and dispatch again at every hop (``bench/sidecar_pair.p
 *Local replies* are answers the sidecar gives itself (no route, no endpoint, overload,
 deadline): an HTTP status with a plain-text reason, or for gRPC a trailers-only response with
 the matching status — never a hang.
+
+A call's timeout (:class:`CallTimeout`) bounds the whole exchange at either hop.
 """
 
 from __future__ import annotations
 
+import asyncio
+from types import TracebackType
 from typing import Protocol
 
 from mesh.grpc import StatusCode
 from mesh.grpc.status import quote_message
 from mesh.http2 import Headers
 from sidecar import headers as mesh_headers
+
+
+class CallTimeout:
+    """``asyncio.timeout`` for the task that serves a call, for less work per call.
+
+    ``with CallTimeout(seconds):`` cancels the task after ``seconds`` (None: never) and turns
+    that cancellation, and only that one, into :class:`TimeoutError` on the way out — what
+    ``asyncio.timeout`` does, less what a call never needs: an ``async with``, a timer that
+    can be rescheduled, and the state machine that goes with it. Every request arms one at each
+    hop (the caller's deadline travels with the call), and they cost 2 to 3 µs of CPU per
+    request each less than ``asyncio.timeout`` (``bench/sidecar_ab.py``).
+    """
+
+    __slots__ = ("_cancelling", "_expired", "_task", "_timer")
+
+    def __init__(self, timeout: float | None) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("CallTimeout must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()  # cancellations already asked for by others
+        self._expired = False
+        self._timer = None if timeout is None else \
+            asyncio.get_running_loop().call_later(timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._task.cancel()
+
+    def __enter__(self) -> CallTimeout:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None  # it holds self._expire: no cycle left for the collector
+        # As asyncio.timeout: a cancellation that came from elsewhere too stays a cancellation.
+        if self._expired and self._task.uncancel() <= self._cancelling and \
+                exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
 
 
 class Downstream(Protocol):

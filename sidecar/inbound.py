@@ -35,7 +35,7 @@ from mesh.proto.config_pb2 import Cluster
 from mesh.tls import peer_spiffe_id
 from sidecar import headers as mesh_headers
 from sidecar.config import LiveConfig
-from sidecar.forward import Upstream, local_reply, send_request_body, send_response
+from sidecar.forward import CallTimeout, Upstream, local_reply, send_request_body, send_response
 from sidecar.metrics import MTLS, PLAINTEXT, RESET, SidecarMetrics
 from sidecar.outcome import Outcome, http_status_of
 from sidecar.pool import ConnectFailure
@@ -163,7 +163,7 @@ class Inbound:
         pump: asyncio.Task[None] | None = None
         responding = finished = False
         try:
-            async with asyncio.timeout(timeout):
+            with CallTimeout(timeout):
                 up = await self.app().open_stream(
                     forwarded, end_stream=down.complete and not down.trailers)
                 if not (down.complete and not down.trailers):

@@ -50,6 +50,7 @@ from sidecar.cluster import UpstreamCluster
 from sidecar.config import LiveConfig
 from sidecar.fault import FAULT_HEADER, NO_FAULT, FaultDecision, decide
 from sidecar.forward import (
+    CallTimeout,
     Downstream,
     Replay,
     Upstream,
@@ -264,7 +265,7 @@ class _Call:
     async def run(self) -> int | str:
         """Carry the call to its end; return the HTTP status the caller got (for metrics)."""
         try:
-            async with asyncio.timeout(self.deadline - self.clock.now()):
+            with CallTimeout(self.deadline - self.clock.now()):
                 return await self._attempts()
         except TimeoutError:
             return await self._deadline_passed()
