@@ -35,6 +35,7 @@ is worker N's alone (0 to N - 1).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import json
@@ -177,13 +178,20 @@ class _Families(Collector):
         return self.families
 
 
-def merge_metrics(texts: Sequence[bytes]) -> bytes:
+COUNTING = frozenset({"counter", "histogram", "summary"})
+"""The kinds of metric that only grow, and so outlive the worker run that counted them."""
+
+
+def merge_metrics(texts: Sequence[bytes], kinds: frozenset[str] | None = None) -> bytes:
     """Prometheus expositions (the parent's and every worker's) as one: each series summed,
-    the series in :data:`HIGHEST` and the ``_created`` times (the earliest) excepted."""
+    the series in :data:`HIGHEST` and the ``_created`` times (the earliest) excepted. Only
+    the families of ``kinds`` (e.g. :data:`COUNTING`), if given."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text.decode()):
+            if kinds is not None and family.type not in kinds:
+                continue
             if family.name not in families:
                 families[family.name] = Metric(family.name, family.documentation, family.type)
                 values[family.name] = {}
@@ -222,32 +230,64 @@ def merge_views(views: Sequence[Any], key: str = "") -> Any:
             for endpoint in endpoints:
                 by_address.setdefault(endpoint["address"], []).append(endpoint)
         return [merge_views(same) for same in by_address.values()]
-    if isinstance(first, bool):
-        return any(present)
+    if isinstance(first, bool):  # ejected if a worker ejected it; healthy if all see it so
+        return any(present) if key == "ejected" else all(present)
     if isinstance(first, int | float):
         return max(present) if key in HIGHEST else round(sum(present), 3)
     return first
 
 
+class GatheredMetrics:
+    """The workers' expositions, kept so that the sidecar's counters never go backwards (which
+    Prometheus would read as a reset): a worker that does not answer is counted by its last
+    answer, and when a worker was started again, the counters and histograms of its previous
+    run stay added in, as the last answer of that run had them. (What a run counted after
+    that last answer is lost with it.)"""
+
+    def __init__(self, workers: Workers) -> None:
+        self._workers = workers
+        self._last: dict[int, tuple[str, bytes]] = {}  # worker → (boot, exposition)
+        self._retired: dict[int, bytes] = {}  # worker → its previous runs' counting families
+        self._lock = asyncio.Lock()  # two scrapes at once must not retire a run twice
+
+    async def gather(self) -> list[bytes]:
+        """Every worker's exposition to merge: its answer now, or its last."""
+        async with self._lock:
+            answers = dict(await self._workers.ask_each("metrics", lambda _: ()))
+            for index, (boot, text) in answers.items():
+                last = self._last.get(index)
+                if last is not None and last[0] != boot:
+                    self._retired[index] = merge_metrics(
+                        [self._retired.get(index, b""), last[1]], COUNTING)
+                self._last[index] = (boot, text)
+            current = [text if index in answers else merge_metrics([text], COUNTING)
+                       for index, (_, text) in self._last.items()]
+            return [*current, *self._retired.values()]
+
+
 class GatheredTap:
     """The workers' taps as one: each read first takes what every worker kept since the last
     read (all of it from a worker that restarted) into a tap of the parent's own, in the
-    order the requests ended."""
+    order the requests ended. Requests a worker's ring lost before they were read take a
+    sequence number each all the same, so a reader's ``dropped`` counts them."""
 
     def __init__(self, tap: Tap, workers: Workers) -> None:
         self.tap = tap
         self._workers = workers
         self._read: dict[int, tuple[str, int]] = {}  # worker → (boot, next) of its last page
+        self._lock = asyncio.Lock()  # two reads at once must not take the same rows twice
 
     async def gather(self) -> None:
-        pages = await self._workers.ask_each(
-            "tap", lambda index: self._read.get(index, ("", 0)))
-        rows = []
-        for index, page in pages:
-            self._read[index] = (page["boot"], page["next"])
-            rows += page["requests"]
-        for row in sorted(rows, key=lambda r: r["at"]):
-            self.tap.add(row)
+        async with self._lock:
+            pages = await self._workers.ask_each(
+                "tap", lambda index: self._read.get(index, ("", 0)))
+            rows = []
+            for index, page in pages:
+                self._read[index] = (page["boot"], page["next"])
+                rows += page["requests"]
+                self.tap.lost(page["dropped"])
+            for row in sorted(rows, key=lambda r: r["at"]):
+                self.tap.add(row)
 
 
 def make_admin(config: LiveConfig, metrics: SidecarMetrics,
@@ -258,14 +298,16 @@ def make_admin(config: LiveConfig, metrics: SidecarMetrics,
 
     metrics.set_info(config.service, config.namespace)
     gathered = GatheredTap(metrics.tap, workers) if workers is not None else None
+    expositions = GatheredMetrics(workers) if workers is not None else None
 
     @routes.get("/metrics")
     async def prometheus(_: web.Request) -> web.Response:
         if workers is None:
             body = metrics_text(config, metrics)
         else:  # the parent's own (discovery's updates, info) beside its workers' traffic
+            assert expositions is not None
             body = merge_metrics([generate_latest(metrics.registry),
-                                  *await workers.ask("metrics")])
+                                  *await expositions.gather()])
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @routes.get("/config_dump")
@@ -290,6 +332,8 @@ def make_admin(config: LiveConfig, metrics: SidecarMetrics,
             except WorkerError as error:
                 raise web.HTTPServiceUnavailable(text=f"{error}\n") from None
         views = await workers.ask("clusters")
+        if not views:
+            raise web.HTTPServiceUnavailable(text="no worker answered\n")
         merged = merge_views(views) or {}
         for view in merged.values():
             view["workers"] = len(views)

@@ -19,7 +19,7 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,12 +141,14 @@ class Sidecar:
                  o.service, identity, *self.options.outbound, *self.options.inbound, *o.admin,
                  f", {o.concurrency} workers" if self.workers else "")
 
-    async def start_worker(self) -> None:
+    async def start_worker(self, configure: Callable[[], None]) -> None:
         """Serve the listeners as one of the sidecar's workers: with the certificate files its
-        parent keeps, and the configuration its parent sends (``sidecar/worker.py``)."""
+        parent keeps, and the configuration its parent sends (``sidecar/worker.py``), the
+        first of which ``configure()`` installs before the listeners open."""
         await self._identity(worker=True)
         assert self.files is not None
         self._contexts()
+        configure()
         await self._serve(self.files.identity(), reuse_port=True)
 
     def _contexts(self) -> None:
@@ -320,6 +322,8 @@ class Sidecar:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Deregister, stop accepting, let requests in flight finish, close everything."""
+        if self.workers is not None:
+            self.workers.stopping()  # a worker that exits now is not started again
         if self.registration is not None:
             try:
                 await self.registration.deregister()

@@ -96,6 +96,11 @@ class Tap:
                            row["method"], row["path"], row["status"],
                            row["latency_ms"] / 1000, row["retries"], row["hedges"]))
 
+    def lost(self, requests: int) -> None:
+        """Number ``requests`` that ended but are not held (lost from another tap's ring
+        before they were read): a reader's ``dropped`` counts them."""
+        self._seq += requests
+
     def since(self, after: int = 0, limit: int = DEFAULT_LIMIT) -> TapPage:
         """The requests numbered after ``after`` (0: every one held), at most the newest
         ``limit`` of them.

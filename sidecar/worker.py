@@ -9,14 +9,16 @@ It serves the listeners with its own share of the policy's limits, and answers i
                                        a worker started again), and serve
     ("apply", type_url, resources)     install an update the parent accepted (its share)
     ("certificates",)                  load the certificate files the parent renewed
-    ("metrics",)                       this worker's Prometheus exposition
+    ("metrics",)                       (boot, this worker's Prometheus exposition): boot is
+                                       its tap's, new each time a worker starts
     ("clusters",)                      this worker's /clusters
     ("tap", boot, after)               the requests it kept after ``after`` (all of them if
                                        ``boot`` is not its own: the reader saw another run)
     ("stop", grace)                    drain for ``grace`` seconds and exit
 
-Its parent stops it; so a Ctrl-C, which the terminal sends to every process of the group, is
-left to the parent, and a parent gone (the socket closed) stops the worker as a SIGTERM does.
+Only its parent stops it: a SIGINT or SIGTERM sent to the whole process group (a Ctrl-C, a
+service manager stopping the group) is left to the parent, which deregisters first and then
+tells its workers to drain. A parent gone (the socket closed) stops the worker.
 """
 
 from __future__ import annotations
@@ -50,13 +52,16 @@ class WorkerSide:
         sidecar = self.sidecar
         if op == "apply":
             type_url, resources = args
-            sidecar.config.apply(type_url, worker_share(type_url, resources, self.count))
+            try:
+                sidecar.config.apply(type_url, worker_share(type_url, resources, self.count))
+            except ValueError as error:
+                raise ValueError(f"{type_url}: {error}") from None
             return None
         if op == "certificates":
             sidecar.reload_certificates()
             return None
         if op == "metrics":
-            return metrics_text(sidecar.config, sidecar.metrics)
+            return sidecar.metrics.tap.boot, metrics_text(sidecar.config, sidecar.metrics)
         if op == "clusters":
             return clusters_view(sidecar.config)
         if op == "tap":
@@ -67,55 +72,46 @@ class WorkerSide:
 
 
 async def serve(fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: None)  # the parent's to handle
     link = await Link.over(socket.socket(fileno=fd))
-    op, options, index, count, in_force = await link.receive()
-    assert op == "start", op
+    first = await link.receive()
+    if first[0] != "start" or len(first) != 5:
+        link.send(("error", f"the first request must be start, not {first[0]!r}"))
+        return 2
+    _, options, index, count, in_force = first
     sidecar = Sidecar(dataclasses.replace(options, concurrency=1))
     side = WorkerSide(sidecar, count)
-    try:
-        await sidecar.start_worker()
+
+    def configure() -> None:  # before listening: no connection meets an empty configuration
         for request in in_force:
             side.answer(*request)
-    except (ValueError, OSError) as error:
-        link.send(("error", str(error)))
+    try:
+        await sidecar.start_worker(configure)
+    except Exception as error:
+        link.send(("error", str(error) or repr(error)))
         await sidecar.stop(0)
         return 2
     link.send(("ok", os.getpid()))
     tune_gc()
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the parent's to handle
-    loop.add_signal_handler(signal.SIGTERM, stopped.set)
-    receiving = asyncio.ensure_future(link.receive())
-    stopping = asyncio.ensure_future(stopped.wait())
-    grace = 2.0
-    try:
-        while True:
-            await asyncio.wait([receiving, stopping], return_when=asyncio.FIRST_COMPLETED)
-            if stopping.done():
-                break
-            try:
-                op, *args = receiving.result()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                log.warning("worker %d: the sidecar's parent is gone: stopping", index)
-                break
-            if op == "stop":
-                grace = args[0]
-                await sidecar.stop(grace)
-                link.send(("ok", None))
-                await link.writer.drain()
-                return 0
-            try:
-                link.send(("ok", side.answer(op, *args)))
-            except Exception as error:  # a bad request must not stop the worker
-                log.exception("worker %d: %s", index, op)
-                link.send(("error", f"{op}: {error}"))
-            receiving = asyncio.ensure_future(link.receive())
-    finally:
-        receiving.cancel()
-        stopping.cancel()
-    await sidecar.stop(grace)
-    return 0
+    while True:
+        try:
+            op, *args = await link.receive()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            log.warning("worker %d: the sidecar's parent is gone: stopping", index)
+            await sidecar.stop()
+            return 0
+        if op == "stop":
+            await sidecar.stop(args[0])
+            link.send(("ok", None))
+            await link.writer.drain()
+            return 0
+        try:
+            link.send(("ok", side.answer(op, *args)))
+        except Exception as error:  # a bad request must not stop the worker
+            log.exception("worker %d: %s", index, op)
+            link.send(("error", f"{op}: {error}"))
 
 
 def main() -> int:

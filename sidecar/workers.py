@@ -21,7 +21,9 @@ workers' are not, and meanwhile the kernel sends new connections to the workers 
 workers share no memory. The limits a policy sets for the whole sidecar (a circuit breaker's
 ``max_requests``, ``max_pending_requests`` and ``max_retries``; a local rate limit's tokens; a
 retry budget's floor) are therefore split: each worker holds its share, the limit divided by N
-and rounded up (:func:`worker_share`), so the sidecar as a whole holds to it within N - 1.
+and rounded up (:func:`worker_share`). The sidecar as a whole lets through at most the limit
+plus N - 1, and as little as one share when the traffic comes on one connection (an app's one
+HTTP/2 or gRPC channel lands on one worker).
 Envoy shares these among its threads exactly, with atomic counters. Ratios (a retry budget's
 ``retry_ratio``) need no split. Balancers and outlier detection see each worker's own calls:
 with N workers an endpoint that fails every call is ejected after ``consecutive_5xx`` failures
@@ -47,6 +49,7 @@ import struct
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
@@ -71,13 +74,29 @@ STOP_TIMEOUT = 10.0
 RESTART_DELAY = 1.0
 """Seconds before a worker that died is started again: one that dies at once does not spin."""
 
+ASK_TIMEOUT = 2.0
+"""Seconds the admin waits for a worker's answer: one that hangs (stopped, looping) leaves
+the admin answering with the others', well within a Prometheus scrape's timeout (10 s)."""
+
 _LENGTH = struct.Struct("!I")
 
 
-def cores_given() -> int:
-    """The cores this process may run on (its CPU affinity, which a container's cpuset
-    narrows): what ``--concurrency 0`` means."""
-    return len(os.sched_getaffinity(0))
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+"""cgroup v2's CPU quota of this process's group: "QUOTA PERIOD" in µs, or "max PERIOD"."""
+
+
+def cores_given(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process is given: what ``--concurrency 0`` means. The fewer of the cores
+    it may run on (its CPU affinity, which a container's cpuset narrows) and its cgroup's CPU
+    quota rounded up (a Kubernetes CPU limit of 2 on a 64-core node: 2)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
 # -- the policy's limits, split among the workers -------------------------------------------
@@ -190,16 +209,25 @@ class Worker:
                 str(self.index), pass_fds=(child_end.fileno(),),
                 env={**os.environ, "MESH_LOG_LEVEL": logging.getLevelName(
                     logging.getLogger().getEffectiveLevel())})
+            self._link = await Link.over(parent_end)
+        except BaseException:
+            parent_end.close()
+            raise
         finally:
             child_end.close()
-        self._link = await Link.over(parent_end)
         self._waiting = deque()  # the last link's, if any, are failed by its own reader
         self._reading = asyncio.create_task(self._read(self._link, self._waiting))
         self.starts += 1
+        # Sent now, with no await between reading ``in_force`` and the send: anything sent
+        # later (an update, a question) goes after it.
+        started = self._send("start", self.options, self.index, self.count, in_force())
         try:
-            await asyncio.wait_for(self.ask("start", self.options, self.index, self.count,
-                                            in_force()), START_TIMEOUT)
-        except (WorkerError, TimeoutError) as error:
+            await asyncio.wait_for(started, START_TIMEOUT)
+        except TimeoutError:
+            await self.kill()
+            raise WorkerError(f"worker {self.index} did not start: no answer within "
+                              f"{START_TIMEOUT:g} s") from None
+        except WorkerError as error:
             await self.kill()
             raise WorkerError(f"worker {self.index} did not start: {error}") from None
 
@@ -212,7 +240,7 @@ class Worker:
                     if outcome == "ok":
                         waiter.set_result(value)
                     else:
-                        waiter.set_exception(WorkerError(f"worker {self.index}: {value}"))
+                        waiter.set_exception(WorkerError(value))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -231,12 +259,15 @@ class Worker:
         return future
 
     async def ask(self, op: str, *args: Any) -> Any:
-        """Send a request and wait for its answer.
+        """Send a request and wait at most :data:`ASK_TIMEOUT` for its answer.
 
         Raises:
-            WorkerError: the worker answered an error, or is gone.
+            WorkerError: the worker answered an error, is gone, or did not answer in time.
         """
-        return await self._send(op, *args)
+        try:
+            return await asyncio.wait_for(self._send(op, *args), ASK_TIMEOUT)
+        except TimeoutError:
+            raise WorkerError(f"no answer to {op} within {ASK_TIMEOUT:g} s") from None
 
     def tell(self, op: str, *args: Any) -> None:
         """Send a request without waiting; an error it answers is logged."""
@@ -244,7 +275,7 @@ class Worker:
 
         def done(answer: asyncio.Future[Any]) -> None:
             if not answer.cancelled() and answer.exception() is not None:
-                log.error("%s: %s", op, answer.exception())
+                log.error("worker %d: %s", self.index, answer.exception())
         future.add_done_callback(done)
 
     async def stop(self, grace: float) -> None:
@@ -273,8 +304,9 @@ class Worker:
 class Workers:
     """The parent's workers: started together, told every change, asked for the admin.
 
-    The configuration and certificates in force are kept as the messages that installed
-    them, so a worker started again is sent them before anything else.
+    The configuration in force is kept as the messages that installed it, so a worker started
+    again is sent it with its start. (Certificates need no keeping: a worker reads the files
+    its parent keeps up to date.)
     """
 
     def __init__(self, count: int, options: SidecarOptions) -> None:
@@ -296,17 +328,21 @@ class Workers:
     async def _watch(self, worker: Worker) -> None:
         """Start ``worker`` again whenever it dies, until the sidecar stops."""
         while True:
-            assert worker.process is not None
-            code = await worker.process.wait()
+            if worker.process is not None:
+                code = await worker.process.wait()
+                if self._stopping:
+                    return
+                log.error("worker %d (pid %d) exited with %d: starting it again", worker.index,
+                          worker.process.pid, code)
+            await asyncio.sleep(RESTART_DELAY)
             if self._stopping:
                 return
-            log.error("worker %d (pid %d) exited with %d: starting it again", worker.index,
-                      worker.process.pid, code)
-            await asyncio.sleep(RESTART_DELAY)
             try:
                 await worker.start(self._replay)
-            except WorkerError as error:
-                log.error("%s", error)
+            except Exception as error:  # e.g. out of processes: try again after the delay
+                log.error("worker %d could not be started again: %s", worker.index, error)
+                if worker.process is not None and worker.process.returncode is None:
+                    await worker.kill()
 
     def _replay(self) -> list[tuple[Any, ...]]:
         return list(self._in_force.values())
@@ -346,6 +382,10 @@ class Workers:
         return [(index, answer) for index, answer in enumerate(answers)
                 if not isinstance(answer, BaseException)]
 
+    def stopping(self) -> None:
+        """The sidecar is stopping: a worker that exits from now on is not started again."""
+        self._stopping = True
+
     async def stop(self, grace: float) -> None:
         self._stopping = True
         for task in self._watching:
@@ -356,24 +396,37 @@ class Workers:
 def reserve_port(address: Address) -> tuple[socket.socket, Address]:
     """Bind (without listening) a socket on ``address`` with ``SO_REUSEPORT``, so workers can
     listen on the same port; its port is the one bound when ``address``'s is 0. A socket that
-    does not listen receives no connection: it only holds the port."""
+    does not listen receives no connection: it only holds the port.
+
+    The port is first bound without ``SO_REUSEPORT``, which fails if any socket holds it:
+    another sidecar's workers would otherwise join ours on it, and the kernel would share
+    the connections between two sidecars without a word.
+    """
+    probe = _bound(address, reuse_port=False)
+    address = (address[0], probe.getsockname()[1])
+    probe.close()
+    return _bound(address, reuse_port=True), address
+
+
+def listening_socket(address: Address) -> socket.socket:
+    """A socket bound to ``address`` with ``SO_REUSEPORT``, for one worker's listener."""
+    sock = _bound(address, reuse_port=True)
+    sock.setblocking(False)
+    return sock
+
+
+def _bound(address: Address, *, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError as error:
         sock.close()
         raise OSError(f"cannot listen on {address[0]}:{address[1]}: {error.strerror}"
                       ) from None
-    return sock, (address[0], sock.getsockname()[1])
-
-
-def listening_socket(address: Address) -> socket.socket:
-    """A socket bound to ``address`` with ``SO_REUSEPORT``, for one worker's listener."""
-    sock, _ = reserve_port(address)
-    sock.setblocking(False)
     return sock
 
 

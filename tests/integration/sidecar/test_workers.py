@@ -129,6 +129,9 @@ async def test_two_workers_share_the_load_and_one_admin_adds_it_up(
 
 async def test_a_worker_that_dies_is_started_again_with_the_configuration(
         workers: SidecarProcess) -> None:
+    await h2load("web", f"http://{HOST}:{OUTBOUND}/", "-n", "400", "-c", str(CONNECTIONS))
+    counted = await workers.metric("mesh_sidecar_requests_total", direction="outbound",
+                                   cluster="web", code="2xx")
     first = children(workers.process.pid)
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
@@ -142,10 +145,31 @@ async def test_a_worker_that_dies_is_started_again_with_the_configuration(
                           "-c", str(CONNECTIONS), "-m", "1")
 
     assert result.status_2xx == 800, result.output
+    # What the killed worker had counted still counts: the counter does not go backwards.
+    assert await workers.metric("mesh_sidecar_requests_total", direction="outbound",
+                                cluster="web", code="2xx") == counted + 800
     assert f"(pid {victim}) exited with -9: starting it again" in workers.log_text()
     assert len(children(workers.process.pid) - first) == 1
     status, text = await workers.admin("/clusters?worker=0")
     assert (status, json.loads(text)["web"]["endpoints"][0]["streams_opened"] > 0) == (200, True)
+
+
+async def test_a_worker_that_hangs_leaves_the_admin_answering_with_the_others(
+        workers: SidecarProcess) -> None:
+    await h2load("web", f"http://{HOST}:{OUTBOUND}/", "-n", "200", "-c", str(CONNECTIONS))
+    counted = await workers.metric("mesh_sidecar_requests_total", direction="outbound",
+                                   cluster="web", code="2xx")
+    hung = min(children(workers.process.pid))
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        assert await workers.metric("mesh_sidecar_requests_total", direction="outbound",
+                                    cluster="web", code="2xx") == counted
+        status, text = await workers.admin("/clusters")
+        assert (status, json.loads(text)["web"]["workers"]) == (200, 1)
+        assert (await workers.admin("/tap"))[0] == 200
+    finally:
+        os.kill(hung, signal.SIGCONT)
+    assert "no answer to metrics within 2 s" in workers.log_text()
 
 
 async def test_a_parent_stopped_stops_its_workers_and_a_parent_killed_leaves_none(

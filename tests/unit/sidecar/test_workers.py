@@ -3,6 +3,10 @@ answers up (``sidecar/workers.py``, ``sidecar/admin.py``)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +24,11 @@ from mesh.proto.config_pb2 import (
     VirtualHost,
 )
 from mesh.proto.resources import AUTHORIZATION, CLUSTERS, ROUTES
-from sidecar.admin import merge_metrics, merge_views
+from sidecar.admin import GatheredMetrics, GatheredTap, merge_metrics, merge_views
 from sidecar.circuit_breaker import CircuitBreakerConfig
 from sidecar.retry_budget import ConcurrencyBudgetConfig, RateBudgetConfig
 from sidecar.tap import Tap
-from sidecar.workers import worker_share
+from sidecar.workers import cores_given, listening_socket, reserve_port, worker_share
 
 # -- the policy's limits, split ---------------------------------------------------------------
 
@@ -167,3 +171,80 @@ def test_a_tap_takes_other_taps_rows_numbering_them_itself() -> None:
     assert row == {"seq": 1, "at": 100.0, "cluster": "orders", "authority": "orders",
                    "method": "GET", "path": "/a", "status": 200, "latency_ms": 12.5,
                    "retries": 1, "hedges": 0}
+
+
+# -- gathering from workers that restart, hang, or are read twice at once -----------------------
+
+
+class FakeWorkers:
+    """Answers ``ask_each`` from a script: ``answers[index]`` now, or nothing for a worker
+    missing from it (gone, or too slow)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[int, Any] = {}
+
+    async def ask_each(self, op: str, args: Any) -> list[tuple[int, Any]]:
+        await asyncio.sleep(0)  # as a real question does: another reader may come meanwhile
+        return [(index, answer(args(index)) if callable(answer) else answer)
+                for index, answer in sorted(self.answers.items())]
+
+
+def requests_total(texts: list[bytes]) -> float:
+    return samples(merge_metrics(texts))['mesh_sidecar_requests_total{cluster="orders"}']
+
+
+async def test_counters_never_go_backwards_when_a_worker_restarts_or_does_not_answer() -> None:
+    workers = FakeWorkers()
+    gathered = GatheredMetrics(workers)  # type: ignore[arg-type]
+    workers.answers = {0: ("boot-a", exposition(10, 0.5, [])),
+                       1: ("boot-b", exposition(5, 0.5, []))}
+    assert requests_total(await gathered.gather()) == 15
+    del workers.answers[1]  # worker 1 hangs: its last counters stand in, not its gauges
+    texts = await gathered.gather()
+    assert requests_total(texts) == 15
+    assert samples(merge_metrics(texts))[
+        'mesh_sidecar_endpoint_latency_estimate_seconds{endpoint="10.0.0.1:15006"}'] == 0.5
+    workers.answers[0] = ("boot-c", exposition(2, 0.1, []))  # worker 0 started again
+    workers.answers[1] = ("boot-b", exposition(6, 0.1, []))
+    assert requests_total(await gathered.gather()) == 10 + 2 + 6
+    assert requests_total(await gathered.gather()) == 18  # its old run is added in once only
+
+
+async def test_two_reads_of_the_tap_at_once_take_each_row_once_and_count_the_lost() -> None:
+    worker = Tap(wall=lambda: 100.0, boot="w")
+    for _ in range(3):
+        worker.record("orders", "orders", "GET", "/", 200, 0.001, 0, 0)
+    workers = FakeWorkers()
+    workers.answers = {0: lambda args: {**dataclasses.asdict(
+        worker.since(args[1] if args[0] == worker.boot else 0)), "dropped": 2}}
+    parent = Tap(boot="p")
+    gathered = GatheredTap(parent, workers)  # type: ignore[arg-type]
+    await asyncio.gather(gathered.gather(), gathered.gather())
+    page = parent.since()
+    assert len(page.requests) == 3
+    assert page.dropped == 4  # 2 lost from the worker's ring, as each of the two pages said
+
+
+def test_cores_given_is_the_affinity_capped_by_the_cgroups_quota(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("max 100000\n")
+    assert cores_given(quota) == affinity
+    quota.write_text("50000 100000\n")  # half a core: one worker
+    assert cores_given(quota) == 1
+    quota.write_text(f"{(affinity + 8) * 100000} 100000\n")  # more than it may run on
+    assert cores_given(quota) == affinity
+    assert cores_given(tmp_path / "absent") == affinity
+
+
+def test_a_port_another_sidecars_workers_listen_on_is_refused() -> None:
+    reserved, address = reserve_port(("127.0.0.1", 0))
+    worker = listening_socket(address)
+    worker.listen()
+    try:
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{address[1]}: "
+                                          f"Address already in use"):
+            reserve_port(address)
+    finally:
+        worker.close()
+        reserved.close()
