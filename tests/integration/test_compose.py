@@ -163,6 +163,19 @@ def container(service: str) -> str:
     return f"asyncmesh_{service}_1"
 
 
+def recent_warnings(seconds: float) -> str:
+    """The warnings and errors every container logged in the last ``seconds``: what a failed
+    step shows, since the containers are gone once the test ends."""
+    found = []
+    for name in docker("ps", "--format", "{{.Names}}").split():
+        done = subprocess.run([DOCKER, "logs", "--since", f"{seconds:.0f}s", name],
+                              env={**os.environ, **ENGINE}, capture_output=True, text=True,
+                              timeout=60)
+        found += [f"{name}: {line}" for line in (done.stdout + done.stderr).splitlines()
+                  if " WARNING " in line or " ERROR " in line]
+    return "\n".join(found[-80:]) or "(no warning or error logged)"
+
+
 def get_json(url: str, token: str | None = None) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
@@ -460,7 +473,8 @@ def test_compose_demo_runs_and_leaves_the_host_as_found() -> None:
         # Orders for longer than a lease: the data plane never needed the control plane, and
         # the sidecars that used controlplane-2 renew their leases at another replica.
         result = place_orders(rate=5, count=75)
-        assert result["outcomes"].get("201", 0) >= 68, result["outcomes"]
+        assert result["outcomes"].get("201", 0) >= 68, \
+            f"{result['outcomes']}\n{recent_warnings(time.monotonic() - killed + 5)}"
         assert time.monotonic() - killed > LEASE_TTL
         assert registered(operator_token) == EVERY_POD
         print(f"controlplane-2 and etcd-1 killed: {result['outcomes']} of 75 orders; every pod "
